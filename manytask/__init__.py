@@ -1,0 +1,27 @@
+"""manytask: multi-task learning on PyTorch."""
+
+from .backward import BackwardResult, NonFiniteLossError, backward
+from .balancers import Balancer, Decision, available, make_balancer
+from .gradients import task_gradients
+from .models import HardSharing, MultiTaskModel
+from .tasks import Metric, Task, TargetError, task_losses
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackwardResult",
+    "Balancer",
+    "Decision",
+    "HardSharing",
+    "Metric",
+    "MultiTaskModel",
+    "NonFiniteLossError",
+    "TargetError",
+    "Task",
+    "__version__",
+    "available",
+    "backward",
+    "make_balancer",
+    "task_gradients",
+    "task_losses",
+]

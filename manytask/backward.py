@@ -1,0 +1,164 @@
+"""One call inside any training loop: ``manytask.backward(losses, method, ...)``.
+
+It fills ``.grad`` of the model's parameters (adding to what is there, as ``Tensor.backward``
+does) and returns what the method decided, for logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .balancers.base import Balancer
+from .gradients import Mode, cosine_similarity, task_gradients
+
+HeadGrad = Literal["own", "weighted"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task's loss is NaN or infinite; nothing was backpropagated."""
+
+    def __init__(self, task: str, value: float, step: int | None = None) -> None:
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"loss of task {task!r} is {value}{where}; no gradient was applied")
+        self.task = task
+        self.step = step
+
+
+@dataclass
+class BackwardResult:
+    """What one call of :func:`backward` decided.
+
+    ``weights`` maps each present task to its coefficient; ``cosine`` is the pairwise cosine
+    similarity of the task gradients (``None`` for loss-level methods, which compute none).
+    """
+
+    tasks: tuple[str, ...]
+    weights: dict[str, float]
+    losses: dict[str, float]
+    gramian: Tensor | None = None
+
+    @property
+    def cosine(self) -> Tensor | None:
+        return None if self.gramian is None else cosine_similarity(self.gramian)
+
+
+def _as_tensors(features: Tensor | Iterable[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:
+    if isinstance(features, Tensor):
+        return [features]
+    if isinstance(features, Mapping):
+        return list(features.values())
+    return list(features)
+
+
+def backward(
+    losses: Mapping[str, Tensor],
+    method: Balancer,
+    *,
+    features: Tensor | Iterable[Tensor] | Mapping[str, Tensor] | None = None,
+    shared_params: Iterable[Tensor] | None = None,
+    mode: Mode = "exact",
+    head_grad: HeadGrad = "own",
+    step: int | None = None,
+) -> BackwardResult:
+    """Backpropagate the per-task ``losses`` as ``method`` decides.
+
+    Args:
+        losses: ``{task: scalar loss}`` for the tasks present in this batch (absent tasks are
+            simply left out).
+        method: a :class:`~manytask.balancers.Balancer`. It is set up with the task names of
+            the first call unless :meth:`~manytask.balancers.Balancer.setup` was called before
+            (call it yourself if a task may be missing from the first batch).
+        features: the shared features the heads read (a tensor, a sequence or a mapping of
+            tensors). Needed by gradient-level methods.
+        shared_params: parameters of the shared part; needed by gradient-level methods in
+            ``mode="exact"``.
+        mode: ``"exact"`` (gradients w.r.t. ``shared_params``) or ``"feature"`` (w.r.t.
+            ``features``); ignored by loss-level methods.
+        head_grad: for gradient-level methods, whether each head gets its own task's gradient
+            unweighted (``"own"``, default) or scaled by its task's weight (``"weighted"``).
+        step: only used in error messages.
+
+    Raises:
+        NonFiniteLossError: a loss is NaN or inf (checked before anything is backpropagated).
+    """
+    if not losses:
+        raise ValueError("backward() got no task loss: every task is absent from this batch")
+    if head_grad not in ("own", "weighted"):
+        raise ValueError(f"head_grad must be 'own' or 'weighted', got {head_grad!r}")
+    tasks = tuple(losses)
+    values = [losses[t] for t in tasks]
+    for task, value in zip(tasks, values, strict=True):
+        if value.dim() != 0:
+            raise ValueError(f"loss of task {task!r} must be a scalar, got shape {tuple(value.shape)}")
+        if not value.requires_grad:
+            raise ValueError(f"loss of task {task!r} does not require grad (detached?)")
+    stacked = torch.stack(values)
+    finite = torch.isfinite(stacked.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLossError(tasks[bad], float(stacked[bad]), step)
+    if not method.task_names:
+        method.setup(tasks)
+
+    if method.requires == "losses":
+        decision = method.decide(stacked, tasks, None)
+        _check_weights(method, decision.weights, len(tasks))
+        objective = decision.objective
+        if objective is None:
+            objective = (decision.weights.to(stacked.dtype) * stacked).sum()
+        objective.backward()
+        return _result(tasks, decision.weights, stacked, None)
+
+    if features is None:
+        raise ValueError(f"{method.name} works on task gradients: pass features=")
+    feats = [f for f in _as_tensors(features) if f.requires_grad]
+    if not feats:
+        raise ValueError("features= holds no tensor that requires grad")
+    params = None if shared_params is None else [p for p in shared_params if p.requires_grad]
+    grads = task_gradients(values, feats, mode=mode, shared_params=params)
+    decision = method.decide(stacked, tasks, grads.gramian)
+    weights = decision.weights
+    _check_weights(method, weights, len(tasks))
+
+    if method.applies_to_heads:  # a loss weighting driven by gradient information (GradNorm)
+        objective = decision.objective
+        if objective is None:
+            objective = (weights.to(stacked.dtype) * stacked).sum()
+        objective.backward()
+        return _result(tasks, weights, stacked, grads.gramian)
+
+    # The shared part gets sum_k w_k g_k: replace the gradient that reaches each feature tensor.
+    handles = []
+    for feat, fgrad in zip(feats, grads.feature_grads, strict=True):
+        combined = torch.tensordot(weights.to(fgrad.dtype), fgrad, dims=1)
+        handles.append(feat.register_hook(lambda _g, c=combined: c))
+    head_weights = torch.ones_like(stacked) if head_grad == "own" else weights.to(stacked.dtype)
+    try:
+        (head_weights * stacked).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _result(tasks, weights, stacked, grads.gramian)
+
+
+def _check_weights(method: Balancer, weights: Tensor, k: int) -> None:
+    if weights.shape != (k,):
+        raise RuntimeError(f"{method.name} returned weights of shape {tuple(weights.shape)}, expected ({k},)")
+    if not bool(torch.isfinite(weights).all()):
+        raise FloatingPointError(f"{method.name} produced non-finite weights {weights.tolist()}")
+
+
+def _result(tasks: tuple[str, ...], weights: Tensor, losses: Tensor, gramian: Tensor | None) -> BackwardResult:
+    w = weights.detach().double().tolist()
+    lv = losses.detach().double().tolist()
+    return BackwardResult(
+        tasks=tasks,
+        weights=dict(zip(tasks, w, strict=True)),
+        losses=dict(zip(tasks, lv, strict=True)),
+        gramian=gramian,
+    )

@@ -1,0 +1,50 @@
+"""Constant loss weightings: equal weighting and user-given fixed weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .base import Balancer, Decision
+from .registry import check_number, register
+
+
+@register
+class EqualWeighting(Balancer):
+    """Equal weighting: the plain summed loss ``sum_k L_k`` (every weight is 1).
+
+    The baseline of every multi-task paper. Weights sum to K, so the update equals the one of
+    the summed loss (LibMTL's ``EW``; torchjd's ``Mean`` is this divided by K).
+    """
+
+    name = "equal"
+    requires = "losses"
+
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+        return Decision(torch.ones(len(tasks), dtype=torch.float64))
+
+
+@register
+class FixedWeights(Balancer):
+    """Fixed weights: ``sum_k w_k L_k`` with user-given ``w_k`` (1 for a task not named)."""
+
+    name = "fixed"
+    requires = "losses"
+
+    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        self.weights = dict(weights or {})
+        for task, w in self.weights.items():
+            check_number("fixed", f"weights[{task!r}]", w, low=0.0)
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        unknown = sorted(set(self.weights) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"fixed: weights given for unknown task(s) {unknown}")
+
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+        return Decision(torch.tensor([float(self.weights.get(t, 1.0)) for t in tasks],
+                                     dtype=torch.float64))
