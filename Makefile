@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 train: $(BIN)/.installed
-	$(BIN)/manytask train --run-dir runs/multidigits
+	$(BIN)/manytask train --config configs/multidigits.yaml
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check manytask tests benchmarks

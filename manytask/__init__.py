@@ -4,7 +4,8 @@ from .backward import BackwardResult, NonFiniteLossError, backward
 from .balancers import Balancer, Decision, available, make_balancer
 from .gradients import task_gradients
 from .models import HardSharing, MultiTaskModel
-from .tasks import Metric, Task, TargetError, task_losses
+from .tasks import Metric, TargetError, Task, task_losses
+from .training import Trainer
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,8 @@ __all__ = [
     "NonFiniteLossError",
     "TargetError",
     "Task",
+    "Trainer",
+    "Trainer",
     "__version__",
     "available",
     "backward",

@@ -94,14 +94,16 @@ def backward(
     values = [losses[t] for t in tasks]
     for task, value in zip(tasks, values, strict=True):
         if value.dim() != 0:
-            raise ValueError(f"loss of task {task!r} must be a scalar, got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"loss of task {task!r} must be a scalar, got shape {tuple(value.shape)}"
+            )
         if not value.requires_grad:
             raise ValueError(f"loss of task {task!r} does not require grad (detached?)")
     stacked = torch.stack(values)
     finite = torch.isfinite(stacked.detach())
     if not bool(finite.all()):
         bad = int((~finite).nonzero()[0, 0])
-        raise NonFiniteLossError(tasks[bad], float(stacked[bad]), step)
+        raise NonFiniteLossError(tasks[bad], float(stacked[bad].detach()), step)
     if not method.task_names:
         method.setup(tasks)
 
@@ -148,12 +150,16 @@ def backward(
 
 def _check_weights(method: Balancer, weights: Tensor, k: int) -> None:
     if weights.shape != (k,):
-        raise RuntimeError(f"{method.name} returned weights of shape {tuple(weights.shape)}, expected ({k},)")
+        raise RuntimeError(
+            f"{method.name} returned weights of shape {tuple(weights.shape)}, expected ({k},)"
+        )
     if not bool(torch.isfinite(weights).all()):
         raise FloatingPointError(f"{method.name} produced non-finite weights {weights.tolist()}")
 
 
-def _result(tasks: tuple[str, ...], weights: Tensor, losses: Tensor, gramian: Tensor | None) -> BackwardResult:
+def _result(
+    tasks: tuple[str, ...], weights: Tensor, losses: Tensor, gramian: Tensor | None
+) -> BackwardResult:
     w = weights.detach().double().tolist()
     lv = losses.detach().double().tolist()
     return BackwardResult(

@@ -45,8 +45,7 @@ def feature_gradients(losses: Sequence[Tensor], features: Sequence[Tensor]) -> l
     visited), so the cost is about one ordinary head backward per task.
     """
     per_task = [
-        torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True)
-        for loss in losses
+        torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True) for loss in losses
     ]
     stacked = []
     for i, feature in enumerate(features):
@@ -76,8 +75,10 @@ def jacobian(
                 retain_graph=True,
                 allow_unused=True,
             )
-        return [g if g is not None else torch.zeros((k, *p.shape), dtype=p.dtype) for g, p in
-                zip(grads, params, strict=True)]
+        return [
+            g if g is not None else torch.zeros((k, *p.shape), dtype=p.dtype)
+            for g, p in zip(grads, params, strict=True)
+        ]
     except RuntimeError as err:  # pragma: no cover - depends on the user's operators
         warnings.warn(
             f"batched backward failed ({err}); falling back to one backward per task",

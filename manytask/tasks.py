@@ -160,8 +160,12 @@ class Task:
         if self.kind == "classification":
             return F.cross_entropy(out, tgt.long())
         if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(out.reshape(-1), tgt.reshape(-1).to(out.dtype))
-        return F.mse_loss(out.reshape(out.shape[0], -1), tgt.reshape(tgt.shape[0], -1).to(out.dtype))
+            return F.binary_cross_entropy_with_logits(
+                out.reshape(-1), tgt.reshape(-1).to(out.dtype)
+            )
+        return F.mse_loss(
+            out.reshape(out.shape[0], -1), tgt.reshape(tgt.shape[0], -1).to(out.dtype)
+        )
 
 
 def task_losses(

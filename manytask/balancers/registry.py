@@ -33,7 +33,9 @@ def get(name: str) -> type[Balancer]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown balancer {name!r}; available: {', '.join(available())}") from None
+        raise ValueError(
+            f"unknown balancer {name!r}; available: {', '.join(available())}"
+        ) from None
 
 
 def parameters(name: str) -> dict[str, Any]:

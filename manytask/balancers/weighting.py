@@ -46,5 +46,6 @@ class FixedWeights(Balancer):
             raise ValueError(f"fixed: weights given for unknown task(s) {unknown}")
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        return Decision(torch.tensor([float(self.weights.get(t, 1.0)) for t in tasks],
-                                     dtype=torch.float64))
+        return Decision(
+            torch.tensor([float(self.weights.get(t, 1.0)) for t in tasks], dtype=torch.float64)
+        )

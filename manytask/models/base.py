@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,8 @@ class MultiTaskModel(nn.Module):
         return tuple(self.heads.keys())
 
     def features(self, x: Any) -> Features:
-        return self.shared(x)  # type: ignore[no-any-return]
+        features: Features = self.shared(x)
+        return features
 
     def head_input(self, features: Features, task: str) -> Any:
         return features
@@ -65,12 +67,14 @@ class MultiTaskModel(nn.Module):
             )
 
 
-def mlp(sizes: Sequence[int], *, dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int], *, dropout: float = 0.0, last_activation: bool = True
+) -> nn.Sequential:
     """A ReLU multi-layer perceptron through ``sizes`` (``[in, hidden..., out]``)."""
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least an input and an output size, got {list(sizes)}")
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or last_activation:
             layers.append(nn.ReLU())

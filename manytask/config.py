@@ -1,0 +1,128 @@
+"""The training configuration: one dataclass, read from YAML and/or flags, validated strictly."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, or its value has the wrong type or range."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``manytask train`` needs. Each field is a YAML key and a ``--flag``."""
+
+    data: str = "multidigits"
+    tasks: list[str] | None = None
+    train_size: int = 6000
+    missing_rate: float = 0.0
+    arch: str = "hard_sharing"
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    balancer: str = "equal"
+    balancer_params: dict[str, Any] = field(default_factory=dict)
+    mode: Literal["exact", "feature"] = "exact"
+    head_grad: Literal["own", "weighted"] = "own"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    run_dir: str | None = None
+    resume: bool = False
+    log_format: Literal["csv", "jsonl"] = "csv"
+    skip_nonfinite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {
+            "mode": ("exact", "feature"),
+            "head_grad": ("own", "weighted"),
+            "log_format": ("csv", "jsonl"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}"
+                )
+        _check_types(self)
+        positive = ("epochs", "batch_size", "train_size")
+        for key in positive:
+            if getattr(self, key) < (0 if key == "epochs" else 1):
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.missing_rate < 1:
+            raise ConfigError(f"missing_rate must lie in [0, 1), got {self.missing_rate}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(
+                f"hidden must be a non-empty list of positive widths, got {self.hidden}"
+            )
+        if self.resume and not self.run_dir:
+            raise ConfigError("resume needs run_dir")
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is Any:
+        return True
+    if origin is list:
+        (inner,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_accepts(inner, v) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _accepts(hints[f.name], value):
+            raise ConfigError(
+                f"{f.name} must be of type {hints[f.name]}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def config_from_mapping(values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
+    """Build a :class:`TrainConfig`; an unknown key is an error that lists the valid ones."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    try:
+        return TrainConfig(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML file (``safe_load`` only) and apply ``overrides`` on top."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    values.update(overrides or {})
+    return config_from_mapping(values, source=str(path))

@@ -1,0 +1,138 @@
+"""Run a training configuration end to end: data, model, Trainer, test metrics."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .balancers import make_balancer
+from .config import ConfigError, TrainConfig
+from .models import HardSharing, MultiTaskModel
+from .tasks import Task
+from .training import Trainer
+
+
+@dataclass
+class Prepared:
+    """A data set ready for training: tasks, batch iterables and the input width."""
+
+    tasks: list[Task]
+    train: Any
+    val: Any
+    test: Any
+    in_features: int
+
+
+def _multidigits(cfg: TrainConfig) -> Prepared:
+    from .data import MultiDigits, TensorBatches
+
+    names = tuple(cfg.tasks) if cfg.tasks else ("left", "right")
+    splits = {
+        split: MultiDigits(
+            split=split,
+            tasks=names,
+            seed=cfg.seed,
+            size=cfg.train_size if split == "train" else None,
+            missing_rate=cfg.missing_rate if split == "train" else 0.0,
+        )
+        for split in ("train", "val", "test")
+    }
+    batches = {
+        split: TensorBatches.from_dataset(
+            ds, cfg.batch_size, shuffle=split == "train", seed=cfg.seed
+        )
+        for split, ds in splits.items()
+    }
+    train = splits["train"]
+    return Prepared(
+        list(train.tasks()),
+        batches["train"],
+        batches["val"],
+        batches["test"],
+        int(train.x[0].numel()),
+    )
+
+
+DATASETS: dict[str, Callable[[TrainConfig], Prepared]] = {"multidigits": _multidigits}
+
+
+def _hard_sharing(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
+    return HardSharing(data.tasks, data.in_features, hidden=cfg.hidden)
+
+
+ARCHITECTURES: dict[str, Callable[[TrainConfig, Prepared], MultiTaskModel]] = {
+    "hard_sharing": _hard_sharing,
+}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
+    """Train as ``cfg`` says; return ``{"config", "val", "test"}`` with per-task metrics."""
+    if cfg.data not in DATASETS:
+        raise ConfigError(f"unknown data {cfg.data!r}; available: {sorted(DATASETS)}")
+    if cfg.arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown arch {cfg.arch!r}; available: {sorted(ARCHITECTURES)}")
+    seed_everything(cfg.seed)
+    data = DATASETS[cfg.data](cfg)
+    model = ARCHITECTURES[cfg.arch](cfg, data)
+    balancer = make_balancer(cfg.balancer, **cfg.balancer_params)
+    trainer = Trainer(
+        model,
+        data.tasks,
+        balancer,
+        lr=cfg.lr,
+        mode=cfg.mode,
+        head_grad=cfg.head_grad,
+        run_dir=cfg.run_dir,
+        log_format=cfg.log_format,
+        skip_nonfinite=cfg.skip_nonfinite,
+        progress=cfg.progress,
+    )
+    if cfg.run_dir:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run_dir) / "config.yaml").write_text(_yaml(asdict(cfg)))
+    history = trainer.fit(data.train, cfg.epochs, val_data=data.val, resume=cfg.resume)
+    return {
+        "config": asdict(cfg),
+        "val": history[-1]["val"] if history else trainer.evaluate(data.val),
+        "test": trainer.evaluate(data.test),
+        "trainer": trainer,
+    }
+
+
+def _yaml(values: dict[str, Any]) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(values, sort_keys=False))
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A plain-text table of the test metrics, one row per task."""
+    test = results["test"]
+    cfg = results["config"]
+    metrics = sorted({m for r in test.values() for m in r})
+    header = ["task", *metrics]
+    rows = [
+        [task, *(f"{r[m]:.4f}" if m in r else "-" for m in metrics)] for task, r in test.items()
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [
+        f"test results: data={cfg['data']} arch={cfg['arch']} balancer={cfg['balancer']} "
+        f"mode={cfg['mode']} epochs={cfg['epochs']} seed={cfg['seed']}",
+        line,
+        "-" * len(line),
+    ]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(out)

@@ -1,0 +1,187 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, written atomically.
+
+A checkpoint is a directory ``epoch-NNNN`` holding ``model.safetensors``,
+``optimizer.safetensors`` (+ its non-tensor part in ``state.json``), ``balancer.safetensors``
+and the random number generator states. It is written into a temporary directory beside its
+final place, flushed to disk, and renamed into place; the ``latest`` pointer is then replaced
+atomically. A run killed at any point leaves the previous checkpoint intact and loadable.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, or does not match the model being resumed."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _tensors(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    # safetensors refuses tensors that share storage (tied weights): store private copies.
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"{pid}/{name}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, entry in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    py_state = random.getstate()
+    tensors = {"torch": torch.get_rng_state()}
+    meta = {
+        "numpy": [
+            np_state[0],
+            np.asarray(np_state[1]).tolist(),
+            *map(int, np_state[2:4]),
+            float(np_state[4]),
+        ],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    kind, keys, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    epoch: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    balancer: nn.Module,
+    info: Mapping[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write the checkpoint of ``epoch`` atomically; keep the ``keep`` most recent ones."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"epoch-{epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+    try:
+        save_file(_tensors(model.state_dict()), tmp / "model.safetensors")
+        opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
+        save_file(_tensors(opt_tensors), tmp / "optimizer.safetensors")
+        save_file(_tensors(balancer.state_dict()), tmp / "balancer.safetensors")
+        rng_tensors, rng_meta = rng_state()
+        save_file(_tensors(rng_tensors), tmp / "rng.safetensors")
+        state = {"epoch": epoch, "optimizer": opt_meta, "rng": rng_meta, **info}
+        (tmp / "state.json").write_text(json.dumps(state))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # a re-run of the same epoch after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / LATEST, final.name)
+    done = sorted(p for p in root.glob("epoch-*") if p.is_dir())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The directory named by ``checkpoints/latest``, or ``None`` when there is none."""
+    pointer = Path(run_dir) / "checkpoints" / LATEST
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "state.json").exists():
+        raise CheckpointError(f"{pointer} names {path.name}, which is missing or incomplete")
+    return path
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    balancer: nn.Module,
+) -> dict[str, Any]:
+    """Restore model, optimizer, balancer and RNG states from ``path``; return ``state.json``."""
+    path = Path(path)
+    try:
+        state: dict[str, Any] = json.loads((path / "state.json").read_text())
+        model_state = load_file(path / "model.safetensors")
+        opt_tensors = load_file(path / "optimizer.safetensors")
+        balancer_state = load_file(path / "balancer.safetensors")
+        rng_tensors = load_file(path / "rng.safetensors")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    try:
+        model.load_state_dict(model_state)
+        balancer.load_state_dict(balancer_state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not match this model: {err}") from err
+    try:
+        optimizer.load_state_dict(_join_optimizer_state(opt_tensors, state["optimizer"]))
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} does not match this optimizer: {err}") from err
+    set_rng_state(rng_tensors, state["rng"])
+    return state

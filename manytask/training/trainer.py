@@ -1,0 +1,298 @@
+"""The Trainer: fit and evaluate a multi-task model with any balancer.
+
+It does what a user's own loop would do with :func:`manytask.backward`, plus the chores:
+per-task metrics, a progress bar, CSV or JSON-lines logs, an atomic checkpoint each epoch and
+exact resume (on CPU, a run stopped and resumed ends with the same weights, bit for bit, as one
+that never stopped).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..backward import HeadGrad, NonFiniteLossError, backward
+from ..balancers import Balancer, make_balancer
+from ..gradients import MODES, Mode
+from ..models.base import MultiTaskModel
+from ..tasks import Task, task_losses
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .logs import LogFormat, RunLog
+
+Batch = tuple[Any, Mapping[str, Tensor]]
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+Results = dict[str, dict[str, float]]
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+class Trainer:
+    """Train ``model`` on ``tasks`` with ``balancer``.
+
+    Args:
+        model: a :class:`~manytask.models.MultiTaskModel` with one head per task.
+        tasks: the tasks, in the order used for logs.
+        balancer: a :class:`~manytask.balancers.Balancer` or a registry name.
+        optimizer: a factory ``params -> Optimizer`` (default: Adam with ``lr``). The
+            balancer's own parameters (uncertainty weighting's log-variances, ...) are added.
+        lr: learning rate of the default optimizer.
+        mode: ``"exact"`` or ``"feature"`` for gradient-level methods.
+        head_grad: ``"own"`` or ``"weighted"`` (see :func:`manytask.backward`).
+        run_dir: where logs and checkpoints go (none: no logs, no checkpoints).
+        log_format: ``"csv"`` or ``"jsonl"``.
+        log_every: steps between rows of the step log.
+        skip_nonfinite: skip a step whose loss or gradient is NaN/inf (counted and warned)
+            instead of stopping with an error. Either way no weight is ever updated with it.
+        clip_grad_norm: clip the total gradient norm to this value (none: no clipping).
+        keep_checkpoints: how many epoch checkpoints to keep.
+        progress: show a progress bar.
+        device: where to train.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Sequence[Task],
+        balancer: Balancer | str = "equal",
+        *,
+        optimizer: OptimizerFactory | None = None,
+        lr: float = 1e-3,
+        mode: Mode = "exact",
+        head_grad: HeadGrad = "own",
+        run_dir: str | Path | None = None,
+        log_format: LogFormat = "csv",
+        log_every: int = 10,
+        skip_nonfinite: bool = False,
+        clip_grad_norm: float | None = None,
+        keep_checkpoints: int = 2,
+        progress: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        if log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self.tasks = list(tasks)
+        model.check_tasks(self.tasks)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.balancer = make_balancer(balancer) if isinstance(balancer, str) else balancer
+        self.balancer.setup([t.name for t in self.tasks])
+        self.balancer.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        params += [p for p in self.balancer.parameters() if p.requires_grad]
+        self.optimizer = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(params)
+        self.mode: Mode = mode
+        self.head_grad: HeadGrad = head_grad
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.log_format: LogFormat = log_format
+        self.log_every = log_every
+        self.skip_nonfinite = skip_nonfinite
+        self.clip_grad_norm = clip_grad_norm
+        self.keep_checkpoints = keep_checkpoints
+        self.progress = progress
+        self.step = 0
+        self.epoch = 0
+        self.skipped_steps = 0
+        self._shared = [p for p in self.model.shared_parameters() if p.requires_grad]
+        self._params = params
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch: Batch) -> dict[str, Any] | None:
+        """One optimisation step; returns the log row, or ``None`` if the step was skipped."""
+        x, targets = _to_device(batch[0], self.device), _to_device(batch[1], self.device)
+        self.model.train()
+        outputs, features = self.model(x, return_features=True)
+        losses = task_losses(self.tasks, outputs, targets)
+        if not losses:  # no labelled sample for any task: nothing to learn from
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            result = backward(
+                losses,
+                self.balancer,
+                features=features,
+                shared_params=self._shared,
+                mode=self.mode,
+                head_grad=self.head_grad,
+                step=self.step,
+            )
+        except NonFiniteLossError:
+            if not self.skip_nonfinite:
+                raise
+            self._skip("non-finite loss")
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(
+            self._params, self.clip_grad_norm if self.clip_grad_norm else math.inf
+        )
+        if not bool(torch.isfinite(norm)):
+            if not self.skip_nonfinite:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(
+                    f"non-finite gradient at step {self.step} (losses {result.losses}); "
+                    "no weight was updated"
+                )
+            self._skip("non-finite gradient")
+            return None
+        self.optimizer.step()
+        self.step += 1
+        row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        for task, value in result.losses.items():
+            row[f"loss/{task}"] = value
+            row[f"weight/{task}"] = result.weights[task]
+        cosine = result.cosine
+        if cosine is not None:
+            for i, a in enumerate(result.tasks):
+                for j in range(i + 1, len(result.tasks)):
+                    row[f"cos/{a}/{result.tasks[j]}"] = float(cosine[i, j])
+        return row
+
+    def _skip(self, why: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        warnings.warn(f"step {self.step} skipped: {why}", RuntimeWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        train_data: Iterable[Batch],
+        epochs: int,
+        *,
+        val_data: Iterable[Batch] | None = None,
+        resume: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Train for ``epochs`` epochs (in total, counting those of a resumed run).
+
+        With ``resume=True`` the latest checkpoint of ``run_dir`` is restored first (if there is
+        one) and training continues after its epoch. Returns the per-epoch summaries.
+        """
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        start = 0
+        step_log, epoch_log = self._open_logs()
+        if resume:
+            if self.run_dir is None:
+                raise ValueError("resume=True needs a run_dir")
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is not None:
+                state = load_checkpoint(
+                    ckpt, model=self.model, optimizer=self.optimizer, balancer=self.balancer
+                )
+                start, self.step = state["epoch"] + 1, state["step"]
+                self.skipped_steps = state.get("skipped_steps", 0)
+                if step_log is not None and epoch_log is not None:
+                    step_log.truncate_after("step", self.step)
+                    epoch_log.truncate_after("epoch", state["epoch"])
+        summaries = []
+        for epoch in range(start, epochs):
+            self.epoch = epoch
+            set_epoch = getattr(train_data, "set_epoch", None) or getattr(
+                getattr(train_data, "sampler", None), "set_epoch", None
+            )
+            if callable(set_epoch):
+                set_epoch(epoch)
+            began = time.perf_counter()
+            bar = tqdm(
+                train_data,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not self.progress,
+                leave=False,
+            )
+            for batch in bar:
+                row = self.train_step(batch)
+                if row is None:
+                    continue
+                if step_log is not None and (self.step % self.log_every == 0):
+                    step_log.write(row)
+                bar.set_postfix(
+                    {k[5:]: f"{v:.3f}" for k, v in row.items() if k.startswith("loss/")}
+                )
+            self.balancer.end_epoch()
+            summary: dict[str, Any] = {
+                "epoch": epoch,
+                "step": self.step,
+                "seconds": time.perf_counter() - began,
+            }
+            if val_data is not None:
+                summary["val"] = self.evaluate(val_data)
+                if epoch_log is not None:
+                    self._write_metrics(epoch_log, epoch, "val", summary["val"])
+            summaries.append(summary)
+            if self.run_dir is not None:
+                save_checkpoint(
+                    self.run_dir,
+                    epoch,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    balancer=self.balancer,
+                    keep=self.keep_checkpoints,
+                    info={"step": self.step, "skipped_steps": self.skipped_steps},
+                )
+        return summaries
+
+    def _open_logs(self) -> tuple[RunLog | None, RunLog | None]:
+        if self.run_dir is None:
+            return None, None
+        names = [t.name for t in self.tasks]
+        cols = ["step", "epoch"]
+        cols += [f"loss/{n}" for n in names] + [f"weight/{n}" for n in names]
+        cols += [f"cos/{a}/{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
+        step_log = RunLog(self.run_dir / "steps", cols, self.log_format)
+        epoch_log = RunLog(
+            self.run_dir / "metrics", ["epoch", "split", "task", "metric", "value"], self.log_format
+        )
+        return step_log, epoch_log
+
+    @staticmethod
+    def _write_metrics(log: RunLog, epoch: int, split: str, results: Results) -> None:
+        for task, metrics in results.items():
+            for metric, value in metrics.items():
+                log.write(
+                    {"epoch": epoch, "split": split, "task": task, "metric": metric, "value": value}
+                )
+
+    # ------------------------------------------------------------------ evaluate
+    @torch.no_grad()
+    def evaluate(self, data: Iterable[Batch]) -> Results:
+        """Per-task loss and metrics over ``data`` (labelled samples only)."""
+        self.model.eval()
+        outs: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
+        tgts: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
+        for x, targets in data:
+            outputs = self.model(_to_device(x, self.device))
+            for task in self.tasks:
+                if task.name not in targets:
+                    continue
+                target = targets[task.name]
+                task.check_target(outputs[task.name], target)
+                mask = task.labelled(target)
+                outs[task.name].append(outputs[task.name][mask.to(self.device)].float().cpu())
+                tgts[task.name].append(target[mask].cpu())
+        results: Results = {}
+        for task in self.tasks:
+            if not outs[task.name]:
+                continue
+            out, tgt = torch.cat(outs[task.name]), torch.cat(tgts[task.name])
+            if out.shape[0] == 0:
+                continue
+            loss = task.loss(out, tgt)
+            results[task.name] = {"loss": float(loss) if loss is not None else math.nan}
+            for metric in task.metrics:
+                results[task.name][metric.name] = metric.fn(out, tgt)
+        return results
