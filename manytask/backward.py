@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .balancers.base import Balancer
-from .gradients import Mode, cosine_similarity, task_gradients
+from .gradients import Features, Mode, cosine_similarity, feature_tensors, task_gradients
 
 HeadGrad = Literal["own", "weighted"]
 
@@ -47,19 +47,11 @@ class BackwardResult:
         return None if self.gramian is None else cosine_similarity(self.gramian)
 
 
-def _as_tensors(features: Tensor | Iterable[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:
-    if isinstance(features, Tensor):
-        return [features]
-    if isinstance(features, Mapping):
-        return list(features.values())
-    return list(features)
-
-
 def backward(
     losses: Mapping[str, Tensor],
     method: Balancer,
     *,
-    features: Tensor | Iterable[Tensor] | Mapping[str, Tensor] | None = None,
+    features: Features | None = None,
     shared_params: Iterable[Tensor] | None = None,
     mode: Mode = "exact",
     head_grad: HeadGrad = "own",
@@ -118,7 +110,7 @@ def backward(
 
     if features is None:
         raise ValueError(f"{method.name} works on task gradients: pass features=")
-    feats = [f for f in _as_tensors(features) if f.requires_grad]
+    feats = feature_tensors(features)
     if not feats:
         raise ValueError("features= holds no tensor that requires grad")
     params = None if shared_params is None else [p for p in shared_params if p.requires_grad]

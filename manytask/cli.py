@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -14,12 +15,14 @@ import yaml
 from .config import ConfigError, TrainConfig, config_from_mapping, load_config
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One ``--flag`` per :class:`TrainConfig` field; unset flags leave the config alone."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
+        hint = _strip_none(hints[f.name])
         default = getattr(TrainConfig(), f.name)
         help_text = f"(default: {default})"
         if f.name == "balancer_params":
@@ -38,22 +41,27 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 default=None,
                 help=help_text,
             )
-        elif "list[int]" in str(hint):
-            parser.add_argument(flag, dest=f.name, nargs="+", type=int, help=help_text)
-        elif "list[str]" in str(hint):
-            parser.add_argument(flag, dest=f.name, nargs="+", help=help_text)
-        elif hint is int:
-            parser.add_argument(flag, dest=f.name, type=int, help=help_text)
-        elif hint is float:
-            parser.add_argument(flag, dest=f.name, type=float, help=help_text)
+        elif typing.get_origin(hint) is list:
+            (inner,) = typing.get_args(hint)
+            parser.add_argument(flag, dest=f.name, nargs="+", type=inner, help=help_text)
+        elif hint in (int, float):
+            parser.add_argument(flag, dest=f.name, type=hint, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=str, help=help_text)
 
 
-def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+def _strip_none(hint: Any) -> Any:
+    """``int | None`` -> ``int``: a flag cannot say None, it is simply not given."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def _flag_values(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
     values = {}
     for f in dataclasses.fields(TrainConfig):
-        value = getattr(args, f.name, None)
+        value = None if f.name in skip else getattr(args, f.name, None)
         if value is None:
             continue
         if f.name == "balancer_params":
@@ -68,8 +76,8 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _config(args: argparse.Namespace) -> TrainConfig:
-    flags = _flag_values(args)
+def _config(args: argparse.Namespace, skip: Sequence[str] = ()) -> TrainConfig:
+    flags = _flag_values(args, skip)
     if args.config:
         return load_config(args.config, flags)
     return config_from_mapping(flags, source="command line")
@@ -81,6 +89,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     results = train_from_config(cfg)
     print(format_results(results))
+    return 0
+
+
+# Keys a bench grid sets per cell, so they are not flags of `manytask bench`.
+_GRID_KEYS = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.bench import grid, run_grid
+    from .evaluation.report import report
+
+    base = _config(args, _GRID_KEYS)
+    tasks = base.tasks or ["left", "right"]
+    cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
+    run_dir = Path(args.run_dir)
+    run_grid(base, cells, run_dir)
+    made = report([run_dir])
+    print(made["summary"].read_text())
+    print(f"report: {made['html']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.report import report
+
+    made = report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    for name, path in made.items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -101,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a YAML file of TrainConfig keys; flags override it")
     _add_config_flags(train)
     train.set_defaults(func=_cmd_train)
+    bench = sub.add_parser("bench", help="run a resumable grid of methods x architectures x seeds")
+    bench.add_argument("--config", help="a YAML file of TrainConfig keys for every cell")
+    bench.add_argument("--methods", nargs="+", default=["equal", "mgda", "pcgrad", "cagrad"])
+    bench.add_argument("--archs", nargs="+", default=["hard_sharing"])
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    bench.add_argument(
+        "--single-task",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train single-task baselines (needed for delta-m)",
+    )
+    bench.add_argument("--run-dir", required=True, help="where cells, tables and plots go")
+    _add_config_flags(bench, _GRID_KEYS)
+    bench.set_defaults(func=_cmd_bench)
+    rep = sub.add_parser("report", help="plots, tables and an HTML page from bench runs")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.add_argument("--out", help="output directory (default: the first run directory)")
+    rep.set_defaults(func=_cmd_report)
     bal = sub.add_parser("balancers", help="list the training methods and their parameters")
     bal.set_defaults(func=_cmd_balancers)
     return parser
@@ -111,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"manytask {args.command}: error: {err}", file=sys.stderr)
         return 2
     return code

@@ -38,8 +38,10 @@ class TrainConfig:
     run_dir: str | None = None
     resume: bool = False
     log_format: Literal["csv", "jsonl"] = "csv"
+    log_every: int = 10
     skip_nonfinite: bool = False
     progress: bool = True
+    cosine_every: int | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -53,7 +55,7 @@ class TrainConfig:
                     f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}"
                 )
         _check_types(self)
-        positive = ("epochs", "batch_size", "train_size")
+        positive = ("epochs", "batch_size", "train_size", "log_every")
         for key in positive:
             if getattr(self, key) < (0 if key == "epochs" else 1):
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
@@ -65,6 +67,8 @@ class TrainConfig:
             raise ConfigError(
                 f"hidden must be a non-empty list of positive widths, got {self.hidden}"
             )
+        if self.cosine_every is not None and self.cosine_every < 1:
+            raise ConfigError(f"cosine_every must be >= 1, got {self.cosine_every}")
         if self.resume and not self.run_dir:
             raise ConfigError("resume needs run_dir")
 

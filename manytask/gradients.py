@@ -19,7 +19,7 @@ which the :class:`~manytask.models.MultiTaskModel` contract guarantees.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +28,20 @@ from torch import Tensor
 
 Mode = Literal["exact", "feature"]
 MODES: tuple[Mode, ...] = ("exact", "feature")
+
+
+Features = Tensor | Iterable[Tensor] | Mapping[str, Tensor]
+
+
+def feature_tensors(features: Features) -> list[Tensor]:
+    """The tensors of ``features`` (a tensor, a sequence or a mapping) that require grad."""
+    if isinstance(features, Tensor):
+        tensors = [features]
+    elif isinstance(features, Mapping):
+        tensors = list(features.values())
+    else:
+        tensors = list(features)
+    return [t for t in tensors if t.requires_grad]
 
 
 @dataclass

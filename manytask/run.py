@@ -98,6 +98,8 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         log_format=cfg.log_format,
         skip_nonfinite=cfg.skip_nonfinite,
         progress=cfg.progress,
+        cosine_every=cfg.cosine_every,
+        log_every=cfg.log_every,
     )
     if cfg.run_dir:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)

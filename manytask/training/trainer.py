@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..backward import HeadGrad, NonFiniteLossError, backward
 from ..balancers import Balancer, make_balancer
-from ..gradients import MODES, Mode
+from ..gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..tasks import Task, task_losses
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -57,6 +57,10 @@ class Trainer:
         run_dir: where logs and checkpoints go (none: no logs, no checkpoints).
         log_format: ``"csv"`` or ``"jsonl"``.
         log_every: steps between rows of the step log.
+        cosine_every: for loss-level methods, which compute no task gradients, also compute
+            the gradient cosine similarities every this many steps, for the log (costs one
+            extra head backward per task, plus the batched shared backward in exact mode).
+            Gradient-level methods log them at every logged step at no extra cost.
         skip_nonfinite: skip a step whose loss or gradient is NaN/inf (counted and warned)
             instead of stopping with an error. Either way no weight is ever updated with it.
         clip_grad_norm: clip the total gradient norm to this value (none: no clipping).
@@ -78,6 +82,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         log_format: LogFormat = "csv",
         log_every: int = 10,
+        cosine_every: int | None = None,
         skip_nonfinite: bool = False,
         clip_grad_norm: float | None = None,
         keep_checkpoints: int = 2,
@@ -88,6 +93,8 @@ class Trainer:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
+        if cosine_every is not None and cosine_every < 1:
+            raise ValueError(f"cosine_every must be >= 1, got {cosine_every}")
         self.tasks = list(tasks)
         model.check_tasks(self.tasks)
         self.device = torch.device(device)
@@ -103,6 +110,7 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.log_format: LogFormat = log_format
         self.log_every = log_every
+        self.cosine_every = cosine_every
         self.skip_nonfinite = skip_nonfinite
         self.clip_grad_norm = clip_grad_norm
         self.keep_checkpoints = keep_checkpoints
@@ -110,6 +118,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.skipped_steps = 0
+        self.history: list[dict[str, Any]] = []
         self._shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         self._params = params
 
@@ -123,6 +132,18 @@ class Trainer:
         if not losses:  # no labelled sample for any task: nothing to learn from
             return None
         self.optimizer.zero_grad(set_to_none=True)
+        gramian = None
+        if (
+            self.cosine_every is not None
+            and self.balancer.requires == "losses"
+            and (self.step + 1) % self.cosine_every == 0  # numbered as the step it logs
+        ):
+            gramian = task_gradients(
+                list(losses.values()),
+                feature_tensors(features),
+                mode=self.mode,
+                shared_params=self._shared,
+            ).gramian
         try:
             result = backward(
                 losses,
@@ -156,6 +177,8 @@ class Trainer:
         for task, value in result.losses.items():
             row[f"loss/{task}"] = value
             row[f"weight/{task}"] = result.weights[task]
+        if gramian is not None:
+            result.gramian = gramian
         cosine = result.cosine
         if cosine is not None:
             for i, a in enumerate(result.tasks):
@@ -207,7 +230,7 @@ class Trainer:
             )
             if callable(set_epoch):
                 set_epoch(epoch)
-            began = time.perf_counter()
+            began, first_step = time.perf_counter(), self.step
             bar = tqdm(
                 train_data,
                 desc=f"epoch {epoch + 1}/{epochs}",
@@ -228,6 +251,7 @@ class Trainer:
                 "epoch": epoch,
                 "step": self.step,
                 "seconds": time.perf_counter() - began,
+                "steps": self.step - first_step,
             }
             if val_data is not None:
                 summary["val"] = self.evaluate(val_data)
@@ -244,6 +268,7 @@ class Trainer:
                     keep=self.keep_checkpoints,
                     info={"step": self.step, "skipped_steps": self.skipped_steps},
                 )
+        self.history = summaries
         return summaries
 
     def _open_logs(self) -> tuple[RunLog | None, RunLog | None]:

@@ -160,3 +160,12 @@ def test_training_learns(tmp_path: Path) -> None:
     after = trainer.evaluate(Batches(64, seed=4))
     assert after["b"]["mse"] < 0.5 * before["b"]["mse"]
     assert after["c"]["auc"] > 0.9
+
+
+def test_cosine_logged_for_loss_level_methods_when_asked(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, cosine_every=2)
+    trainer.fit(Batches(), 1)
+    rows = trainer._open_logs()[0].read()  # type: ignore[union-attr]
+    logged = [r for r in rows if r["cos/a/b"] is not None]
+    assert [int(r["step"]) for r in logged] == [s for s in range(1, trainer.step + 1) if s % 2 == 0]
+    assert all(-1.0 <= float(r["cos/a/b"]) <= 1.0 for r in logged)

@@ -1,0 +1,53 @@
+"""`manytask bench` resumes without re-running finished cells; `report` makes real files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from manytask.config import config_from_mapping
+from manytask.evaluation.bench import RESULT, grid, run_grid
+from manytask.evaluation.report import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_grid_resumes_and_report_is_self_contained(tmp_path: Path) -> None:
+    base = config_from_mapping(
+        {"epochs": 1, "train_size": 256, "hidden": [16], "log_every": 1, "cosine_every": 1}
+    )
+    cells = grid(["equal", "mgda"], ["hard_sharing"], [0], ["left", "right"])
+    assert [c.key for c in cells] == [
+        "single-left__hard_sharing__seed0",
+        "single-right__hard_sharing__seed0",
+        "equal__hard_sharing__seed0",
+        "mgda__hard_sharing__seed0",
+    ]
+    messages: list[str] = []
+    results = run_grid(base, cells, tmp_path, echo=messages.append)
+    assert len(results) == 4
+    stamps = {c.key: (tmp_path / "cells" / c.key / RESULT).stat().st_mtime_ns for c in cells}
+
+    (tmp_path / "cells" / cells[3].key / RESULT).unlink()  # as if that cell had been killed
+    messages.clear()
+    run_grid(base, cells, tmp_path, echo=messages.append)
+    assert messages[0] == "bench: 4 cells, 3 already done, 1 to run"
+    for cell in cells[:3]:
+        assert (tmp_path / "cells" / cell.key / RESULT).stat().st_mtime_ns == stamps[cell.key]
+
+    made = report([tmp_path])
+    for name in ("curves", "weights", "cosine", "pareto", "delta_m"):
+        assert made[name].read_bytes()[:8] == PNG_MAGIC, name
+    page = made["html"].read_text()
+    assert page.count("data:image/png;base64,") == 5
+    assert not re.search(r"(src|href)\s*=\s*['\"](?!data:)", page)  # nothing external
+    summary = made["summary"].read_text()
+    assert "| mgda | hard_sharing | 1 |" in summary and "Δm" in summary
+
+
+def test_report_refuses_a_directory_that_is_not_a_bench_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a bench run"):
+        report([tmp_path])
