@@ -104,7 +104,9 @@ def backward(
         _check_weights(method, decision.weights, len(tasks))
         objective = decision.objective
         if objective is None:
-            objective = (decision.weights.to(stacked.dtype) * stacked).sum()
+            objective = (
+                decision.weights.to(device=stacked.device, dtype=stacked.dtype) * stacked
+            ).sum()
         objective.backward()
         return _result(tasks, decision.weights, stacked, None)
 
@@ -122,16 +124,22 @@ def backward(
     if method.applies_to_heads:  # a loss weighting driven by gradient information (GradNorm)
         objective = decision.objective
         if objective is None:
-            objective = (weights.to(stacked.dtype) * stacked).sum()
+            objective = (weights.to(device=stacked.device, dtype=stacked.dtype) * stacked).sum()
         objective.backward()
         return _result(tasks, weights, stacked, grads.gramian)
 
     # The shared part gets sum_k w_k g_k: replace the gradient that reaches each feature tensor.
     handles = []
     for feat, fgrad in zip(feats, grads.feature_grads, strict=True):
-        combined = torch.tensordot(weights.to(fgrad.dtype), fgrad, dims=1)
+        combined = torch.tensordot(
+            weights.to(device=fgrad.device, dtype=fgrad.dtype), fgrad, dims=1
+        )
         handles.append(feat.register_hook(lambda _g, c=combined: c))
-    head_weights = torch.ones_like(stacked) if head_grad == "own" else weights.to(stacked.dtype)
+    head_weights = (
+        torch.ones_like(stacked)
+        if head_grad == "own"
+        else weights.to(device=stacked.device, dtype=stacked.dtype)
+    )
     try:
         (head_weights * stacked).sum().backward()
     finally:
