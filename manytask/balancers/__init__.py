@@ -4,15 +4,41 @@ Every method is a small :class:`Balancer` subclass registered under a name; pick
 :func:`make_balancer` (``manytask.make_balancer("mgda")``) or instantiate the class.
 """
 
+from .aligned_mtl import AlignedMTL
 from .base import Balancer, Decision
+from .cagrad import CAGrad
+from .config_method import ConFIG
+from .dualproj import DualProj
+from .dwa import DynamicWeightAverage
+from .fairgrad import FairGrad
+from .gradnorm import GradNorm
+from .imtl import IMTLG
+from .mgda import MGDA
+from .nash_mtl import NashMTL
+from .pcgrad import PCGrad
 from .registry import available, build, make_balancer, parameters, register
+from .uncertainty import UncertaintyWeighting
+from .upgrad import UPGrad
 from .weighting import EqualWeighting, FixedWeights
 
 __all__ = [
+    "IMTLG",
+    "MGDA",
+    "AlignedMTL",
     "Balancer",
+    "CAGrad",
+    "ConFIG",
     "Decision",
+    "DualProj",
+    "DynamicWeightAverage",
     "EqualWeighting",
+    "FairGrad",
     "FixedWeights",
+    "GradNorm",
+    "NashMTL",
+    "PCGrad",
+    "UPGrad",
+    "UncertaintyWeighting",
     "available",
     "build",
     "make_balancer",

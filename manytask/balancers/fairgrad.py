@@ -1,0 +1,51 @@
+"""FairGrad, fair resource allocation in multi-task learning (Ban and Ji, ICML 2024, Section 3,
+Algorithm 1; eq. 4 of arXiv:2402.15638).
+
+The update ``d = sum_k w_k g_k`` maximises the alpha-fair utility ``sum_k (g_k . d)^(1-alpha) /
+(1-alpha)`` over a ball; its weights solve
+
+    G w = w^(-1/alpha)   (elementwise, w > 0),
+
+so that every task gets ``g_k . d = w_k^(-1/alpha)``. ``alpha = 1`` is proportional fairness,
+i.e. Nash-MTL's ``G w = 1/w``; large ``alpha`` tends to max-min fairness (MGDA-like). The
+reference code solves the equation with ``scipy.optimize.least_squares``; we solve it exactly by
+Newton's method on a convex function (:mod:`._fairness`, with its documented ridge where no
+solution exists), so the result is always finite.
+
+Conventions: weights as defined by the equation on the unnormalised Gramian (no normalisation,
+no clipping), as the reference code and torchjd. ``alpha = 0`` is linear scalarisation: equal
+weights ``1/K`` (torchjd's convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._fairness import fair_weights
+from .base import Balancer, Decision
+from .registry import check_number, register
+
+
+@register
+class FairGrad(Balancer):
+    """alpha-fair weights solving ``G w = w^(-1/alpha)`` (Ban and Ji, 2024, Algorithm 1)."""
+
+    name = "fairgrad"
+    requires = "gramian"
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        check_number("fairgrad", "alpha", alpha, low=0.0)
+        self.alpha = alpha
+
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+        if gramian is None:
+            raise ValueError("fairgrad needs the Gramian of the task gradients")
+        k = len(tasks)
+        if self.alpha == 0:
+            return Decision(weights=torch.full((k,), 1.0 / k, dtype=torch.float64))
+        g = gramian.detach().double().cpu().numpy()
+        return Decision(weights=torch.from_numpy(fair_weights(g, 1.0 / self.alpha)))

@@ -1,0 +1,89 @@
+"""Nash-MTL, multi-task learning as a bargaining game (Navon, Shamsian, Achituve, Maron,
+Kawaguchi, Chechik and Fetaya, ICML 2022, Section 3 and Algorithm 1).
+
+The update ``d = sum_k alpha_k g_k`` is the Nash bargaining solution: ``alpha > 0`` solves
+
+    G alpha = 1 / alpha   (elementwise),
+
+so that every task gets ``g_k . d = 1 / alpha_k``. We solve it exactly by Newton's method on a
+convex function (:mod:`._fairness`), with no external solver: the reference code's sequence of
+convex programs (cvxpy/ECOS, 20 iterations) stops at a loose tolerance and can fail at run time.
+Documented fallback: where no solution exists (a non-negative combination of the gradients
+vanishes) a ``1e-10`` relative ridge makes it exist; the result is always finite.
+
+Conventions, as the reference code and torchjd: ``alpha`` solves the equation for the Gramian
+itself (the reference code divides ``G`` by its Frobenius norm only for conditioning and undoes
+it in its constraints; :mod:`._fairness` likewise rescales internally), so the unclipped update
+has ``||d||^2 = alpha^T G alpha = K`` whatever the scale of the gradients; it is then clipped to
+norm ``max_norm`` (``0`` disables clipping; default 1.0, as the reference code and torchjd).
+``update_weights_every = n`` recomputes the weights only every n-th step and reuses them in
+between, as the reference code's option (only while the same tasks are present; otherwise they
+are recomputed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._fairness import fair_weights
+from .base import Balancer, Decision
+from .registry import check_number, register
+
+
+@register
+class NashMTL(Balancer):
+    """The Nash bargaining solution ``G alpha = 1/alpha`` (Navon et al., 2022, Algorithm 1)."""
+
+    name = "nash_mtl"
+    requires = "gramian"
+    # Per-task state, allocated by setup().
+    last_alpha: Tensor
+    last_present: Tensor
+    steps: Tensor
+
+    def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1) -> None:
+        super().__init__()
+        check_number("nash_mtl", "max_norm", max_norm, low=0.0)
+        check_number("nash_mtl", "update_weights_every", update_weights_every, low=1, integer=True)
+        self.max_norm = max_norm
+        self.update_weights_every = update_weights_every
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        first = not self.task_names
+        super().setup(task_names)
+        if first:
+            k = len(self.task_names)
+            self.register_buffer("last_alpha", torch.zeros(k, dtype=torch.float64))
+            self.register_buffer("last_present", torch.zeros(k, dtype=torch.bool))
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def alpha(self, gramian: Tensor) -> Tensor:
+        """The solution of ``G alpha = 1 / alpha`` (before clipping; 0 for a zero gradient)."""
+        return torch.from_numpy(fair_weights(gramian.detach().double().cpu().numpy(), 1.0))
+
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+        if gramian is None:
+            raise ValueError("nash_mtl needs the Gramian of the task gradients")
+        idx = self.index(tasks)
+        present = torch.zeros(len(self.task_names), dtype=torch.bool)
+        present[idx] = True
+        reuse = int(self.steps) % self.update_weights_every != 0 and torch.equal(
+            present, self.last_present.cpu()
+        )
+        if reuse:
+            alpha = self.last_alpha[idx].cpu()
+        else:
+            alpha = self.alpha(gramian)
+            self.last_alpha.zero_()
+            self.last_alpha[idx] = alpha.to(self.last_alpha.device)
+            self.last_present.copy_(present.to(self.last_present.device))
+        self.steps += 1
+        if self.max_norm > 0:
+            norm = math.sqrt(max(float(alpha @ gramian.detach().double().cpu() @ alpha), 0.0))
+            if norm > self.max_norm:
+                alpha = alpha * (self.max_norm / norm)
+        return Decision(weights=alpha)

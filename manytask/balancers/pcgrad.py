@@ -1,0 +1,73 @@
+"""PCGrad, "gradient surgery" (Yu, Kumar, Gupta, Levine, Hausman and Finn, NeurIPS 2020, Alg. 1).
+
+For each task ``i``, ``g_i^PC`` starts as ``g_i`` and is projected, for every other task ``j``
+taken in a random order, onto the normal plane of ``g_j`` whenever they conflict:
+
+    if g_i^PC . g_j < 0:   g_i^PC <- g_i^PC - (g_i^PC . g_j / ||g_j||^2) g_j
+
+(the already projected ``g_i^PC`` against the *original* ``g_j``). The update is
+``sum_i g_i^PC``: a sum, as in the paper, LibMTL and torchjd, so the coefficients sum to K when
+no pair conflicts.
+
+Each ``g_i^PC`` is kept as a coefficient vector over the original gradients, so the whole
+procedure runs on the K x K Gramian: ``g_i^PC . g_j = (C G)_ij``. The K projections are
+vectorised across ``i``: step ``s`` projects every ``g_i^PC`` against its own ``s``-th task.
+
+Order: with ``shuffle=True`` each task draws its order with ``torch.randperm(K)`` from the global
+torch RNG (one draw per task, in task order, skipping itself), which is also how torchjd 0.18
+draws it; ``shuffle=False`` uses the fixed order ``j = 0..K-1`` of the present tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .base import Balancer, Decision
+from .registry import register
+
+
+def pcgrad_coefficients(gramian: Tensor, orders: Tensor) -> Tensor:
+    """Rows: coefficients of each projected ``g_i^PC`` over the original gradients.
+
+    ``orders[i]`` is the order (a permutation of ``0..K-1``; ``i`` itself is skipped) in which
+    task ``i`` is projected against the others.
+    """
+    k = gramian.shape[0]
+    coef = torch.eye(k, dtype=torch.float64)
+    rows = torch.arange(k)
+    sq_norms = gramian.diagonal()
+    for step in range(k):
+        j = orders[:, step]
+        inner = (coef * gramian[j]).sum(dim=1)  # g_i^PC . g_{j_i}, O(K^2)
+        # A zero g_j cannot conflict; the guard only protects against rounding.
+        conflict = (j != rows) & (inner < 0) & (sq_norms[j] > 0)
+        coef[rows, j] -= torch.where(conflict, inner / torch.where(conflict, sq_norms[j], 1.0), 0.0)
+    return coef
+
+
+@register
+class PCGrad(Balancer):
+    """Project away conflicting gradient components (Yu et al., 2020, Algorithm 1)."""
+
+    name = "pcgrad"
+    requires = "gramian"
+
+    def __init__(self, shuffle: bool = True) -> None:
+        super().__init__()
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"pcgrad: shuffle must be a bool, got {shuffle!r}")
+        self.shuffle = shuffle
+
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+        if gramian is None:
+            raise ValueError("pcgrad needs the Gramian of the task gradients")
+        k = len(tasks)
+        if self.shuffle:
+            orders = torch.stack([torch.randperm(k) for _ in range(k)])
+        else:
+            orders = torch.arange(k).expand(k, k)
+        coef = pcgrad_coefficients(gramian.double().cpu(), orders)
+        return Decision(weights=coef.sum(dim=0))

@@ -1,0 +1,56 @@
+"""UPGrad, unconflicting projection of gradients (Quinton and Rey, "Jacobian Descent for
+Multi-Objective Optimization", 2024, Section 3: the UPGrad aggregator, and Proposition 1).
+
+Each task gradient is projected onto the dual cone of all of them,
+``C = {x : g_j . x >= 0 for every j}``, and the projections are averaged:
+
+    A(J) = (1/K) sum_i pi_C(g_i).
+
+By Proposition 1 of the paper, ``pi_C(J^T u) = J^T v`` with ``v = argmin_{v >= u} v^T G v``, so
+each projection is a small QP on the Gramian, solved exactly by :mod:`._qp` (no regularisation of
+``G``, unlike torchjd's default projector, which adds 1e-4 to the diagonal of the normalised
+Gramian).
+
+Convention: the weights are those of the *mean* (``u_i = e_i / K``), as in the paper and torchjd:
+when no pair of gradients conflicts, the update is exactly the mean gradient (weights ``1/K``).
+Multiply by K for the scale of the summed loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._qp import solve_qp
+from .base import Balancer, Decision
+from .registry import register
+
+
+def dual_cone_weights(gramian: Tensor, u: np.ndarray) -> np.ndarray:
+    """``v = argmin_{v >= u} v^T G v``: ``J^T v`` projects ``J^T u`` onto the dual cone."""
+    g = gramian.detach().double().cpu().numpy()
+    if not np.any(g):  # every gradient is zero: the projection of zero is zero, any v will do
+        return u.copy()
+    return np.maximum(solve_qp(g, lower=u).x, u)  # remove rounding below the bounds
+
+
+@register
+class UPGrad(Balancer):
+    """Mean of the projections of each gradient onto the dual cone (Quinton and Rey, 2024)."""
+
+    name = "upgrad"
+    requires = "gramian"
+
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+        if gramian is None:
+            raise ValueError("upgrad needs the Gramian of the task gradients")
+        k = len(tasks)
+        weights = np.zeros(k)
+        for i in range(k):  # one K x K QP per task, K is small
+            u = np.zeros(k)
+            u[i] = 1.0 / k
+            weights += dual_cone_weights(gramian, u)
+        return Decision(weights=torch.from_numpy(weights))

@@ -1,0 +1,135 @@
+"""CAGrad: the mean at c=0, dual optimality, the primal property, rescaling, torchjd."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from bal_helpers import random_jacobian
+from scipy.optimize import minimize
+
+from manytask.balancers import CAGrad
+from manytask.balancers.cagrad import cagrad_dual
+
+
+def _decide(G: torch.Tensor, **kw: float) -> torch.Tensor:
+    names = [f"t{i}" for i in range(G.shape[0])]
+    m = CAGrad(**kw)  # type: ignore[arg-type]
+    m.setup(names)
+    return m.decide(torch.ones(len(names)), names, G).weights
+
+
+def _dual_objective(G: np.ndarray, c: float, w: np.ndarray) -> float:
+    k = G.shape[0]
+    phi = c * math.sqrt(G.sum()) / k
+    return float(G.sum(1) @ w / k + phi * math.sqrt(max(w @ G @ w, 0.0)))
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_c_zero_is_exactly_the_mean(k: int) -> None:
+    J = random_jacobian(k, 5, seed=k)
+    for rescale in (0, 1, 2):
+        assert torch.equal(
+            _decide(J @ J.T, c=0.0, rescale=rescale), torch.full((k,), 1.0 / k, dtype=torch.float64)
+        )
+
+
+def test_dual_minimum_matches_brute_force_two_tasks() -> None:
+    for seed in range(4):
+        J = random_jacobian(2, 6, seed=seed).numpy()
+        G = J @ J.T
+        G = G / np.trace(G)
+        w, _ = cagrad_dual(G, 0.5)
+        grid = np.linspace(0, 1, 200_001)
+        values = [_dual_objective(G, 0.5, np.array([a, 1 - a])) for a in grid[::100]]
+        coarse = grid[::100][int(np.argmin(values))]
+        fine = grid[(grid > coarse - 1e-3) & (grid < coarse + 1e-3)]
+        best = min(_dual_objective(G, 0.5, np.array([a, 1 - a])) for a in fine)
+        assert _dual_objective(G, 0.5, w) <= best + 1e-12
+
+
+@pytest.mark.parametrize(("k", "c"), [(3, 0.4), (5, 0.4), (5, 1.5)])
+def test_dual_beats_scipy(k: int, c: float) -> None:
+    J = random_jacobian(k, 9, seed=k).numpy()
+    G = J @ J.T
+    G = G / np.trace(G)
+    w, _ = cagrad_dual(G, c)
+    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
+    ref = minimize(
+        lambda v: _dual_objective(G, c, v),
+        np.full(k, 1 / k),
+        method="SLSQP",
+        bounds=[(0, 1)] * k,
+        constraints=[{"type": "eq", "fun": lambda v: v.sum() - 1}],
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    assert _dual_objective(G, c, w) <= ref.fun + 1e-10
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_primal_property(k: int) -> None:
+    # d maximises min_i g_i . d over the ball ||d - g0|| <= c ||g0|| (rescale=0).
+    c = 0.6
+    J = random_jacobian(k, 5, seed=20 + k)
+    d = _decide(J @ J.T, c=c, rescale=0) @ J
+    g0 = J.mean(0)
+    radius = c * float(g0.norm())
+    assert abs(float((d - g0).norm()) - radius) < 1e-9 * radius
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(20_000, 5, generator=gen, dtype=torch.float64)
+    u = (
+        u
+        / u.norm(dim=1, keepdim=True)
+        * radius
+        * torch.rand(20_000, 1, generator=gen, dtype=torch.float64)
+    )
+    others = ((g0 + u) @ J.T).min(dim=1).values
+    assert float((J @ d).min()) >= float(others.max()) - 1e-9
+
+
+def test_rescale_factors() -> None:
+    J = random_jacobian(3, 4, seed=2)
+    base = _decide(J @ J.T, c=0.5, rescale=0)
+    assert torch.allclose(_decide(J @ J.T, c=0.5, rescale=1), base / 1.25)
+    assert torch.allclose(_decide(J @ J.T, c=0.5, rescale=2), base / 1.5)
+
+
+def test_vanishing_combination_gives_the_mean() -> None:
+    J = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [3.0, 0.5]], dtype=torch.float64)
+    w = _decide(J @ J.T, c=2.0, rescale=0)
+    # 0 lies in the convex hull (g1 + g2 = 0) and with c > 1 the dual objective
+    # g0.g_w + c ||g0|| ||g_w|| >= (c - 1) ||g0|| ||g_w|| is minimal only at g_w = 0.
+    assert torch.all(torch.isfinite(w))
+    assert torch.allclose(w, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_permuting_tasks_permutes_weights() -> None:
+    J = random_jacobian(5, 8, seed=9)
+    perm = torch.tensor([3, 1, 4, 0, 2])
+    w = _decide(J @ J.T)
+    assert torch.allclose(_decide(J[perm] @ J[perm].T), w[perm], atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 10])
+def test_agrees_with_torchjd(k: int) -> None:
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    for seed in range(2):
+        J = random_jacobian(k, 12, seed=seed)
+        ours = _decide(J @ J.T, c=0.4, rescale=1) @ J
+        theirs = aggregation.CAGrad(c=0.4)(J)
+        # torchjd is rescale=0: ours divided by (1 + c^2). Clarabel's tolerance leaves ~1e-4.
+        assert torch.allclose(
+            ours * (1 + 0.4**2), theirs, rtol=5e-4, atol=5e-4 * float(theirs.norm())
+        )
+        # Where the two differ, our dual objective is the lower one.
+        G = (J @ J.T).numpy()
+        G = G / np.trace(G)
+        theirs_w = aggregation.CAGradWeighting(c=0.4)(torch.from_numpy(G)).numpy()
+        ours_w = _decide(torch.from_numpy(G), c=0.4, rescale=0).numpy()
+        to_dual = lambda w: (w - 1 / k) / np.sum(w - 1 / k)  # noqa: E731 - recover w* on the simplex
+        assert (
+            _dual_objective(G, 0.4, to_dual(ours_w))
+            <= _dual_objective(G, 0.4, to_dual(theirs_w)) + 1e-12
+        )
