@@ -117,6 +117,14 @@ def backward(
         raise ValueError("features= holds no tensor that requires grad")
     params = None if shared_params is None else [p for p in shared_params if p.requires_grad]
     grads = task_gradients(values, feats, mode=mode, shared_params=params)
+    if method.requires == "jacobian":
+        decision = method.decide_jacobian(stacked, tasks, grads.jacobian_matrix())
+        _check_weights(method, decision.weights, len(tasks))
+        if decision.update is None:
+            raise RuntimeError(f"{method.name} returned no update vector")
+        targets = feats if mode == "feature" else (params or [])
+        _apply_update(targets, decision.update, stacked, decision.weights, head_grad)
+        return _result(tasks, decision.weights, stacked, grads.gramian)
     decision = method.decide(stacked, tasks, grads.gramian)
     weights = decision.weights
     _check_weights(method, weights, len(tasks))
@@ -129,23 +137,40 @@ def backward(
         return _result(tasks, weights, stacked, grads.gramian)
 
     # The shared part gets sum_k w_k g_k: replace the gradient that reaches each feature tensor.
-    handles = []
-    for feat, fgrad in zip(feats, grads.feature_grads, strict=True):
-        combined = torch.tensordot(
-            weights.to(device=fgrad.device, dtype=fgrad.dtype), fgrad, dims=1
+    update = torch.cat(
+        [
+            torch.tensordot(weights.to(device=g.device, dtype=g.dtype), g, dims=1).reshape(-1)
+            for g in grads.feature_grads
+        ]
+    )
+    _apply_update(feats, update, stacked, weights, head_grad)
+    return _result(tasks, weights, stacked, grads.gramian)
+
+
+def _apply_update(
+    targets: list[Tensor], update: Tensor, losses: Tensor, weights: Tensor, head_grad: HeadGrad
+) -> None:
+    """Backpropagate the losses with the gradient reaching each of ``targets`` (the shared
+    parameters, or the features) replaced by its slice of ``update``."""
+    total = sum(t.numel() for t in targets)
+    if update.shape != (total,) or not bool(torch.isfinite(update).all()):
+        raise FloatingPointError(
+            f"update must be a finite vector of {total} values, got shape {tuple(update.shape)}"
         )
-        handles.append(feat.register_hook(lambda _g, c=combined: c))
+    handles = []
+    for target, piece in zip(targets, update.split([t.numel() for t in targets]), strict=True):
+        value = piece.reshape(target.shape).to(device=target.device, dtype=target.dtype)
+        handles.append(target.register_hook(lambda _g, v=value: v))
     head_weights = (
-        torch.ones_like(stacked)
+        torch.ones_like(losses)
         if head_grad == "own"
-        else weights.to(device=stacked.device, dtype=stacked.dtype)
+        else weights.to(device=losses.device, dtype=losses.dtype)
     )
     try:
-        (head_weights * stacked).sum().backward()
+        (head_weights * losses).sum().backward()
     finally:
         for handle in handles:
             handle.remove()
-    return _result(tasks, weights, stacked, grads.gramian)
 
 
 def _check_weights(method: Balancer, weights: Tensor, k: int) -> None:

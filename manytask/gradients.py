@@ -46,10 +46,18 @@ def feature_tensors(features: Features) -> list[Tensor]:
 
 @dataclass
 class TaskGradients:
-    """The Gramian (float64, K x K) and the per-task feature gradients used to apply weights."""
+    """The Gramian (float64, K x K), the per-task feature gradients used to apply weights, and
+    the Jacobian blocks the Gramian was computed from (w.r.t. the shared parameters in exact
+    mode, the features in feature mode), each of shape (K, *tensor.shape)."""
 
     gramian: Tensor
     feature_grads: list[Tensor]  # one per feature tensor, each of shape (K, *feature.shape)
+    blocks: list[Tensor]
+
+    def jacobian_matrix(self) -> Tensor:
+        """The blocks flattened and concatenated: the K x D Jacobian."""
+        k = self.gramian.shape[0]
+        return torch.cat([b.reshape(k, -1) for b in self.blocks], dim=1)
 
 
 def feature_gradients(losses: Sequence[Tensor], features: Sequence[Tensor]) -> list[Tensor]:
@@ -137,10 +145,11 @@ def task_gradients(
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     fgrads = feature_gradients(losses, features)
     if mode == "feature":
-        return TaskGradients(gramian_of(fgrads), fgrads)
+        return TaskGradients(gramian_of(fgrads), fgrads, fgrads)
     if not shared_params:
         raise ValueError("mode='exact' needs shared_params (the parameters of the shared part)")
-    return TaskGradients(gramian_of(jacobian(features, fgrads, shared_params)), fgrads)
+    blocks = jacobian(features, fgrads, shared_params)
+    return TaskGradients(gramian_of(blocks), fgrads, blocks)
 
 
 def cosine_similarity(gramian: Tensor, eps: float = 1e-12) -> Tensor:

@@ -8,22 +8,34 @@ from .aligned_mtl import AlignedMTL
 from .base import Balancer, Decision
 from .cagrad import CAGrad
 from .config_method import ConFIG
+from .dbmtl import DBMTL
 from .dualproj import DualProj
 from .dwa import DynamicWeightAverage
 from .fairgrad import FairGrad
+from .famo import FAMO
+from .gls import GLS
 from .gradnorm import GradNorm
 from .imtl import IMTLG
+from .imtl_l import IMTLL
 from .mgda import MGDA
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .registry import available, build, make_balancer, parameters, register
+from .rlw import RLW
+from .stch import STCH
 from .uncertainty import UncertaintyWeighting
 from .upgrad import UPGrad
 from .weighting import EqualWeighting, FixedWeights
 
 __all__ = [
+    "DBMTL",
+    "FAMO",
+    "GLS",
     "IMTLG",
+    "IMTLL",
     "MGDA",
+    "RLW",
+    "STCH",
     "AlignedMTL",
     "Balancer",
     "CAGrad",

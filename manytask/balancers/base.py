@@ -17,6 +17,9 @@ How the decision is applied (see :func:`manytask.backward`):
 * ``requires = "gramian"`` and ``applies_to_heads = True``: a loss weighting whose weights are
   computed from gradient information (GradNorm); the objective ``sum_k w_k L_k`` is
   backpropagated through everything.
+* ``requires = "jacobian"``: methods that are not a linear combination of the task gradients
+  (GradDrop, MoCo, ...) get the K x D Jacobian itself (w.r.t. the shared parameters, or the
+  features) in :meth:`Balancer.decide_jacobian` and return the shared update vector.
 
 Absent tasks: a balancer is told the names of all tasks once (:meth:`Balancer.setup`) and at
 each step the names of the tasks present in the batch. Stateful methods update only the state
@@ -33,7 +36,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-Requirement = Literal["losses", "gramian"]
+Requirement = Literal["losses", "gramian", "jacobian"]
 
 
 @dataclass
@@ -43,10 +46,14 @@ class Decision:
     ``weights``: detached coefficients, one per present task, in the order of ``tasks``.
     ``objective``: a scalar to backpropagate instead of ``sum_k weights_k * losses_k``; only
     loss-level methods with parameters of their own set it.
+    ``update``: for ``requires = "jacobian"`` methods, the combined shared gradient itself, a
+    flat vector over the Jacobian's columns (then ``weights`` are only reported, and scale the
+    heads' gradients under ``head_grad="weighted"``).
     """
 
     weights: Tensor
     objective: Tensor | None = None
+    update: Tensor | None = None
 
 
 class Balancer(nn.Module):
@@ -96,6 +103,14 @@ class Balancer(nn.Module):
         ``gramian`` their K x K Gramian in float64 (``None`` for loss-level methods).
         """
         raise NotImplementedError  # abstract: every registered subclass overrides it
+
+    def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
+        """For ``requires = "jacobian"``: the decision, with ``update`` of shape (D,).
+
+        ``jacobian`` is the K x D matrix of the present tasks' gradients (float32 or as
+        computed), rows in the order of ``tasks``.
+        """
+        raise NotImplementedError  # abstract: every "jacobian" subclass overrides it
 
     def end_epoch(self) -> None:
         """Hook called by the Trainer at the end of each epoch (used by DWA)."""

@@ -153,3 +153,42 @@ def test_bad_calls_have_clear_errors() -> None:
         manytask.backward({"t0": torch.ones(2, requires_grad=True)}, EqualWeighting())
     with pytest.raises(ValueError, match="head_grad"):
         manytask.backward(losses, EqualWeighting(), head_grad="all")  # type: ignore[arg-type]
+
+
+class ElementwiseMax(Balancer):
+    """A Jacobian-level test double: per coordinate, the largest task gradient (not linear)."""
+
+    name = "test-elementwise-max"
+    requires = "jacobian"
+
+    def decide_jacobian(self, losses, tasks, jacobian):
+        return Decision(torch.ones(len(tasks), dtype=torch.float64), update=jacobian.max(0).values)
+
+
+@pytest.mark.parametrize("mode", ["exact", "feature"])
+def test_jacobian_level_update_reaches_shared_part(mode: str) -> None:
+    tasks, model, x, targets = _problem()
+    out, feats = model(x, return_features=True)
+    losses = task_losses(tasks, out, targets)
+    wrt = list(model.shared_parameters()) if mode == "exact" else [feats]
+    rows = [
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(v, wrt, retain_graph=True)])
+        for v in losses.values()
+    ]
+    expected = torch.stack(rows).max(0).values
+    if mode == "feature":  # push the feature-level update through the trunk by hand
+        shared = torch.autograd.grad(
+            feats, list(model.shared_parameters()), expected.reshape(feats.shape), retain_graph=True
+        )
+        expected = torch.cat([g.reshape(-1) for g in shared])
+    heads = _expected(
+        model, tasks, x, targets, {t.name: 0.0 for t in tasks}, {t.name: 1.0 for t in tasks}
+    )
+    manytask.backward(
+        losses, ElementwiseMax(), features=feats, shared_params=model.shared_parameters(), mode=mode
+    )  # type: ignore[arg-type]
+    got = torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()])  # type: ignore[union-attr]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    for name, value in heads.items():
+        if name.startswith("heads."):
+            torch.testing.assert_close(_grads(model)[name], value, rtol=1e-5, atol=1e-7)
