@@ -234,7 +234,7 @@ class Trainer:
             bar = tqdm(
                 train_data,
                 desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not self.progress,
+                disable=None if self.progress else True,  # None: off when not a terminal
                 leave=False,
             )
             for batch in bar:
