@@ -6,7 +6,7 @@ per task, batch 256, MSE on random regression targets, 2 CPU threads. A step is
 starts from the same initial weights; the reported time is the median over ``--steps`` timed
 steps after ``--warmup`` untimed ones.
 
-Gradient-level methods (``requires == "gramian"``) are timed in both modes: ``exact``
+Gradient-level methods (``requires`` "gramian" or "jacobian") are timed in both modes: ``exact``
 (Gramian of the gradients w.r.t. the trunk's parameters) and ``feature`` (w.r.t. the trunk's
 output). When torchjd is installed, torchjd's implementation of the same method is timed too,
 with ``torchjd.autojac.mtl_backward`` then ``jac_to_grad`` over the trunk's parameters (its
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
             if probe is None:
                 k_rows.append(Row(name, "—", k, note=f"skipped: {why}"))
                 continue
-            modes = ["exact", "feature"] if probe.requires == "gramian" else ["—"]
+            modes = ["exact", "feature"] if probe.requires in ("gramian", "jacobian") else ["—"]
             for mode in modes:
                 row = Row(name, mode, k)
                 balancer, _ = build_balancer(name)  # a fresh one: state must not carry over

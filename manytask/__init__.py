@@ -3,6 +3,7 @@
 from .backward import BackwardResult, NonFiniteLossError, backward
 from .balancers import Balancer, Decision, available, make_balancer
 from .gradients import task_gradients
+from .merging import merge, merge_state_dicts
 from .models import HardSharing, MultiTaskModel
 from .tasks import Metric, TargetError, Task, task_losses
 from .training import Trainer
@@ -25,6 +26,8 @@ __all__ = [
     "available",
     "backward",
     "make_balancer",
+    "merge",
+    "merge_state_dicts",
     "task_gradients",
     "task_losses",
 ]

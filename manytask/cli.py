@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dirs", nargs="+")
     rep.add_argument("--out", help="output directory (default: the first run directory)")
     rep.set_defaults(func=_cmd_report)
+    from .merging.cli import add_merge_command
+
+    add_merge_command(sub)
     bal = sub.add_parser("balancers", help="list the training methods and their parameters")
     bal.set_defaults(func=_cmd_balancers)
     return parser

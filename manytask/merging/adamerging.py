@@ -1,0 +1,153 @@
+"""AdaMerging: merging coefficients learned by entropy minimisation on unlabelled inputs.
+
+Yang et al., 2024, "AdaMerging: Adaptive Model Merging for Multi-Task Learning" (ICLR), Sec. 3:
+the merged encoder is ``theta = theta_0 + sum_k lambda_k tau_k`` (task-wise) or, per layer
+``l``, ``theta^l = theta_0^l + sum_k lambda_k^l tau_k^l`` (layer-wise), and the coefficients
+minimise the summed Shannon entropy of each task's predictions (the merged encoder followed by
+that task's own, frozen head) on unlabelled inputs of that task, by Adam. The paper
+initialises every coefficient at 0.3; that is our default.
+
+Conventions: a "layer" is one parameter tensor of the encoder (the finest split); buffers come
+from the base encoder; coefficients are clamped to ``bounds`` (default [0, 1]) after each step,
+our choice to keep them in the range task arithmetic uses. Each step reads one batch per task
+(cycling through a loader when it ends); the result reports how many batches each loader gave.
+The merged parameters are one flat vector ``theta_0 + sum_k lambda_k[layer] * tau_k``
+computed in a single vectorised expression per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class AdaMergingResult:
+    """The merged encoder state dict, the learned coefficients and the optimisation trace."""
+
+    state_dict: dict[str, Tensor]
+    coefficients: Tensor  # (K,) task-wise or (K, L) layer-wise, L = len(layer_names)
+    layer_names: list[str]
+    entropy: list[float]  # summed mean entropy over tasks, before each step
+    batches_read: list[int]
+
+
+def prediction_entropy(logits: Tensor) -> Tensor:
+    """Mean over samples of the Shannon entropy of ``softmax(logits)`` (natural log)."""
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+class _Cycle:
+    """Endless batches from a loader (restarted when exhausted), counting them."""
+
+    def __init__(self, loader: Iterable[Any], name: str):
+        self.loader, self.name, self.count = loader, name, 0
+        self._it: Iterator[Any] = iter(loader)
+
+    def next_input(self) -> Tensor:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise ValueError(f"adamerging: loader {self.name} yields no batch") from None
+        self.count += 1
+        return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def adamerging(
+    encoder: nn.Module,
+    task_state_dicts: Sequence[Mapping[str, Tensor]],
+    heads: Sequence[nn.Module],
+    loaders: Sequence[Iterable[Any]],
+    *,
+    granularity: str = "layer",
+    steps: int = 100,
+    lr: float = 1e-3,
+    init: float = 0.3,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+) -> AdaMergingResult:
+    """Learn AdaMerging coefficients (see the module docstring).
+
+    ``encoder`` holds the base (pre-trained) weights; ``task_state_dicts[k]`` the fine-tuned
+    encoder of task ``k`` (same names); ``heads[k]`` maps encoder features to task ``k``'s
+    logits; ``loaders[k]`` yields unlabelled inputs of task ``k`` (or tuples whose first item
+    is the input). Returns the merged encoder's state dict.
+    """
+    from torch.func import functional_call
+
+    k = len(task_state_dicts)
+    if k < 2 or len(heads) != k or len(loaders) != k:
+        raise ValueError(
+            f"adamerging: needs >= 2 tasks with one head and one loader each; got "
+            f"{k} state dicts, {len(heads)} heads, {len(loaders)} loaders"
+        )
+    if granularity not in ("task", "layer"):
+        raise ValueError(f"adamerging: granularity must be 'task' or 'layer', got {granularity!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"adamerging: steps must be a non-negative integer, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"adamerging: lr must be > 0, got {lr!r}")
+    if bounds is not None and not bounds[0] <= init <= bounds[1]:
+        raise ValueError(f"adamerging: init {init} lies outside bounds {bounds}")
+
+    base = {n: p.detach() for n, p in encoder.named_parameters()}
+    names = list(base)
+    for i, sd in enumerate(task_state_dicts):
+        missing = [n for n in names if n not in sd]
+        if missing:
+            raise ValueError(f"adamerging: task_state_dicts[{i}] lacks {missing[:5]}")
+        for n in names:
+            if sd[n].shape != base[n].shape:
+                raise ValueError(
+                    f"adamerging: tensor {n!r} of task {i} has shape {tuple(sd[n].shape)}, "
+                    f"the encoder has {tuple(base[n].shape)}"
+                )
+    sizes = [base[n].numel() for n in names]
+    base_flat = torch.cat([base[n].reshape(-1) for n in names])
+    taus = torch.stack(
+        [torch.cat([(sd[n].to(base_flat.dtype) - base[n]).reshape(-1) for n in names])
+         for sd in task_state_dicts]
+    )  # (K, P)
+    layer_of = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes))
+    shape = (k,) if granularity == "task" else (k, len(names))
+    lam = torch.full(shape, float(init), dtype=base_flat.dtype, requires_grad=True)
+    buffers = {n: b.detach() for n, b in encoder.named_buffers()}
+
+    def merged_flat(coef: Tensor) -> Tensor:
+        if coef.dim() == 1:
+            return base_flat + coef @ taus
+        return base_flat + (coef[:, layer_of] * taus).sum(0)
+
+    def as_params(flat: Tensor) -> dict[str, Tensor]:
+        parts = torch.split(flat, sizes)
+        return {n: part.view_as(base[n]) for n, part in zip(names, parts, strict=True)}
+
+    cycles = [_Cycle(loader, f"loaders[{i}]") for i, loader in enumerate(loaders)]
+    opt = torch.optim.Adam([lam], lr=lr)
+    history: list[float] = []
+    for _ in range(steps):
+        params = as_params(merged_flat(lam))
+        loss = torch.zeros((), dtype=base_flat.dtype)
+        for head, cycle in zip(heads, cycles, strict=True):
+            features = functional_call(encoder, (params, buffers), (cycle.next_input(),))
+            loss = loss + prediction_entropy(head(features))
+        history.append(float(loss.detach()))
+        # Gradient for the coefficients only: the heads and the encoder are left untouched.
+        (lam.grad,) = torch.autograd.grad(loss, [lam])
+        opt.step()
+        if bounds is not None:
+            with torch.no_grad():
+                lam.clamp_(*bounds)
+    final = as_params(merged_flat(lam.detach()))
+    state = {n: final[n].clone() if n in final else v.clone()
+             for n, v in encoder.state_dict().items()}
+    return AdaMergingResult(state, lam.detach().clone(), names, history,
+                            [c.count for c in cycles])

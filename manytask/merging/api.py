@@ -1,0 +1,177 @@
+"""The merge entry points: to a folder (streaming, atomic) or to an in-memory state dict."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import MergeConfig, parse_dtype
+from .engine import MemorySink, plan_tensors, run
+from .lora import LoraSource
+from .methods import get_method
+from .sources import Source, StateDictSource, is_lora_folder, open_source
+from .writer import MARKER, AtomicDirectory, OutputTensor, ShardedWriter
+
+# Files never copied from the base folder: weights and their indexes.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+_SKIP_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json",
+               "adapter_config.json", MARKER)
+
+
+@dataclass
+class MergeReport:
+    """What a merge wrote."""
+
+    output_dir: Path
+    tensors: int
+    files: list[str]
+    total_bytes: int
+    seconds: float
+
+
+def _open_inputs(config: MergeConfig) -> tuple[Source | None, list[Source]]:
+    base = None
+    if config.base_model is not None:
+        if is_lora_folder(Path(config.base_model)):
+            raise ValueError(f"base_model {config.base_model!r} is a LoRA adapter, not a model")
+        base = open_source(config.base_model, allow_pickle=config.allow_pickle)
+    models: list[Source] = []
+    for entry in config.models:
+        if is_lora_folder(Path(entry.model)):
+            if base is None:
+                raise ValueError(f"LoRA adapter {entry.model!r} needs a base_model")
+            models.append(LoraSource(entry.model, base, allow_pickle=config.allow_pickle))
+        else:
+            models.append(open_source(entry.model, allow_pickle=config.allow_pickle))
+    return base, models
+
+
+def _copy_model_files(source: Path, dest: Path, dtype: torch.dtype | None) -> list[str]:
+    """Copy config, tokenizer and other non-weight files; record the output dtype in config."""
+    copied = []
+    for f in sorted(source.iterdir()):
+        if not f.is_file() or f.name in _SKIP_FILES or f.suffix in _WEIGHT_SUFFIXES:
+            continue
+        shutil.copy2(f, dest / f.name)
+        copied.append(f.name)
+    cfg = dest / "config.json"
+    if dtype is not None and cfg.is_file():
+        try:
+            data = json.loads(cfg.read_text())
+        except ValueError:
+            return copied  # not JSON we understand: leave it as the base had it
+        name = str(dtype).removeprefix("torch.")
+        for key in ("torch_dtype", "dtype"):
+            if key in data:
+                data[key] = name
+        cfg.write_text(json.dumps(data, indent=2))
+    return copied
+
+
+def merge(
+    config: MergeConfig | Mapping[str, Any] | str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> MergeReport:
+    """Merge as ``config`` says (a :class:`MergeConfig`, its dict form, or a YAML path) into
+    ``output_dir``, atomically: the folder appears complete or not at all.
+
+    Everything is validated from headers before any tensor is read. Output: ``model.safetensors``
+    or shards with ``model.safetensors.index.json``, the base's config and tokenizer files, and
+    ``manytask_merge.yaml`` (the configuration used).
+    """
+    import yaml
+
+    if isinstance(config, MergeConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = MergeConfig.from_dict(config)
+    else:
+        cfg = MergeConfig.from_yaml(config)
+    method = cfg.build_method()
+    started = time.perf_counter()
+    base, models = _open_inputs(cfg)
+    reference = base if base is not None else models[0]
+    jobs = plan_tensors(
+        reference,
+        models,
+        out_dtype=cfg.out_dtype,
+        embed_mismatch=cfg.embed_mismatch,
+        dtype_mismatch=cfg.dtype_mismatch,
+    )
+    outputs = [OutputTensor(j.name, j.shape, j.out_dtype) for j in jobs]
+    target = AtomicDirectory(output_dir)
+    with target as tmp:
+        writer = ShardedWriter(tmp, outputs, cfg.shard_size)
+        try:
+            run(method, jobs, reference, base, models, writer, progress)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        folder = reference.folder()
+        if cfg.copy_files and folder is not None:
+            _copy_model_files(folder, tmp, cfg.out_dtype)
+        (tmp / MARKER).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return MergeReport(
+        output_dir=target.target,
+        tensors=len(jobs),
+        files=writer.files,
+        total_bytes=writer.total_size,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def merge_state_dicts(
+    method: str,
+    models: Sequence[Mapping[str, Tensor]],
+    *,
+    base: Mapping[str, Tensor] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    model_parameters: Sequence[Mapping[str, Any] | None] | None = None,
+    dtype: str | None = None,
+    embed_mismatch: str = "error",
+    dtype_mismatch: str = "error",
+) -> dict[str, Tensor]:
+    """Merge in-memory state dicts with the same validation and streaming code as :func:`merge`.
+
+    ``model_parameters[i]`` are model ``i``'s parameters (e.g. ``{"weight": 1, "density":
+    0.2}``); ``parameters`` the method's global ones. Returns a new state dict.
+    """
+    cls = get_method(method)
+    per_model = list(model_parameters) if model_parameters is not None else [{} for _ in models]
+    if len(per_model) != len(models):
+        raise ValueError(
+            f"model_parameters has {len(per_model)} entries for {len(models)} models"
+        )
+    if cls.base == "required" and base is None:
+        raise ValueError(f"merge method {method!r} needs a base state dict")
+    m = cls(parameters, [p or {} for p in per_model], where=f"merge ({method})")
+    for key, value, choices in (("embed_mismatch", embed_mismatch, ("error", "base")),
+                                ("dtype_mismatch", dtype_mismatch, ("error", "cast"))):
+        if value not in choices:
+            raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+    base_src = StateDictSource(base, label="base") if base is not None else None
+    sources: list[Source] = [StateDictSource(sd, label=f"models[{i}]")
+                             for i, sd in enumerate(models)]
+    reference = base_src if base_src is not None else sources[0]
+    jobs = plan_tensors(
+        reference,
+        sources,
+        out_dtype=None if dtype is None else parse_dtype(dtype, "dtype"),
+        embed_mismatch=embed_mismatch,
+        dtype_mismatch=dtype_mismatch,
+    )
+    sink = MemorySink(jobs)
+    run(m, jobs, reference, base_src, sources, sink)
+    return sink.result()

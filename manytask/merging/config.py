@@ -1,0 +1,209 @@
+"""The merge configuration: a YAML format close to mergekit's, validated strictly.
+
+.. code-block:: yaml
+
+    merge_method: ties
+    base_model: path/to/base              # a folder, a .safetensors file, or {model: path}
+    models:
+      - model: path/to/finetuned_a        # a folder, a file, or a PEFT LoRA adapter folder
+        parameters: {weight: 1.0, density: 0.2}
+      - model: path/to/finetuned_b
+        parameters: {weight: 0.5, density: 0.2}
+    parameters: {lambda: 1.0}             # the method's global parameters
+    dtype: bfloat16                       # output dtype; default: each tensor's input dtype
+    # manytask options (all optional):
+    embed_mismatch: error                 # or "base": cut/pad vocabulary rows to the base's
+    dtype_mismatch: error                 # or "cast": inputs of different float dtypes
+    allow_pickle: false                   # load PyTorch .bin/.pt with torch.load(weights_only)
+    shard_size: 5GB                       # largest output shard
+    copy_files: true                      # copy config/tokenizer files from the base
+
+Relative paths are resolved against the current directory (as mergekit does). Every unknown
+key, wrong type or out-of-range value raises an error naming it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .methods import MergeMethod, get_method
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
+TOP_KEYS = (
+    "merge_method",
+    "base_model",
+    "models",
+    "parameters",
+    "dtype",
+    "embed_mismatch",
+    "dtype_mismatch",
+    "allow_pickle",
+    "shard_size",
+    "copy_files",
+)
+MODEL_KEYS = ("model", "parameters")
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}
+
+
+def _unknown(keys: Any, allowed: tuple[str, ...], where: str) -> None:
+    extra = [k for k in keys if k not in allowed]
+    if extra:
+        hints = []
+        for k in extra:
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}; allowed: {list(allowed)}")
+
+
+def parse_size(value: Any, where: str) -> int:
+    """Bytes from an int or a string like ``"5GB"`` / ``"500MiB"``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{where} must be a size, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", value.upper())
+        if m is None:
+            raise ValueError(f"{where} must look like 5GB or 500MiB, got {value!r}")
+        size = int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+    else:
+        raise TypeError(f"{where} must be a size, got {value!r}")
+    if size <= 0:
+        raise ValueError(f"{where} must be positive, got {value!r}")
+    return size
+
+
+def parse_dtype(value: Any, where: str) -> torch.dtype:
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a dtype name, got {value!r}")
+    name = _DTYPE_ALIASES.get(value, value)
+    if name not in DTYPES:
+        raise ValueError(f"{where} must be one of {list(DTYPES)}, got {value!r}")
+    return DTYPES[name]
+
+
+@dataclass
+class ModelEntry:
+    """One input model and its per-model parameters."""
+
+    model: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MergeConfig:
+    """A validated merge configuration (see the module docstring for the YAML form)."""
+
+    merge_method: str
+    models: list[ModelEntry]
+    base_model: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    embed_mismatch: str = "error"
+    dtype_mismatch: str = "error"
+    allow_pickle: bool = False
+    shard_size: int = 5 * 10**9
+    copy_files: bool = True
+
+    def __post_init__(self) -> None:
+        get_method(self.merge_method)
+        if self.dtype is not None:
+            parse_dtype(self.dtype, "dtype")
+        for key, choices in (("embed_mismatch", ("error", "base")),
+                             ("dtype_mismatch", ("error", "cast"))):
+            value = getattr(self, key)
+            if value not in choices:
+                raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+        for key in ("allow_pickle", "copy_files"):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        self.build_method()  # validates every method parameter now, before any I/O
+
+    @property
+    def out_dtype(self) -> torch.dtype | None:
+        return None if self.dtype is None else parse_dtype(self.dtype, "dtype")
+
+    def build_method(self) -> MergeMethod:
+        cls = get_method(self.merge_method)
+        if cls.base == "required" and self.base_model is None:
+            raise ValueError(f"merge method {self.merge_method!r} needs a base_model")
+        return cls(
+            self.parameters,
+            [m.parameters for m in self.models],
+            where=f"merge ({self.merge_method})",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MergeConfig:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"merge config must be a mapping, got {type(data).__name__}")
+        _unknown(data, TOP_KEYS, "merge config")
+        if "merge_method" not in data:
+            raise ValueError("merge config: 'merge_method' is required")
+        method = data["merge_method"]
+        if not isinstance(method, str):
+            raise TypeError(f"merge config: merge_method must be a string, got {method!r}")
+        raw_models = data.get("models")
+        if not isinstance(raw_models, list) or not raw_models:
+            raise ValueError("merge config: 'models' must be a non-empty list")
+        models = [_model_entry(m, f"models[{i}]") for i, m in enumerate(raw_models)]
+        base = data.get("base_model")
+        if base is not None:
+            base_entry = _model_entry(base, "base_model")
+            if base_entry.parameters:
+                raise ValueError("base_model: takes no parameters")
+            base = base_entry.model
+        params = data.get("parameters") or {}
+        if not isinstance(params, Mapping):
+            raise TypeError(f"parameters must be a mapping, got {params!r}")
+        kwargs: dict[str, Any] = {k: data[k] for k in
+                                  ("dtype", "embed_mismatch", "dtype_mismatch", "allow_pickle",
+                                   "copy_files") if k in data}
+        if "shard_size" in data:
+            kwargs["shard_size"] = parse_size(data["shard_size"], "shard_size")
+        return cls(method, models, base, dict(params), **kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> MergeConfig:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: invalid YAML: {err}") from None
+        return cls.from_dict(data)
+
+
+def _model_entry(value: Any, where: str) -> ModelEntry:
+    if isinstance(value, str | os.PathLike):
+        return ModelEntry(os.fspath(value))
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where}: expected a path or {{model: path, parameters: ...}}")
+    _unknown(value, MODEL_KEYS, where)
+    if "model" not in value:
+        raise ValueError(f"{where}: 'model' (its path) is required")
+    model = value["model"]
+    if not isinstance(model, str | os.PathLike):
+        raise TypeError(f"{where}: model must be a path, got {model!r}")
+    params = value.get("parameters") or {}
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{where}: parameters must be a mapping, got {params!r}")
+    return ModelEntry(os.fspath(model), dict(params))

@@ -1,0 +1,17 @@
+"""Merge methods, one family per module, all registered by name."""
+
+from . import averaging, consensus, geometric, sparse
+from .base import Chunk, MergeMethod, TensorPlan, available_methods, get_method, register
+
+__all__ = [
+    "Chunk",
+    "MergeMethod",
+    "TensorPlan",
+    "available_methods",
+    "averaging",
+    "consensus",
+    "geometric",
+    "get_method",
+    "register",
+    "sparse",
+]

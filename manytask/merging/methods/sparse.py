@@ -1,0 +1,332 @@
+"""Sparsify-then-combine task-vector methods: TIES, DARE, DELLA and Model Breadcrumbs.
+
+All follow one recipe on the task vectors ``tau_i = theta_i - theta_0`` of each tensor:
+
+1. *sparsify* each ``tau_i`` (unweighted): keep its top-``density`` magnitudes (TIES), drop at
+   random (DARE), drop at random with magnitude-ranked probabilities (DELLA), or cut both the
+   smallest and the largest magnitudes (breadcrumbs);
+2. *combine*: either the weighted sum ``sum_i w_i tau_i'`` (the ``*_linear`` variants and
+   breadcrumbs), or TIES' sign election and disjoint mean over the agreeing models;
+3. ``theta = theta_0 + lambda * combined``.
+
+Magnitude thresholds are exact order statistics over the whole tensor, found by selection
+(:mod:`~manytask.merging.selection`), never by a sort; a mask keeps the elements whose
+magnitude is at least the k-th largest (with ties, a few more than k).
+
+Conventions (``convention: paper`` by default; ``convention: mergekit`` follows mergekit 0.1.5's
+formulas for users moving over, and gives its results exactly for TIES and breadcrumbs; DARE
+and DELLA draw their random masks from our own seeded generators, so the draws differ):
+
+=====================  ===========================================  ===============================
+                       ``paper``                                    ``mergekit``
+=====================  ===========================================  ===============================
+sign election          on the unweighted sparsified task vectors    on the weighted ones
+elected sign of a 0    0: nothing is merged there                   +1
+sum
+``normalize`` default  True with sign election (disjoint *mean*),   True for ties and della only
+                       False without
+``rescale`` default    ``inverse``: each kept element divided by    ``l1``: the pruned vector
+(DARE, DELLA)          its keep probability (DARE; DELLA)           rescaled to the original L1
+=====================  ===========================================  ===============================
+
+``lambda`` scales after normalisation in both. ``rescale: none`` turns rescaling off. With
+``normalize``, the disjoint mean is weighted: ``sum_{i in A} w_i tau_i' / sum_{i in A} w_i``
+over the agreeing models ``A`` (the paper's mean when all weights are 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..params import Param
+from .averaging import LAMBDA, WEIGHT
+from .base import Chunk, MergeMethod, TensorPlan, register
+
+CONVENTION = Param("choice", "paper", choices=("paper", "mergekit"), doc="see module docstring")
+NORMALIZE = Param("bool", False, doc="divide by the summed weights (of agreeing models)")
+SEED = Param("int", 0, low=0, doc="seed of the random masks")
+RESCALE = Param("choice", "inverse", choices=("inverse", "l1", "none"), doc="rescaling of kept")
+DENSITY_REQUIRED = Param(
+    "float", low=0.0, high=1.0, low_open=True, doc="fraction of each task vector kept"
+)
+
+
+def _density(default: float) -> Param:
+    return Param("float", default, low=0.0, high=1.0, low_open=True, doc="fraction kept")
+
+
+def _row_ranks(a: Tensor) -> Tensor:
+    """Ascending rank of each element of ``a >= 0`` within its row, scaled to [0, 1].
+
+    Ranks come from one sort per row (n log n): DELLA's per-row ranking cannot avoid it, which
+    makes DELLA the slowest method here; ties get distinct ranks in sort order.
+    """
+    rows = a.reshape(a.shape[0], -1) if a.dim() > 1 else a.reshape(1, -1)
+    n = rows.shape[1]
+    if n == 1:
+        return torch.full_like(a, 0.5)
+    # Non-negative floats order like their bit patterns read as integers, and integer sorts
+    # are about 1.6x faster here than float ones.
+    bits = torch.int64 if rows.dtype == torch.float64 else torch.int32
+    order = torch.sort(rows.contiguous().view(bits), dim=1).indices
+    ranks = torch.empty_like(rows)
+    positions = torch.arange(n, dtype=rows.dtype).div_(n - 1).expand_as(rows)
+    ranks.scatter_(1, order, positions)
+    return ranks.reshape(a.shape)
+
+
+class SparseTaskVectors(MergeMethod):
+    """Shared machinery; concrete methods set ``sparsify``, ``consensus`` and parameters."""
+
+    sparsify: ClassVar[str | None] = None  # None, "magnitude", "random", "outliers", "magprune"
+    consensus: ClassVar[bool] = False
+    mergekit_normalize: ClassVar[bool] = False
+
+    def default_overrides(self, given: Any) -> dict[str, Any]:
+        mergekit = dict(given or {}).get("convention") == "mergekit"
+        out: dict[str, Any] = {
+            "normalize": self.mergekit_normalize if mergekit else self.consensus
+        }
+        if "rescale" in self.global_params:
+            out["rescale"] = "l1" if mergekit else "inverse"
+        return out
+
+    def check(self) -> None:
+        if self.sparsify == "magprune":
+            for i, m in enumerate(self.models):
+                d, eps = m["density"], m["epsilon"]
+                if d < 1 and not (d - eps > 0 and d + eps <= 1):
+                    raise ValueError(
+                        f"{self.name}: models[{i}]: density +/- epsilon must lie in (0, 1], "
+                        f"got density={d}, epsilon={eps}"
+                    )
+
+    # -- planning -----------------------------------------------------------------------------
+    def plan(self, name: str, shape: tuple[int, ...]) -> TensorPlan:
+        n = 1
+        for s in shape:
+            n *= s
+        ranks: dict[int, list[int]] = {}
+        for i, m in enumerate(self.models):
+            d = m.get("density", 1.0)
+            if d >= 1:
+                continue
+            if self.sparsify == "magnitude":
+                k = max(1, int(d * n))  # at least one element survives, as in mergekit
+                ranks[i] = [n - k]
+            elif self.sparsify == "outliers":
+                keep = int(d * n)
+                n_bot = max(0, n - keep - int(m["gamma"] * n))
+                if keep > 0:
+                    ranks[i] = [n_bot, n_bot + keep - 1]
+        observe = self.params.get("rescale") == "l1"
+        return TensorPlan(ranks=ranks, observe=observe)
+
+    # -- the two steps ------------------------------------------------------------------------
+    def _sparsified(self, chunk: Chunk, state: dict[str, Any], rescale: bool) -> Tensor:
+        """Sparsified task vectors stacked as (K, *chunk_shape), in a new tensor.
+
+        ``rescale``: divide kept entries by their keep probability (the paper's rescaling).
+        """
+        deltas = chunk.deltas
+        out = torch.empty((len(deltas), *deltas[0].shape), dtype=deltas[0].dtype)
+        order = state.get("order", {})
+        for i, (d, m) in enumerate(zip(deltas, self.models, strict=True)):
+            density = m.get("density", 1.0)
+            if self.sparsify is None or density >= 1:
+                out[i] = d
+            elif self.sparsify == "magnitude":
+                # |d| >= t as the float op |d| > (t less one ulp): float ops beat bool masks.
+                below = torch.nextafter(torch.tensor(order[i][0], dtype=d.dtype),
+                                        torch.tensor(-math.inf, dtype=d.dtype))
+                torch.copysign(F.threshold(chunk.magnitude(i), float(below), 0.0), d,
+                               out=out[i])
+            elif self.sparsify == "outliers":
+                if i not in order:  # int(density * n) == 0: nothing is kept
+                    out[i] = 0
+                    continue
+                a = chunk.magnitude(i)
+                lo, hi = order[i]
+                torch.mul(d, (a >= lo).logical_and_(a <= hi), out=out[i])
+            else:
+                torch.mul(d, self._random_factor(chunk, i, density, m, rescale), out=out[i])
+        return out
+
+    def _random_factor(
+        self, chunk: Chunk, i: int, density: float, m: dict[str, Any], rescale: bool
+    ) -> Tensor:
+        """Model ``i``'s random keep mask, divided by the keep probabilities if ``rescale``.
+
+        Memoised per chunk (one tensor per model), so a second pass over a chunk kept in
+        memory reuses the draw rather than drawing (and, for DELLA, ranking) again.
+        """
+        key = ("factor", i, rescale)
+        if key in chunk.memo:
+            return chunk.memo[key]
+        d = chunk.deltas[i]
+        keep_p: Tensor | float
+        if self.sparsify == "random":
+            keep_p = density
+        else:  # magprune: keep probability grows linearly with the in-row rank
+            eps = m["epsilon"]
+            keep_p = _row_ranks(d.abs()).mul_(2 * eps).add_(density - eps)
+        u = torch.rand(d.shape, generator=chunk.generator(self.params["seed"], i), dtype=d.dtype)
+        # Float mask 1{u < p} as ceil(clamp(p - u, 0, 1)): cheap float ops, no bool tensors.
+        factor = u.neg_().add_(keep_p).clamp_(0, 1).ceil_()
+        if rescale:
+            factor.div_(keep_p)
+        chunk.memo[key] = factor
+        return factor
+
+    def observe(self, chunk: Chunk, state: dict[str, Any]) -> None:
+        # mergekit's "l1" rescaling: sum |tau| and sum |tau'| over the whole tensor.
+        kept = self._sparsified(chunk, state, rescale=False)
+        before = [float(torch.linalg.vector_norm(d, 1)) for d in chunk.deltas]
+        after = [float(torch.linalg.vector_norm(k, 1)) for k in kept]
+        state["l1_before"] = state.get("l1_before", 0) + torch.tensor(before, dtype=torch.float64)
+        state["l1_after"] = state.get("l1_after", 0) + torch.tensor(after, dtype=torch.float64)
+
+    def combine(self, chunk: Chunk, state: dict[str, Any]) -> Tensor:
+        assert chunk.base is not None
+        rescale = self.params.get("rescale", "none")
+        kept = self._sparsified(chunk, state, rescale=rescale == "inverse")
+        if rescale == "l1":
+            for i in range(len(kept)):
+                before, after = float(state["l1_before"][i]), float(state["l1_after"][i])
+                if before >= 1e-7 and after >= 1e-7 and self.models[i].get("density", 1) < 1:
+                    kept[i].mul_(before / after)
+        weights = [self.weight(i) for i in range(len(kept))]
+        k = len(weights)
+        w = torch.tensor(weights, dtype=kept.dtype)
+        flat = kept.reshape(k, -1)
+        if not self.consensus:
+            mixed = (w @ flat).reshape(kept.shape[1:])
+            if self.params["normalize"]:
+                total = sum(weights)
+                mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+            return chunk.base.add(mixed, alpha=self.params["lambda"])
+        # Sign election in float arithmetic (bool masks are several times slower). With the
+        # elected sign e in {-1, 0, +1}, the agreeing part of tau_i is e * relu(e * tau_i).
+        if self.params["convention"] == "mergekit":  # elect on the weighted vectors; 0 -> +1
+            flat.mul_(w.unsqueeze(1))
+            elected = flat.sum(0).sign_().add_(0.5).sign_()
+            agreeing = flat.mul_(elected).relu_()  # (K, m): w_i * relu(e * tau_i)
+            mixed = agreeing.sum(0)
+            counted = agreeing.sign_()  # 1 where model i agrees
+        else:  # paper: elect on the unweighted vectors; a zero sum elects nothing
+            elected = flat.sum(0).sign_()
+            agreeing = flat.mul_(elected).relu_()  # relu(e * tau_i), unweighted
+            mixed = w @ agreeing
+            counted = agreeing.sign_()
+        mixed.mul_(elected)
+        if self.params["normalize"]:
+            divisor = w @ counted
+            mixed.div_(divisor.masked_fill_(divisor == 0, 1.0))
+        return chunk.base.add(mixed.reshape(kept.shape[1:]), alpha=self.params["lambda"])
+
+
+_COMMON: dict[str, Param] = {"lambda": LAMBDA, "normalize": NORMALIZE, "convention": CONVENTION}
+
+
+@register
+class Ties(SparseTaskVectors):
+    """TIES-Merging (Yadav et al., 2023, "TIES-Merging: Resolving Interference When Merging
+    Models", Algorithm 1): trim each task vector to its top-``density`` magnitudes (the paper's
+    k = 20% is the default), elect the sign of the summed trimmed vectors per parameter, and
+    take the disjoint mean of the trimmed values that agree with it; then
+    ``theta_0 + lambda * merged``."""
+
+    name: ClassVar[str] = "ties"
+    sparsify = "magnitude"
+    consensus = True
+    mergekit_normalize = True
+    global_params: ClassVar[dict[str, Param]] = dict(_COMMON)
+    model_params: ClassVar[dict[str, Param]] = {"weight": WEIGHT, "density": _density(0.2)}
+
+
+@register
+class DareLinear(SparseTaskVectors):
+    """DARE with task arithmetic (Yu et al., 2024, "Language Models are Super Mario: Absorbing
+    Abilities from Homologous Models as a Free Lunch", Sec. 3, the drop-and-rescale operation):
+    drop each task-vector entry
+    with probability ``1 - density``, divide the kept ones by ``density`` (which keeps the
+    expectation), then ``theta_0 + lambda * sum_i w_i tau_i'``."""
+
+    name: ClassVar[str] = "dare_linear"
+    sparsify = "random"
+    global_params: ClassVar[dict[str, Param]] = {**_COMMON, "rescale": RESCALE, "seed": SEED}
+    model_params: ClassVar[dict[str, Param]] = {"weight": WEIGHT, "density": DENSITY_REQUIRED}
+
+
+@register
+class DareTies(DareLinear):
+    """DARE followed by TIES' sign election and disjoint mean (Yu et al., 2024, Sec. 4.3,
+    "DARE + TIES-Merging"): DARE replaces TIES' magnitude trimming."""
+
+    name: ClassVar[str] = "dare_ties"
+    consensus = True
+
+
+@register
+class DellaLinear(SparseTaskVectors):
+    """DELLA's MagPrune with task arithmetic (Deep et al., 2024, "DELLA-Merging: Reducing
+    Interference in Model Merging through Magnitude-Based Sampling", Sec. 3): within each row,
+    rank the task-vector entries by magnitude; entry of normalised rank ``r`` in [0, 1] is kept
+    with probability ``density - epsilon + 2 epsilon r`` (so the mean keep rate is ``density``)
+    and divided by that probability.
+
+    ``epsilon`` is the half-width of the keep-probability range, as in mergekit; in our reading
+    of the paper its epsilon is the width of the whole range, so halve paper values. Ranks are
+    exact per-row ranks (one sort per row, the cost that makes DELLA the slowest method).
+    """
+
+    name: ClassVar[str] = "della_linear"
+    sparsify = "magprune"
+    global_params: ClassVar[dict[str, Param]] = {**_COMMON, "rescale": RESCALE, "seed": SEED}
+    model_params: ClassVar[dict[str, Param]] = {
+        "weight": WEIGHT,
+        "density": DENSITY_REQUIRED,
+        "epsilon": Param("float", low=0.0, high=0.5, doc="half-width of keep probabilities"),
+    }
+
+
+@register
+class Della(DellaLinear):
+    """DELLA-Merging (Deep et al., 2024, Sec. 3): MagPrune, then TIES' sign election ("Elect")
+    and disjoint mean ("Fuse"), then ``theta_0 + lambda * merged``."""
+
+    name: ClassVar[str] = "della"
+    consensus = True
+    mergekit_normalize = True
+
+
+@register
+class Breadcrumbs(SparseTaskVectors):
+    """Model Breadcrumbs (Davari and Belilovsky, 2024, "Model Breadcrumbs: Scaling Multi-Task
+    Model Merging with Sparse Masks", Sec. 3): per tensor, mask out the ``gamma`` fraction of
+    largest-magnitude task-vector entries (outliers) and the smallest ones, keeping a
+    ``density`` fraction; then ``theta_0 + lambda * sum_i w_i tau_i'``. If
+    ``density + gamma > 1`` the outlier cut shrinks so that ``density`` is kept, and ``gamma``
+    defaults to mergekit's 0.01; both as mergekit, whose results this matches exactly."""
+
+    name: ClassVar[str] = "breadcrumbs"
+    sparsify = "outliers"
+    global_params: ClassVar[dict[str, Param]] = dict(_COMMON)
+    model_params: ClassVar[dict[str, Param]] = {
+        "weight": WEIGHT,
+        "density": DENSITY_REQUIRED,
+        "gamma": Param("float", 0.01, low=0.0, high=1.0, doc="fraction of outliers removed"),
+    }
+
+
+@register
+class BreadcrumbsTies(Breadcrumbs):
+    """Breadcrumbs masks followed by TIES' sign election and disjoint mean."""
+
+    name: ClassVar[str] = "breadcrumbs_ties"
+    consensus = True

@@ -1,0 +1,278 @@
+"""Checkpoint sources: read tensor headers without loading data, and rows of one tensor on demand.
+
+A :class:`Source` is what the merge engine reads from. Every source answers two questions:
+``info(name)`` (shape and dtype, from the file header alone) and ``read(name, start, stop)``
+(rows ``start:stop`` of the tensor along its first dimension, or the whole tensor when both are
+``None``). Safetensors files are memory-mapped by ``safe_open``, so reading a row range touches
+only those bytes.
+
+Supported inputs (:func:`open_source`):
+
+* a ``.safetensors`` file;
+* a Hugging Face model folder holding ``model.safetensors`` or shards listed in
+  ``model.safetensors.index.json``;
+* PyTorch pickle files (``.bin``/``.pt``/``.pth``, or a folder with ``pytorch_model.bin`` or its
+  sharded index) only when ``allow_pickle=True``, and then only through
+  ``torch.load(weights_only=True)``, which refuses arbitrary objects;
+* a PEFT LoRA adapter folder (see :mod:`manytask.merging.lora`), which needs the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# safetensors header dtype names -> torch dtypes.
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Shape and dtype of one stored tensor, as read from a header."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+class Source:
+    """Read-only access to the tensors of one checkpoint."""
+
+    label: str
+    # True when read() returns new tensors the caller may modify (not views of shared memory).
+    fresh: bool = True
+
+    def keys(self) -> list[str]:
+        raise NotImplementedError  # abstract: every concrete source overrides it
+
+    def info(self, name: str) -> TensorInfo:
+        raise NotImplementedError  # abstract
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> Tensor:
+        """Rows ``start:stop`` (first dimension) of tensor ``name``; all of it when both None."""
+        raise NotImplementedError  # abstract
+
+    def folder(self) -> Path | None:
+        """The model folder holding config and tokenizer files, if any."""
+        return None
+
+    def close(self) -> None:
+        """Release open file handles."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self.keys())
+
+
+class SafetensorsSource(Source):
+    """One or several safetensors files seen as one checkpoint (a sharded model)."""
+
+    def __init__(self, files: Mapping[str, Path] | Path, *, label: str, folder: Path | None = None):
+        from safetensors import safe_open
+
+        self.label = label
+        self._folder = folder
+        paths = [files] if isinstance(files, Path) else sorted(set(files.values()))
+        self._handles: dict[Path, Any] = {}
+        self._where: dict[str, Path] = {}
+        for path in paths:
+            if not path.is_file():
+                raise ValueError(f"{label}: weight file {str(path)!r} does not exist")
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except Exception as err:  # safetensors raises its own error types
+                raise ValueError(
+                    f"{label}: {str(path)!r} is not a valid safetensors file: {err}"
+                ) from None
+            self._handles[path] = handle
+            for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                if key in self._where:
+                    raise ValueError(f"{label}: tensor {key!r} appears in two shards")
+                self._where[key] = path
+        if not isinstance(files, Path):
+            # The index must agree with the shards' own headers.
+            for key, path in files.items():
+                if self._where.get(key) != path:
+                    raise ValueError(
+                        f"{label}: index lists tensor {key!r} in {path.name}, "
+                        "but that shard does not contain it"
+                    )
+        self._infos: dict[str, TensorInfo] = {}
+
+    def keys(self) -> list[str]:
+        return sorted(self._where)
+
+    def _slice(self, name: str) -> Any:
+        try:
+            path = self._where[name]
+        except KeyError:
+            raise KeyError(f"{self.label}: no tensor {name!r}") from None
+        return self._handles[path].get_slice(name)
+
+    def info(self, name: str) -> TensorInfo:
+        if name not in self._infos:
+            sl = self._slice(name)
+            dtype_name = sl.get_dtype()
+            if dtype_name not in SAFETENSORS_DTYPES:
+                raise TypeError(f"{self.label}: tensor {name!r} has unsupported dtype {dtype_name}")
+            self._infos[name] = TensorInfo(tuple(sl.get_shape()), SAFETENSORS_DTYPES[dtype_name])
+        return self._infos[name]
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> Tensor:
+        info = self.info(name)
+        if not info.shape or (start is None and stop is None):
+            return self._handles[self._where[name]].get_tensor(name)
+        return self._slice(name)[start:stop]
+
+    def folder(self) -> Path | None:
+        return self._folder
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+class StateDictSource(Source):
+    """Tensors already in memory (a state dict, or a loaded pickle checkpoint)."""
+
+    fresh = False
+
+    def __init__(self, tensors: Mapping[str, Tensor], *, label: str, folder: Path | None = None):
+        self.label = label
+        self._folder = folder
+        self._tensors: dict[str, Tensor] = {}
+        for key, value in tensors.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{label}: state dict keys must be strings, got {key!r}")
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{label}: entry {key!r} is a {type(value).__name__}, not a Tensor")
+            self._tensors[key] = value.detach()
+
+    def keys(self) -> list[str]:
+        return sorted(self._tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        t = self._tensors[name]
+        return TensorInfo(tuple(t.shape), t.dtype)
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> Tensor:
+        t = self._tensors[name]
+        if t.dim() == 0 or (start is None and stop is None):
+            return t
+        return t[start:stop]
+
+    def folder(self) -> Path | None:
+        return self._folder
+
+
+def load_pickle(path: Path, label: str) -> dict[str, Tensor]:
+    """Load a PyTorch checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        # Legacy (non-zip) files cannot be memory-mapped; still weights-only.
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{label}: {str(path)!r} does not hold a state dict")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def _read_index(path: Path, label: str) -> dict[str, Path]:
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{label}: cannot read shard index {str(path)!r}: {err}") from None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{label}: 'weight_map' in {str(path)!r} is not a mapping")
+    return {k: path.parent / v for k, v in weight_map.items()}
+
+
+def is_lora_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "adapter_config.json").is_file()
+
+
+def open_source(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Source:
+    """Open a checkpoint file or Hugging Face model folder (not a LoRA adapter: see ``lora``)."""
+    p = Path(path)
+    label = str(path)
+    if not p.exists():
+        raise ValueError(f"model path {label!r} does not exist")
+    if p.is_file():
+        if p.suffix == ".safetensors":
+            return SafetensorsSource(p, label=label)
+        if p.suffix in PICKLE_SUFFIXES:
+            return _pickle_source({p.name: p}, label, None, allow_pickle)
+        raise ValueError(f"{label}: unknown checkpoint format {p.suffix!r}")
+    if is_lora_folder(p):
+        raise ValueError(f"{label} is a LoRA adapter folder; it needs a base model")
+    if (p / SAFETENSORS_INDEX).is_file():
+        return SafetensorsSource(_read_index(p / SAFETENSORS_INDEX, label), label=label, folder=p)
+    if (p / SAFETENSORS_SINGLE).is_file():
+        return SafetensorsSource(p / SAFETENSORS_SINGLE, label=label, folder=p)
+    singles = sorted(p.glob("*.safetensors"))
+    if len(singles) == 1:
+        return SafetensorsSource(singles[0], label=label, folder=p)
+    if (p / PICKLE_INDEX).is_file():
+        return _pickle_source(_read_index(p / PICKLE_INDEX, label), label, p, allow_pickle)
+    if (p / PICKLE_SINGLE).is_file():
+        return _pickle_source({PICKLE_SINGLE: p / PICKLE_SINGLE}, label, p, allow_pickle)
+    raise ValueError(
+        f"{label}: no {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX} or single .safetensors file found"
+    )
+
+
+def _pickle_source(
+    files: Mapping[str, Path], label: str, folder: Path | None, allow_pickle: bool
+) -> Source:
+    if not allow_pickle:
+        raise ValueError(
+            f"{label}: holds only PyTorch pickle weights; pass allow_pickle=True (YAML: "
+            "'allow_pickle: true') to load them with torch.load(weights_only=True)"
+        )
+    tensors: dict[str, Tensor] = {}
+    for path in sorted(set(files.values())):
+        for key, value in load_pickle(path, label).items():
+            if key in tensors:
+                raise ValueError(f"{label}: tensor {key!r} appears in two shards")
+            tensors[key] = value
+    return StateDictSource(tensors, label=label, folder=folder)
+
+
+def iter_rows(n_rows: int, rows_per_chunk: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` row ranges covering ``n_rows`` in chunks of ``rows_per_chunk``."""
+    for start in range(0, n_rows, rows_per_chunk):
+        yield start, min(start + rows_per_chunk, n_rows)
