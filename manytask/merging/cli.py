@@ -24,7 +24,10 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def run_merge_command(args: argparse.Namespace) -> int:
     """Run a merge; return 0 on success, 2 for a configuration or input error."""
+    from .allocator import reuse_freed_memory
     from .api import merge
+
+    reuse_freed_memory()  # a process of its own: the process-wide setting is ours to make
 
     def progress(i: int, n: int, name: str) -> None:
         print(f"\r[{i + 1}/{n}] {name[:60]:<60}", end="", file=sys.stderr, flush=True)

@@ -100,6 +100,11 @@ class Source:
 class SafetensorsSource(Source):
     """One or several safetensors files seen as one checkpoint (a sharded model)."""
 
+    # safetensors (0.8) returns tensors backed by a private copy-on-write memory map: writing
+    # to one changes what later reads of the same rows return in this process, so the engine
+    # must copy before it subtracts the base in place (multi-pass methods re-read rows).
+    fresh = False
+
     def __init__(self, files: Mapping[str, Path] | Path, *, label: str, folder: Path | None = None):
         from safetensors import safe_open
 

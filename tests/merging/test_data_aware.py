@@ -18,23 +18,25 @@ def batches(x: torch.Tensor, y: torch.Tensor | None = None, size: int = 10):
 
 def test_regmean_solves_the_merged_regression() -> None:
     g = torch.Generator().manual_seed(0)
-    models = [nn.Sequential(nn.Linear(5, 3, bias=False), nn.LayerNorm(3)) for _ in range(2)]
-    for m in models:
+    linears = [nn.Linear(5, 3, bias=False) for _ in range(2)]
+    norms = [nn.LayerNorm(3) for _ in range(2)]
+    models = [nn.Sequential(lin, ln) for lin, ln in zip(linears, norms, strict=True)]
+    for lin, ln in zip(linears, norms, strict=True):
         with torch.no_grad():
-            m[0].weight.copy_(torch.randn(3, 5, generator=g))
-            m[1].weight.copy_(torch.rand(3, generator=g))
+            lin.weight.copy_(torch.randn(3, 5, generator=g))
+            ln.weight.copy_(torch.rand(3, generator=g))
     xs = [torch.randn(40, 5, generator=g) * s for s in (1.0, torch.arange(1.0, 6.0))]
     res = regmean_merge(models, [batches(x) for x in xs], max_batches=3)
     assert res.batches_read == [3, 3]
     used = [x[:30] for x in xs]
     # RegMean's linear weight minimises sum_i ||X_i W^T - X_i W_i^T||^2 over the data read.
     stacked_x = torch.cat(used).double()
-    target = torch.cat([x.double() @ m[0].weight.double().T for x, m in zip(used, models,
-                                                                            strict=True)])
+    target = torch.cat([x.double() @ lin.weight.double().T
+                        for x, lin in zip(used, linears, strict=True)])
     expected = torch.linalg.lstsq(stacked_x, target).solution.T
     assert torch.allclose(res.state_dict["0.weight"].double(), expected, atol=1e-5)
     # Everything else is averaged.
-    mean_ln = (models[0][1].weight + models[1][1].weight) / 2
+    mean_ln = (norms[0].weight + norms[1].weight) / 2
     assert torch.allclose(res.state_dict["1.weight"], mean_ln)
 
 
@@ -62,6 +64,7 @@ def test_fisher_matches_a_per_sample_loop() -> None:
         ll = -nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
         ll.backward()
         for k, p in model.named_parameters():
+            assert p.grad is not None
             expected[k] += p.grad.square() / 12
     for k in expected:
         assert torch.allclose(fisher[k], expected[k], atol=1e-6), k

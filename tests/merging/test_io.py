@@ -68,7 +68,7 @@ def test_chunking_does_not_change_results(monkeypatch) -> None:
     base = {"w": torch.randn(1000, 80, generator=g), "v": torch.randn(50, generator=g)}
     models = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
               for _ in range(3)]
-    cases = {
+    cases: dict[str, list[dict[str, float]]] = {
         "ties": [{"density": 0.3}] * 3,
         "breadcrumbs": [{"density": 0.5, "gamma": 0.05}] * 3,
         "model_stock": [{}] * 3,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from manytask.merging import merge
 pytest.importorskip("mergekit")
 
 WEIGHTS = [1.0, 0.5, 0.7]
-CASES = {
+CASES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] = {
     "linear": ({}, [{"weight": w} for w in WEIGHTS], {}),
     "task_arithmetic": ({"lambda": 0.8}, [{"weight": w} for w in WEIGHTS], {}),
     "ties": ({"lambda": 0.9}, [{"weight": w, "density": 0.4} for w in WEIGHTS],

@@ -212,21 +212,28 @@ class SparseTaskVectors(MergeMethod):
             return chunk.base.add(mixed, alpha=self.params["lambda"])
         # Sign election in float arithmetic (bool masks are several times slower). With the
         # elected sign e in {-1, 0, +1}, the agreeing part of tau_i is e * relu(e * tau_i).
+        unit = all(x == 1.0 for x in weights)  # skip multiplications by 1 (exact either way)
         if self.params["convention"] == "mergekit":  # elect on the weighted vectors; 0 -> +1
-            flat.mul_(w.unsqueeze(1))
-            elected = flat.sum(0).sign_().add_(0.5).sign_()
+            if not unit:
+                flat.mul_(w.unsqueeze(1))
+            elected = flat.sum(0).sign_().add_(0.5).sign_()  # (torch.where is slower)
             agreeing = flat.mul_(elected).relu_()  # (K, m): w_i * relu(e * tau_i)
             mixed = agreeing.sum(0)
-            counted = agreeing.sign_()  # 1 where model i agrees
         else:  # paper: elect on the unweighted vectors; a zero sum elects nothing
             elected = flat.sum(0).sign_()
             agreeing = flat.mul_(elected).relu_()  # relu(e * tau_i), unweighted
-            mixed = w @ agreeing
-            counted = agreeing.sign_()
+            mixed = agreeing.sum(0) if unit else w @ agreeing
         mixed.mul_(elected)
         if self.params["normalize"]:
-            divisor = w @ counted
-            mixed.div_(divisor.masked_fill_(divisor == 0, 1.0))
+            counted = agreeing.sign_()  # 1 where model i agrees (count_nonzero is slower)
+            divisor = counted.sum(0) if unit else w @ counted  # summed agreeing weights
+            if all(x > 0 for x in weights):
+                # divisor is 0 only where no model agrees, where mixed is 0 too: any positive
+                # divisor gives the same 0, and a clamp is cheaper than a masked fill.
+                divisor.clamp_min_(1.0 if unit else min(weights))
+            else:
+                divisor.masked_fill_(divisor == 0, 1.0)
+            mixed.div_(divisor)
         return chunk.base.add(mixed.reshape(kept.shape[1:]), alpha=self.params["lambda"])
 
 
