@@ -11,16 +11,23 @@ from .config_method import ConFIG
 from .dbmtl import DBMTL
 from .dualproj import DualProj
 from .dwa import DynamicWeightAverage
+from .excess_mtl import ExcessMTL
 from .fairgrad import FairGrad
 from .famo import FAMO
 from .gls import GLS
+from .graddrop import GradDrop
 from .gradnorm import GradNorm
+from .gradvac import GradVac
 from .imtl import IMTLG
+from .imtl_full import IMTL
 from .imtl_l import IMTLL
 from .mgda import MGDA
+from .moco import MoCo
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
+from .periodic import Periodic
 from .registry import available, build, make_balancer, parameters, register
+from .rep_mtl import rep_mtl_backward, rep_mtl_regularizer
 from .rlw import RLW
 from .stch import STCH
 from .uncertainty import UncertaintyWeighting
@@ -31,6 +38,7 @@ __all__ = [
     "DBMTL",
     "FAMO",
     "GLS",
+    "IMTL",
     "IMTLG",
     "IMTLL",
     "MGDA",
@@ -44,11 +52,16 @@ __all__ = [
     "DualProj",
     "DynamicWeightAverage",
     "EqualWeighting",
+    "ExcessMTL",
     "FairGrad",
     "FixedWeights",
+    "GradDrop",
     "GradNorm",
+    "GradVac",
+    "MoCo",
     "NashMTL",
     "PCGrad",
+    "Periodic",
     "UPGrad",
     "UncertaintyWeighting",
     "available",
@@ -56,4 +69,6 @@ __all__ = [
     "make_balancer",
     "parameters",
     "register",
+    "rep_mtl_backward",
+    "rep_mtl_regularizer",
 ]

@@ -8,14 +8,30 @@ maximises the worst task improvement in a ball around ``g0``. Its dual (eq. 4, A
 and the update is ``d = g0 + (phi / ||g_w*||) g_w*``, i.e. coefficients
 ``1/K + phi w*_k / ||g_w*||``. Everything is computed from the Gramian.
 
-Solving the dual exactly, without a general-purpose solver: ``sqrt(q) = min_{tau > 0}
-q / (2 tau) + tau / 2``, so the dual is ``min_tau F(tau)`` with
-``F(tau) = min_{w in simplex} g_w . g0 + phi (||g_w||^2 / (2 tau) + tau / 2)``. For fixed tau the
-inner problem is a QP on the simplex (solved exactly by :mod:`._qp`); ``F`` is convex in tau
-(a partial minimisation of a jointly convex function) and, by the envelope theorem, minimal
-where ``tau = ||g_w(tau)||``: a root bracketed in ``(0, max_k ||g_k||]`` and found by Brent's
-method (about ten QP solves, each warm-started from the last). The direction ``d`` is unique
-even when ``w*`` is not (the objective depends on ``w`` only through ``g_w``).
+Solving the dual exactly, without a general-purpose solver. On a support ``S`` (the tasks with
+``w_k > 0``) the optimality conditions ``b_S + phi G_SS w_S / ||g_w|| = nu 1`` (``b = G 1 / K``,
+``b_k = g_k . g0``) and ``sum w_S = 1`` have a closed form: with ``p = G_SS^{-1} 1``,
+``r = G_SS^{-1} b_S``, ``P = 1.p``, ``R = 1.r``, ``Q = b_S.r`` and ``D = R^2 - P (Q - phi^2)``,
+
+    w_S = (nu p - r) / sqrt(D),   nu = (R + sqrt(D)) / P,   ||g_w|| = phi / sqrt(D).
+
+For K = 2 this is the whole solution (a quadratic equation, clipped to the segment). For
+K > 2 the support is found by a primal active-set method (Nocedal and Wright, Algorithm 16.3,
+with the closed form above as the exact subproblem solution; the dual is convex, so each step
+to the subproblem's minimiser, or to the first bound on the way, lowers it): start from the
+best vertex ``w = e_j``, drop the task that blocks a step, add the task whose KKT multiplier
+is most negative, until the KKT conditions hold. Each iteration is one K x K solve.
+
+Every solution found this way is accepted only after an independent check of the dual's KKT
+conditions (sufficient, the dual being convex). Fallback, when that check fails, when a
+subproblem has no closed form (``G_SS`` singular: linearly dependent
+gradients, or ``D <= 0``) or the active set does not settle in ``4K + 10`` iterations: the
+former exact method. ``sqrt(q) = min_{tau > 0} q / (2 tau) + tau / 2`` turns the dual into
+``min_tau F(tau)`` with ``F(tau) = min_{w in simplex} g_w . g0 + phi (||g_w||^2 / (2 tau) +
+tau / 2)``, a QP on the simplex for each tau (solved exactly by :mod:`._qp`); ``F`` is convex
+and minimal where ``tau = ||g_w(tau)||``, a root found by Brent's method (about ten QPs). The
+direction ``d`` is unique even when ``w*`` is not (the objective depends on ``w`` only through
+``g_w``).
 
 Conventions:
 
@@ -50,8 +66,106 @@ def cagrad_dual(gramian: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     k = gramian.shape[0]
     b = gramian.sum(axis=1) / k  # g_k . g0
     phi = c * math.sqrt(max(float(b.sum()) / k, 0.0))  # c ||g0||, ||g0||^2 = 1^T G 1 / K^2
-    tau_hi = math.sqrt(max(float(np.max(np.diag(gramian))), 0.0))
+    found = _two_tasks(gramian, b, phi) if k == 2 else _active_set(gramian, b, phi)
+    if found is not None and _is_optimal(gramian, b, phi, found[0]):
+        return found
+    return _by_brent(gramian, b, phi)
 
+
+def _is_optimal(g: np.ndarray, b: np.ndarray, phi: float, w: np.ndarray) -> bool:
+    """The KKT conditions of the dual at ``w`` (sufficient: the dual is convex), checked
+    independently of how ``w`` was found, so an ill-conditioned solve cannot slip through."""
+    norm = math.sqrt(max(float(w @ g @ w), 0.0))
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1) > 1e-9 or norm <= 1e-12:
+        return False  # at ||g_w|| = 0 the dual is not differentiable: leave it to the fallback
+    grad = b + phi * (g @ w) / norm
+    support = w > 0
+    nu = float(np.mean(grad[support]))
+    tol = 1e-9 * (1.0 + abs(nu))
+    return bool(
+        np.max(np.abs(grad[support] - nu)) <= tol
+        and np.min(grad[~support] - nu, initial=np.inf) >= -tol
+    )
+
+
+def _on_support(gs: np.ndarray, bs: np.ndarray, phi: float) -> tuple[np.ndarray, float, float]:
+    """Closed-form minimiser on the affine set ``sum w_S = 1``: ``(w_S, nu, ||g_w||)``.
+
+    Raises ``np.linalg.LinAlgError`` when there is none (singular ``G_SS`` or ``D <= 0``).
+    """
+    pr = np.linalg.solve(gs, np.stack([np.ones_like(bs), bs], axis=1))
+    p, r = pr[:, 0], pr[:, 1]
+    big_p, big_r, big_q = float(p.sum()), float(r.sum()), float(bs @ r)
+    disc = big_r * big_r - big_p * (big_q - phi * phi)
+    if not (big_p > 0 and disc > 0 and np.isfinite(disc)):
+        raise np.linalg.LinAlgError("no interior minimiser on this support")
+    root = math.sqrt(disc)
+    nu = (big_r + root) / big_p
+    return (nu * p - r) / root, nu, phi / root
+
+
+def _two_tasks(g: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, float] | None:
+    """K = 2: ``w = (a, 1 - a)``; the stationarity condition is a quadratic equation in a."""
+    a_coef = float(g[0, 0] - 2 * g[0, 1] + g[1, 1])  # ||g1 - g2||^2
+    b_coef = float(g[0, 1] - g[1, 1])  # (g1 - g2) . g2
+    c_coef = float(g[1, 1])  # ||g2||^2
+    if a_coef <= 1e-14 * (g[0, 0] + g[1, 1]):
+        return None  # (almost) equal gradients: leave it to the general method
+    # f(a) = b2 + a (b1 - b2) + phi sqrt(q(a)), q(a) = A a^2 + 2 B a + C = ((A a + B)^2 + D) / A.
+    # f'(a) = 0  <=>  s / sqrt((s^2 + D) / A) = r  with  s = A a + B,  r = (b2 - b1) / phi.
+    r = float(b[1] - b[0]) / phi
+    d = max(a_coef * c_coef - b_coef * b_coef, 0.0)
+    if r * r >= a_coef:  # f' keeps one sign on the segment: the minimum is at an end
+        a = 1.0 if r > 0 else 0.0
+    else:
+        s = r * math.sqrt(d / (a_coef - r * r))
+        a = min(max((s - b_coef) / a_coef, 0.0), 1.0)  # f is convex: clip to the segment
+    w = np.array([a, 1.0 - a])
+    return w, math.sqrt(max(float(w @ g @ w), 0.0))
+
+
+def _active_set(g: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, float] | None:
+    """Primal active-set method on the simplex with closed-form subproblems (module docstring)."""
+    k = g.shape[0]
+    # Start at the best vertex (f(e_j) = b_j + phi ||g_j||): a support of one task always has
+    # its closed form, while large supports may have none (the dual can be unbounded below on
+    # their affine hull), so the support is grown from there.
+    start = int(np.argmin(b + phi * np.sqrt(np.clip(np.diag(g), 0.0, None))))
+    w = np.zeros(k)
+    w[start] = 1.0
+    free = w > 0
+    for _ in range(4 * k + 10):
+        try:
+            ys, nu, norm = _on_support(g[np.ix_(free, free)], b[free], phi)
+        except np.linalg.LinAlgError:
+            return None
+        y = np.zeros(k)
+        y[free] = ys
+        if np.all(ys >= 0):
+            w = y
+            # Multipliers of the bounds w_j >= 0 of the tasks outside the support.
+            lam = b + phi * (g @ w) / norm - nu
+            outside = np.flatnonzero(~free)
+            if outside.size == 0 or lam[outside].min() >= -1e-12:
+                return w, norm
+            free[outside[int(np.argmin(lam[outside]))]] = True
+            continue
+        # Step towards y until the first weight reaches 0; that task leaves the support.
+        step = y - w
+        shrinking = np.flatnonzero(free & (step < 0))
+        ratios = -w[shrinking] / step[shrinking]
+        j = int(np.argmin(ratios))
+        w = np.maximum(w + min(float(ratios[j]), 1.0) * step, 0.0)
+        w[shrinking[j]] = 0.0
+        free[shrinking[j]] = False
+        w /= w.sum()
+    return None
+
+
+def _by_brent(gramian: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, float]:
+    """The fallback: a 1-D root search over ``tau = ||g_w||``, one simplex QP per evaluation."""
+    k = gramian.shape[0]
+    tau_hi = math.sqrt(max(float(np.max(np.diag(gramian))), 0.0))
     last = [np.full(k, 1.0 / k)]  # warm start: successive QPs differ only in tau
 
     def inner(tau: float) -> np.ndarray:

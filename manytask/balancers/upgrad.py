@@ -7,9 +7,10 @@ Each task gradient is projected onto the dual cone of all of them,
     A(J) = (1/K) sum_i pi_C(g_i).
 
 By Proposition 1 of the paper, ``pi_C(J^T u) = J^T v`` with ``v = argmin_{v >= u} v^T G v``, so
-each projection is a small QP on the Gramian, solved exactly by :mod:`._qp` (no regularisation of
-``G``, unlike torchjd's default projector, which adds 1e-4 to the diagonal of the normalised
-Gramian).
+each projection is a small QP on the Gramian. The K QPs share ``G`` and are solved together,
+exactly, by batched block principal pivoting (:mod:`._dual_cone`, with the active-set solver of
+:mod:`._qp` as the fallback); no regularisation of ``G``, unlike torchjd's default projector,
+which adds 1e-4 to the diagonal of the normalised Gramian.
 
 Convention: the weights are those of the *mean* (``u_i = e_i / K``), as in the paper and torchjd:
 when no pair of gradients conflicts, the update is exactly the mean gradient (weights ``1/K``).
@@ -24,17 +25,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._qp import solve_qp
+from ._dual_cone import dual_cone_solve
 from .base import Balancer, Decision
 from .registry import register
 
 
 def dual_cone_weights(gramian: Tensor, u: np.ndarray) -> np.ndarray:
-    """``v = argmin_{v >= u} v^T G v``: ``J^T v`` projects ``J^T u`` onto the dual cone."""
+    """``v = argmin_{v >= u} v^T G v``: ``J^T v`` projects ``J^T u`` onto the dual cone.
+
+    ``u`` may be one vector (K,) or a batch of them (B, K), solved together.
+    """
     g = gramian.detach().double().cpu().numpy()
-    if not np.any(g):  # every gradient is zero: the projection of zero is zero, any v will do
-        return u.copy()
-    return np.maximum(solve_qp(g, lower=u).x, u)  # remove rounding below the bounds
+    u = np.asarray(u, dtype=np.float64)
+    v = dual_cone_solve(g, u.reshape(-1, g.shape[0]))
+    return v.reshape(u.shape)
 
 
 @register
@@ -48,9 +52,6 @@ class UPGrad(Balancer):
         if gramian is None:
             raise ValueError("upgrad needs the Gramian of the task gradients")
         k = len(tasks)
-        weights = np.zeros(k)
-        for i in range(k):  # one K x K QP per task, K is small
-            u = np.zeros(k)
-            u[i] = 1.0 / k
-            weights += dual_cone_weights(gramian, u)
-        return Decision(weights=torch.from_numpy(weights))
+        # Row i is u_i = e_i / K; the K projections are solved in one batch.
+        v = dual_cone_weights(gramian, np.eye(k) / k)
+        return Decision(weights=torch.from_numpy(v.sum(axis=0)))

@@ -1,0 +1,92 @@
+"""MoCo, multi-objective gradient correction (Fernando, Shen, Liu, Chaudhury, Murugesan and
+Chen, "Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent Approach",
+ICLR 2023, Algorithm 1).
+
+MGDA's weights computed from stochastic gradients are biased; MoCo tracks each task's gradient
+with a moving average and takes a single projected-gradient step on the MGDA weights per
+iteration instead of solving MGDA exactly:
+
+    y_k <- y_k - beta (y_k - g_k)                       (tracking, Algorithm 1 line 4)
+    lambda <- Pi_simplex(lambda - gamma (Y Y^T + rho I) lambda)        (line 5)
+    update = Y^T lambda                                                (line 6)
+
+with constant step sizes ``beta`` and ``gamma`` (the paper's ``beta_t``, ``gamma_t``) and the
+regulariser ``rho >= 0``. ``lambda`` starts at ``1/K`` and sums to 1.
+
+It **needs the Jacobian** (``requires = "jacobian"``): the tracked gradients ``Y`` are a K x D
+buffer (D the number of shared parameters in exact mode, of feature entries in feature mode),
+sized at the first call (``y_k`` starts at the task's first gradient) and saved in the state
+dict. Absent tasks: only the present tasks' ``y_k`` move, and the step on ``lambda`` is
+projected onto the present tasks' share of the simplex (their total mass is kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._lazy import LazyRows
+from ._qp import _project
+from .base import Balancer, Decision
+from .registry import check_number, register
+
+
+@register
+class MoCo(LazyRows, Balancer):
+    """MGDA weights by one projected step per iteration on tracked gradients (Fernando et al.)."""
+
+    name = "moco"
+    requires = "jacobian"
+    lazy_buffers = ("tracked",)
+    tracked: Tensor
+    seen: Tensor
+    lam: Tensor
+
+    def __init__(self, beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0) -> None:
+        super().__init__()
+        check_number("moco", "beta", beta, low=0.0, high=1.0, low_inclusive=False)
+        check_number("moco", "gamma", gamma, low=0.0, low_inclusive=False)
+        check_number("moco", "rho", rho, low=0.0)
+        self.beta = beta
+        self.gamma = gamma
+        self.rho = rho
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        first = not self.task_names
+        super().setup(task_names)
+        if first:
+            k = len(self.task_names)
+            self.register_buffer("tracked", torch.zeros(k, 0))
+            self.register_buffer("seen", torch.zeros(k, dtype=torch.bool))
+            self.register_buffer("lam", torch.full((k,), 1.0 / k, dtype=torch.float64))
+
+    def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
+        j = jacobian.detach()
+        self.ensure_width(j.shape[1], j.dtype, j.device)
+        idx = self.index(tasks).to(self.tracked.device)
+        fresh = ~self.seen[idx]
+        if bool(fresh.any()):  # y_k starts at the task's first gradient
+            rows = idx[fresh].to(j.device)
+            self.tracked[rows] = j[fresh.to(j.device)].to(self.tracked.dtype)
+            self.seen[idx] = True
+        if len(tasks) == len(self.task_names) and bool((idx == torch.arange(len(idx))).all()):
+            y = self.tracked  # every task, in order: update in place, no gather
+            y.lerp_(j, torch.where(fresh, 0.0, float(self.beta)).to(y)[:, None])
+        else:
+            rows = idx.to(j.device)
+            y = self.tracked[rows]
+            y.lerp_(j, torch.where(fresh, 0.0, float(self.beta)).to(y)[:, None])
+            self.tracked[rows] = y
+        lam = self.lam[idx].cpu()
+        gram = (y @ y.T).double().cpu()
+        step = lam - float(self.gamma) * (gram @ lam + float(self.rho) * lam)
+        mass = float(lam.sum())
+        k = len(tasks)
+        new = _project(step.numpy(), np.zeros(k), mass)
+        lam = torch.from_numpy(np.maximum(new, 0.0))
+        self.lam[idx] = lam.to(self.lam.device)
+        update = lam.to(dtype=y.dtype, device=y.device) @ y
+        return Decision(weights=lam, update=update)

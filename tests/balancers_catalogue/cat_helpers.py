@@ -1,0 +1,35 @@
+"""Shared helpers of the catalogue tests (imported by the test modules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from manytask.balancers.registry import build
+
+
+def jac(k: int, p: int, *, rank: int | None = None, seed: int = 0) -> Tensor:
+    """A (k, p) float64 matrix of task gradients, of the given rank if asked."""
+    gen = torch.Generator().manual_seed(seed)
+    if rank is None:
+        return torch.randn(k, p, generator=gen, dtype=torch.float64)
+    left = torch.randn(k, rank, generator=gen, dtype=torch.float64)
+    return left @ torch.randn(rank, p, generator=gen, dtype=torch.float64)
+
+
+def names(k: int) -> list[str]:
+    return [f"t{i}" for i in range(k)]
+
+
+def make(name: str, k: int, **params: Any) -> Any:
+    """Build balancer ``name`` set up for ``k`` tasks (typed ``Any`` to reach its state)."""
+    method = build(name, params)
+    method.setup(names(k))
+    return method
+
+
+def decide_gramian(method: Any, G: Tensor, tasks: list[str] | None = None) -> Tensor:
+    tasks = tasks or list(method.task_names)
+    return method.decide(torch.ones(len(tasks)), tasks, G).weights
