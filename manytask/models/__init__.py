@@ -1,6 +1,44 @@
 """Multi-task architectures."""
 
+from .adatt import AdaTT
 from .base import MultiTaskModel, mlp
+from .cross_stitch import CrossStitch
+from .dselect_k import DSelectK
+from .esmm import AITM, ESMM
+from .experts import ExpertSet, Routed
+from .factory import ARCHITECTURES, make_model, shared_bottom
 from .hard_sharing import HardSharing
+from .home import HoME
+from .moe import MMoE, OMoE
+from .mtan import MTAN
+from .per_task import PerTaskModel
+from .ple import CGC, PLE
+from .routing import ExpertReport, expert_report, expert_usage
+from .sparse_moe import TaskRoutedMoE
 
-__all__ = ["HardSharing", "MultiTaskModel", "mlp"]
+__all__ = [
+    "AITM",
+    "ARCHITECTURES",
+    "CGC",
+    "ESMM",
+    "MTAN",
+    "PLE",
+    "AdaTT",
+    "CrossStitch",
+    "DSelectK",
+    "ExpertReport",
+    "ExpertSet",
+    "HardSharing",
+    "HoME",
+    "MMoE",
+    "MultiTaskModel",
+    "OMoE",
+    "PerTaskModel",
+    "Routed",
+    "TaskRoutedMoE",
+    "expert_report",
+    "expert_usage",
+    "make_model",
+    "mlp",
+    "shared_bottom",
+]
