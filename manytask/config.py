@@ -42,6 +42,16 @@ class TrainConfig:
     skip_nonfinite: bool = False
     progress: bool = True
     cosine_every: int | None = None
+    # text data (data: text): tasks of ../shared/data/text over the frozen MiniLM encoder
+    data_root: str | None = None
+    cache_dir: str = "runs/cache"
+    max_length: int = 64
+    train_cap: int | None = 2000
+    val_cap: int | None = 500
+    test_cap: int | None = 1000
+    tasks_per_batch: int = 4
+    task_temperature: float = 2.0
+    trec_fine: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -69,6 +79,15 @@ class TrainConfig:
             )
         if self.cosine_every is not None and self.cosine_every < 1:
             raise ConfigError(f"cosine_every must be >= 1, got {self.cosine_every}")
+        for key in ("max_length", "tasks_per_batch", "train_cap", "val_cap", "test_cap"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be positive, got {value}")
+        if not self.task_temperature > 0:
+            raise ConfigError(f"task_temperature must be > 0, got {self.task_temperature}")
+        if self.data == "text" and not self.data_root:
+            raise ConfigError("data: text needs data_root (the folder of the text tasks, "
+                              "e.g. ../shared/data/text)")
         if self.resume and not self.run_dir:
             raise ConfigError("resume needs run_dir")
 

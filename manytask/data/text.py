@@ -1,0 +1,377 @@
+"""Eight small text classification tasks, each its own data set, and mixed multi-task batches.
+
+:func:`load_text_task` reads one task from a folder laid out as ``../shared/data/text/<task>/``
+(the formats differ per source, see each folder's README):
+
+========  ==========================  =======================  ==========================
+task      file format                 train / val              test
+========  ==========================  =======================  ==========================
+sst2      ``label<TAB>text``          train.tsv, 10% carved    dev.tsv (the SST-2 test)
+mr        ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
+cr        ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
+subj      ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
+mpqa      ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
+cola      GLUE, 4 columns             train.tsv / val.tsv      dev.tsv (GLUE dev)
+rte       GLUE pairs, header          train.tsv / val.tsv      dev.tsv (GLUE dev)
+trec      ``COARSE:fine text``        train_5500, 10% carved   TREC_10.label
+========  ==========================  =======================  ==========================
+
+"10% carved" means a fixed-seed random 10% of the training file is held out for validation
+(``split_seed``); the file the source calls ``dev`` is then our test set, never trained or
+tuned on. TREC uses its 6 coarse classes unless ``fine=True`` (50 classes). Labels are integer
+class indices ``0..C-1``; ``label_names[i]`` names class ``i``.
+
+Sources: SST-2 (Socher et al., EMNLP 2013), MR (Pang and Lee, ACL 2005), CR (Hu and Liu, KDD
+2004), SUBJ (Pang and Lee, ACL 2004), MPQA (Wiebe et al., LREC 2005), CoLA (Warstadt et al.,
+TACL 2019) and RTE as packaged by GLUE (Wang et al., ICLR 2019), TREC (Li and Roth, COLING 2002).
+
+:class:`MixedTaskBatches` trains the tasks jointly: every batch concatenates sub-batches of
+several tasks, each sub-batch's task drawn by a :mod:`manytask.data.sampling` sampler, and
+marks the labels of the other tasks missing (-1), so that a gradient balancer sees several
+tasks in one step. :func:`stacked_batches` lays out validation and test sets the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..tasks import Task
+from .batching import TensorBatches
+from .sampling import RoundRobinSampler, TaskSampler, TemperatureSampler
+
+Text = str | tuple[str, str]
+TEXT_TASKS = ("sst2", "mr", "cr", "subj", "mpqa", "cola", "rte", "trec")
+SENTEVAL = ("sst2", "mr", "cr", "subj", "mpqa")
+TREC_COARSE = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    """Sentences (or sentence pairs, for RTE) and their int64 class indices."""
+
+    texts: tuple[Text, ...]
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.labels.dim() != 1 or self.labels.shape[0] != len(self.texts):
+            raise ValueError(
+                f"TextSplit: {len(self.texts)} texts but labels of shape {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: np.ndarray) -> TextSplit:
+        return TextSplit(tuple(self.texts[i] for i in index), self.labels[torch.from_numpy(index)])
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """One text task: its splits and the names of its classes."""
+
+    name: str
+    label_names: tuple[str, ...]
+    train: TextSplit
+    val: TextSplit
+    test: TextSplit
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def task(self) -> Task:
+        return Task.classification(self.name, self.num_classes)
+
+    def split(self, name: str) -> TextSplit:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"TextTask {self.name!r}: unknown split {name!r}")
+        split: TextSplit = getattr(self, name)
+        return split
+
+    def capped(self, train: int | None, val: int | None, test: int | None,
+               seed: int = 0) -> TextTask:
+        """At most ``train``/``val``/``test`` examples per split (``None``: all).
+
+        Each split keeps a fixed-seed random subset, in its original order, so that the same
+        caps always select the same sentences (and hit the same embedding cache).
+        """
+        caps = {"train": train, "val": val, "test": test}
+        out = {}
+        for i, (name, cap) in enumerate(caps.items()):
+            split = self.split(name)
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"TextTask.capped: cap of {name} must be a positive integer or "
+                                 f"None, got {cap!r}")
+            if cap is None or cap >= len(split):
+                out[name] = split
+                continue
+            rng = np.random.default_rng([seed, i])
+            out[name] = split.subset(np.sort(rng.choice(len(split), cap, replace=False)))
+        return TextTask(self.name, self.label_names, out["train"], out["val"], out["test"])
+
+
+# ------------------------------------------------------------------------------------ parsing
+def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"text data: missing file {path}")
+    with open(path, encoding=encoding, newline="") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def _malformed(path: Path, lineno: int, why: str) -> ValueError:
+    return ValueError(f"{path}, line {lineno}: {why}")
+
+
+def _int_label(text: str, allowed: Sequence[str], path: Path, lineno: int) -> int:
+    if text not in allowed:
+        raise _malformed(path, lineno, f"label {text!r} is not one of {list(allowed)}")
+    return allowed.index(text)
+
+
+def _senteval(path: Path) -> TextSplit:
+    texts, labels = [], []
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise _malformed(path, lineno, f"expected 'label<TAB>text', got {len(parts)} fields")
+        labels.append(_int_label(parts[0].strip(), ("0", "1"), path, lineno))
+        texts.append(parts[1])
+    return TextSplit(tuple(texts), torch.tensor(labels, dtype=torch.int64))
+
+
+def _cola(path: Path) -> TextSplit:
+    texts, labels = [], []
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 4:
+            raise _malformed(path, lineno, f"expected 4 GLUE CoLA fields, got {len(parts)}")
+        labels.append(_int_label(parts[1].strip(), ("0", "1"), path, lineno))
+        texts.append(parts[3])
+    return TextSplit(tuple(texts), torch.tensor(labels, dtype=torch.int64))
+
+
+RTE_LABELS = ("not_entailment", "entailment")
+
+
+def _rte(path: Path) -> TextSplit:
+    pairs: list[Text] = []
+    labels = []
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 4:
+            raise _malformed(path, lineno, f"expected 4 GLUE RTE fields, got {len(parts)}")
+        if lineno == 1 and parts[0] == "index":  # train.tsv and dev.tsv have a header
+            continue
+        labels.append(_int_label(parts[3].strip(), RTE_LABELS, path, lineno))
+        pairs.append((parts[1], parts[2]))
+    return TextSplit(tuple(pairs), torch.tensor(labels, dtype=torch.int64))
+
+
+def _trec(path: Path, fine: bool) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for lineno, line in enumerate(_read_lines(path, encoding="latin-1"), 1):
+        if not line.strip():
+            continue
+        head, sep, text = line.partition(" ")
+        coarse, colon, detail = head.partition(":")
+        if not (sep and colon and detail) or coarse not in TREC_COARSE:
+            raise _malformed(path, lineno, f"expected 'COARSE:fine question', got {line[:40]!r}")
+        labels.append(head if fine else coarse)
+        texts.append(text)
+    return texts, labels
+
+
+def _carve(split: TextSplit, fraction: float, seed: int) -> tuple[TextSplit, TextSplit]:
+    order = np.random.default_rng(seed).permutation(len(split))
+    n_val = max(1, round(fraction * len(split)))
+    return split.subset(np.sort(order[n_val:])), split.subset(np.sort(order[:n_val]))
+
+
+def load_text_task(root: str | Path, name: str, *, fine: bool = False,
+                   val_fraction: float = 0.1, split_seed: int = 0) -> TextTask:
+    """Load task ``name`` from ``root/<name>/`` (see the module docstring for the splits).
+
+    Args:
+        root: the folder holding one sub-folder per task (e.g. ``../shared/data/text``).
+        name: one of :data:`TEXT_TASKS`.
+        fine: TREC only: the 50 fine classes (``"HUM:ind"``) instead of the 6 coarse ones.
+        val_fraction: share of the training file held out as validation where a task has no
+            validation file.
+        split_seed: seed of that hold-out.
+    """
+    if name not in TEXT_TASKS:
+        raise ValueError(f"load_text_task: unknown task {name!r}; tasks are {list(TEXT_TASKS)}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"load_text_task: val_fraction must lie in (0, 1), got {val_fraction}")
+    folder = Path(root) / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"load_text_task: no folder {folder} for task {name!r}")
+    if name in SENTEVAL:
+        full, test = _senteval(folder / "train.tsv"), _senteval(folder / "dev.tsv")
+        train, val = _carve(full, val_fraction, split_seed)
+        # SUBJ: 1 = objective (plot summaries), 0 = subjective (review snippets).
+        names = ("subjective", "objective") if name == "subj" else ("negative", "positive")
+        return TextTask(name, names, train, val, test)
+    if name == "cola":
+        return TextTask(name, ("unacceptable", "acceptable"), _cola(folder / "train.tsv"),
+                        _cola(folder / "val.tsv"), _cola(folder / "dev.tsv"))
+    if name == "rte":
+        return TextTask(name, RTE_LABELS, _rte(folder / "train.tsv"),
+                        _rte(folder / "val.tsv"), _rte(folder / "dev.tsv"))
+    train_texts, train_labels = _trec(folder / "train_5500.label", fine)
+    test_texts, test_labels = _trec(folder / "TREC_10.label", fine)
+    classes = TREC_COARSE if not fine else tuple(sorted(set(train_labels) | set(test_labels)))
+
+    def as_split(texts: list[str], labels: list[str]) -> TextSplit:
+        return TextSplit(tuple(texts), torch.tensor([classes.index(c) for c in labels]))
+
+    train, val = _carve(as_split(train_texts, train_labels), val_fraction, split_seed)
+    return TextTask(name, classes, train, val, as_split(test_texts, test_labels))
+
+
+# -------------------------------------------------------------------------------- batching
+def _check_features(features: Mapping[str, Tensor], labels: Mapping[str, Tensor],
+                    owner: str) -> None:
+    if not features:
+        raise ValueError(f"{owner}: needs at least one task")
+    if set(features) != set(labels):
+        raise ValueError(f"{owner}: features for {sorted(features)} but labels for "
+                         f"{sorted(labels)}")
+    width = None
+    for task, x in features.items():
+        y = labels[task]
+        if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(f"{owner}: task {task!r} has features {tuple(x.shape)} and labels "
+                             f"{tuple(y.shape)}; expected (n, ...) and (n,) with n >= 1")
+        if width is not None and x.shape[1:] != width:
+            raise ValueError(f"{owner}: task {task!r} has features of shape "
+                             f"{tuple(x.shape[1:])} per example, others {tuple(width)}")
+        width = x.shape[1:]
+
+
+def stacked_batches(features: Mapping[str, Tensor], labels: Mapping[str, Tensor],
+                    batch_size: int) -> TensorBatches:
+    """Every task's examples one after the other, each labelled for its own task only (-1 for
+    the others), in fixed order: the layout of validation and test sets."""
+    _check_features(features, labels, "stacked_batches")
+    tasks = list(features)
+    x = torch.cat([features[t] for t in tasks])
+    sizes = [features[t].shape[0] for t in tasks]
+    targets = {}
+    start = 0
+    for task, n in zip(tasks, sizes, strict=True):
+        column = torch.full((x.shape[0],), -1, dtype=torch.int64)
+        column[start:start + n] = labels[task]
+        targets[task] = column
+        start += n
+    return TensorBatches(x, targets, batch_size, shuffle=False)
+
+
+class MixedTaskBatches:
+    """Batches ``(x, {task: labels})`` mixing sub-batches of tasks that have their own data.
+
+    Each batch is ``tasks_per_batch`` sub-batches of ``batch_size // tasks_per_batch`` examples;
+    the task of each sub-batch is drawn by the sampler (``"temperature"``:
+    ``p_k`` proportional to ``n_k^(1/T)``, :class:`~manytask.data.sampling.TemperatureSampler`;
+    ``"round_robin"``: the tasks in turn). A task's sub-batches walk through a random
+    permutation of its examples, drawing a fresh one when it runs out. Every batch holds a label
+    column for every task: the class index on that task's rows, -1 (missing) elsewhere. With
+    ``tasks_per_batch=1`` each batch is one task's (one task per step).
+
+    An epoch is ``steps`` batches (default: as many as one pass over all examples needs). The
+    batches of epoch ``e`` depend only on ``(seed, e)``: call :meth:`set_epoch` (the Trainer
+    does) and a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, features: Mapping[str, Tensor], labels: Mapping[str, Tensor],
+                 batch_size: int, *, tasks_per_batch: int | None = None,
+                 sampler: Literal["temperature", "round_robin"] = "temperature",
+                 temperature: float = 2.0, steps: int | None = None, seed: int = 0) -> None:
+        owner = "MixedTaskBatches"
+        _check_features(features, labels, owner)
+        self.tasks = tuple(features)
+        if tasks_per_batch is None:
+            tasks_per_batch = min(len(self.tasks), 4)
+        for key, value in (("batch_size", batch_size), ("tasks_per_batch", tasks_per_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{owner}: {key} must be a positive integer, got {value!r}")
+        if batch_size < tasks_per_batch:
+            raise ValueError(f"{owner}: batch_size {batch_size} is smaller than "
+                             f"tasks_per_batch {tasks_per_batch}")
+        if sampler not in ("temperature", "round_robin"):
+            raise ValueError(f"{owner}: sampler must be 'temperature' or 'round_robin', "
+                             f"got {sampler!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"{owner}: seed must be a non-negative integer, got {seed!r}")
+        self.features = dict(features)
+        self.labels = dict(labels)
+        self.sizes = {t: int(x.shape[0]) for t, x in self.features.items()}
+        self.batch_size = batch_size
+        self.tasks_per_batch = tasks_per_batch
+        self.sub_batch = batch_size // tasks_per_batch
+        self.sampler_kind = sampler
+        self.temperature = temperature
+        total = sum(self.sizes.values())
+        self.steps = steps if steps is not None else math.ceil(total / batch_size)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"{owner}: steps must be a positive integer, got {steps!r}")
+        self.seed = seed
+        self.epoch = 0
+        self.make_sampler(0)  # validates the temperature now rather than at the first epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"MixedTaskBatches: epoch must be a non-negative integer, "
+                             f"got {epoch!r}")
+        self.epoch = epoch
+
+    def make_sampler(self, epoch: int) -> TaskSampler:
+        """The sampler of ``epoch``, seeded from ``(seed, epoch)``."""
+        if self.sampler_kind == "round_robin":
+            return RoundRobinSampler(self.tasks)
+        seed = int(np.random.default_rng([self.seed, epoch]).integers(2**62))
+        return TemperatureSampler(self.sizes, self.temperature, seed=seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        sampler = self.make_sampler(self.epoch)
+        rngs = {t: np.random.default_rng([self.seed, self.epoch, k])
+                for k, t in enumerate(self.tasks)}
+        orders = {t: torch.from_numpy(rngs[t].permutation(self.sizes[t])) for t in self.tasks}
+        cursor = dict.fromkeys(self.tasks, 0)
+        for _ in range(self.steps):
+            chosen = [sampler.sample() for _ in range(self.tasks_per_batch)]
+            parts, owners = [], []
+            for task in chosen:
+                if cursor[task] + self.sub_batch > self.sizes[task]:
+                    # the task is used up: a fresh permutation (tiny tasks may repeat examples)
+                    orders[task] = torch.from_numpy(rngs[task].permutation(self.sizes[task]))
+                    cursor[task] = 0
+                idx = orders[task][cursor[task]:cursor[task] + self.sub_batch]
+                cursor[task] += self.sub_batch
+                parts.append(idx)
+                owners.append(task)
+            x = torch.cat([self.features[t].index_select(0, i) for t, i in zip(owners, parts,
+                                                                                   strict=True)])
+            targets = {t: torch.full((x.shape[0],), -1, dtype=torch.int64) for t in self.tasks}
+            start = 0
+            for task, idx in zip(owners, parts, strict=True):
+                targets[task][start:start + idx.shape[0]] = self.labels[task].index_select(0, idx)
+                start += idx.shape[0]
+            yield x, targets
