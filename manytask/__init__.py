@@ -21,7 +21,6 @@ __all__ = [
     "TargetError",
     "Task",
     "Trainer",
-    "Trainer",
     "__version__",
     "available",
     "backward",

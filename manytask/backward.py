@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -56,6 +56,8 @@ def backward(
     mode: Mode = "exact",
     head_grad: HeadGrad = "own",
     step: int | None = None,
+    counts: Mapping[str, float] | None = None,
+    process_group: Any = None,
 ) -> BackwardResult:
     """Backpropagate the per-task ``losses`` as ``method`` decides.
 
@@ -74,12 +76,25 @@ def backward(
         head_grad: for gradient-level methods, whether each head gets its own task's gradient
             unweighted (``"own"``, default) or scaled by its task's weight (``"weighted"``).
         step: only used in error messages.
+        counts: ``{task: number of labelled samples behind its loss}``. Only read in
+            distributed training, where the global loss of a task is the labelled-sample-weighted
+            mean over ranks (without it, each rank where the task is present counts once).
+        process_group: the ``torch.distributed`` group to train in (default: the default group
+            when ``torch.distributed`` is initialised with more than one process). Then every
+            rank passes the losses of its shard of the global batch, the balancer decides on
+            global-batch information (see :mod:`manytask.training.distributed`), and the caller
+            averages the gradients over ranks afterwards with
+            :func:`~manytask.training.distributed.sync_gradients` (one all-reduce, as
+            DistributedDataParallel does). Do not wrap the model in DistributedDataParallel
+            for gradient-level methods: with ``find_unused_parameters=True`` (which a task
+            absent from a shard needs) its forward hands back copies of the outputs, so the
+            features returned are not the tensors the heads read.
+            A rank whose shard has no labelled task still calls ``backward`` with ``{}``. If no
+            rank has one, nothing is backpropagated and the result has no task.
 
     Raises:
         NonFiniteLossError: a loss is NaN or inf (checked before anything is backpropagated).
     """
-    if not losses:
-        raise ValueError("backward() got no task loss: every task is absent from this batch")
     if head_grad not in ("own", "weighted"):
         raise ValueError(f"head_grad must be 'own' or 'weighted', got {head_grad!r}")
     tasks = tuple(losses)
@@ -91,6 +106,19 @@ def backward(
             )
         if not value.requires_grad:
             raise ValueError(f"loss of task {task!r} does not require grad (detached?)")
+    ctx = None
+    if process_group is not None or torch.distributed.is_initialized():
+        from .training.distributed import context
+
+        ctx = context(process_group)
+    if ctx is not None:
+        from .training.distributed import distributed_backward
+
+        return distributed_backward(
+            dict(losses), method, ctx, counts, features, shared_params, mode, head_grad, step
+        )
+    if not losses:
+        raise ValueError("backward() got no task loss: every task is absent from this batch")
     stacked = torch.stack(values)
     finite = torch.isfinite(stacked.detach())
     if not bool(finite.all()):

@@ -85,10 +85,12 @@ def _config(args: argparse.Namespace, skip: Sequence[str] = ()) -> TrainConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .run import format_results, train_from_config
+    from .training.distributed import is_main_process
 
     cfg = _config(args)
     results = train_from_config(cfg)
-    print(format_results(results))
+    if is_main_process():  # under torchrun, one table, not one per process
+        print(format_results(results))
     return 0
 
 

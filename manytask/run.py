@@ -16,6 +16,7 @@ from .config import ConfigError, TrainConfig
 from .models import HardSharing, MultiTaskModel
 from .tasks import Task
 from .training import Trainer
+from .training.distributed import ShardedBatches, init_from_env
 
 
 @dataclass
@@ -59,7 +60,71 @@ def _multidigits(cfg: TrainConfig) -> Prepared:
     )
 
 
-DATASETS: dict[str, Callable[[TrainConfig], Prepared]] = {"multidigits": _multidigits}
+def _text(cfg: TrainConfig) -> Prepared:
+    from .data.text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
+
+    names = tuple(cfg.tasks) if cfg.tasks else TEXT_TASKS
+    unknown = sorted(set(names) - set(TEXT_TASKS))
+    if unknown:
+        raise ConfigError(f"unknown text task(s) {unknown}; available: {list(TEXT_TASKS)}")
+    if cfg.data_root is None or not Path(cfg.data_root).is_dir():
+        raise ConfigError(f"data_root {cfg.data_root!r} is not a folder of text tasks")
+    text_tasks = [
+        load_text_task(cfg.data_root, n, fine=cfg.trec_fine).capped(
+            cfg.train_cap, cfg.val_cap, cfg.test_cap
+        )
+        for n in names
+    ]
+    embeddings = text_embeddings(text_tasks, cfg.cache_dir, cfg.max_length)
+    labels = {s: {t.name: t.split(s).labels for t in text_tasks} for s in ("train", "val", "test")}
+    feats = {s: {t.name: embeddings[t.name][s] for t in text_tasks} for s in labels}
+    train = MixedTaskBatches(
+        feats["train"],
+        labels["train"],
+        cfg.batch_size,
+        tasks_per_batch=min(cfg.tasks_per_batch, len(text_tasks)),
+        temperature=cfg.task_temperature,
+        seed=cfg.seed,
+    )
+    return Prepared(
+        [t.task() for t in text_tasks],
+        train,
+        stacked_batches(feats["val"], labels["val"], cfg.batch_size),
+        stacked_batches(feats["test"], labels["test"], cfg.batch_size),
+        int(feats["train"][names[0]].shape[1]),
+    )
+
+
+def text_embeddings(
+    text_tasks: Any, cache_dir: str | Path, max_length: int
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{task: {split: MiniLM embeddings}}``, computed once and then read from ``cache_dir``.
+
+    The encoder is loaded only when some split is not in the cache yet.
+    """
+    from .data.encoders import MINILM, EmbeddingCache, SentenceEncoder, load_minilm
+
+    cache = EmbeddingCache(cache_dir)
+    encoder: list[SentenceEncoder] = []
+
+    def compute(texts: Any) -> torch.Tensor:
+        if not encoder:
+            encoder.append(SentenceEncoder(*load_minilm(), max_length=max_length))
+        return encoder[0].encode(texts)
+
+    return {
+        t.name: {
+            s: cache.get(MINILM, t.name, s, max_length, t.split(s).texts, compute)
+            for s in ("train", "val", "test")
+        }
+        for t in text_tasks
+    }
+
+
+DATASETS: dict[str, Callable[[TrainConfig], Prepared]] = {
+    "multidigits": _multidigits,
+    "text": _text,
+}
 
 
 def _hard_sharing(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
@@ -83,8 +148,12 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"unknown data {cfg.data!r}; available: {sorted(DATASETS)}")
     if cfg.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown arch {cfg.arch!r}; available: {sorted(ARCHITECTURES)}")
+    # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
+    ctx = init_from_env()
     seed_everything(cfg.seed)
     data = DATASETS[cfg.data](cfg)
+    if ctx is not None:
+        data.train = ShardedBatches(data.train, ctx.rank, ctx.world_size)
     model = ARCHITECTURES[cfg.arch](cfg, data)
     balancer = make_balancer(cfg.balancer, **cfg.balancer_params)
     trainer = Trainer(
@@ -101,7 +170,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         cosine_every=cfg.cosine_every,
         log_every=cfg.log_every,
     )
-    if cfg.run_dir:
+    if cfg.run_dir and (ctx is None or ctx.is_main):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.run_dir) / "config.yaml").write_text(_yaml(asdict(cfg)))
     history = trainer.fit(data.train, cfg.epochs, val_data=data.val, resume=cfg.resume)

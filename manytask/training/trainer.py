@@ -25,6 +25,7 @@ from ..gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..tasks import Task, task_losses
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import barrier, context, sync_gradients
 from .logs import LogFormat, RunLog
 
 Batch = tuple[Any, Mapping[str, Tensor]]
@@ -67,6 +68,14 @@ class Trainer:
         keep_checkpoints: how many epoch checkpoints to keep.
         progress: show a progress bar.
         device: where to train.
+
+    Distributed: when ``torch.distributed`` is initialised with several processes (e.g. under
+    ``torchrun``), each rank trains on its shard of every global batch (wrap the data in
+    :class:`~manytask.training.distributed.ShardedBatches`), the balancer decides on
+    global-batch information and gradients are averaged over ranks, so the run follows the
+    single-process run on the global batches. Rank 0 alone writes logs and checkpoints; every
+    rank reads ``run_dir`` on resume (a shared file system), whatever the number of processes
+    that wrote it.
     """
 
     def __init__(
@@ -121,6 +130,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         self._params = params
+        self._model_params = [p for p in self.model.parameters() if p.requires_grad]
+        self._dist = context()
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch) -> dict[str, Any] | None:
@@ -129,14 +140,18 @@ class Trainer:
         self.model.train()
         outputs, features = self.model(x, return_features=True)
         losses = task_losses(self.tasks, outputs, targets)
-        if not losses:  # no labelled sample for any task: nothing to learn from
-            return None
+        if not losses and self._dist is None:  # no labelled sample: nothing to learn from
+            return None  # (a rank still joins the collectives: another may have labels)
+        counts = {
+            t.name: int(t.labelled(targets[t.name]).sum()) for t in self.tasks if t.name in losses
+        }
         self.optimizer.zero_grad(set_to_none=True)
         gramian = None
         if (
             self.cosine_every is not None
             and self.balancer.requires == "losses"
             and (self.step + 1) % self.cosine_every == 0  # numbered as the step it logs
+            and losses  # under torchrun: this rank's shard only, for the log
         ):
             gramian = task_gradients(
                 list(losses.values()),
@@ -153,12 +168,17 @@ class Trainer:
                 mode=self.mode,
                 head_grad=self.head_grad,
                 step=self.step,
+                counts=counts,
             )
         except NonFiniteLossError:
             if not self.skip_nonfinite:
                 raise
             self._skip("non-finite loss")
             return None
+        if not result.tasks:  # distributed: no rank had a labelled sample
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        sync_gradients(self._model_params, self._dist)
         norm = torch.nn.utils.clip_grad_norm_(
             self._params, self.clip_grad_norm if self.clip_grad_norm else math.inf
         )
@@ -234,7 +254,8 @@ class Trainer:
             bar = tqdm(
                 train_data,
                 desc=f"epoch {epoch + 1}/{epochs}",
-                disable=None if self.progress else True,  # None: off when not a terminal
+                # None: off when not a terminal; only rank 0 draws one
+                disable=None if self.progress and self._is_main else True,
                 leave=False,
             )
             for batch in bar:
@@ -258,7 +279,7 @@ class Trainer:
                 if epoch_log is not None:
                     self._write_metrics(epoch_log, epoch, "val", summary["val"])
             summaries.append(summary)
-            if self.run_dir is not None:
+            if self.run_dir is not None and self._is_main:
                 save_checkpoint(
                     self.run_dir,
                     epoch,
@@ -268,11 +289,16 @@ class Trainer:
                     keep=self.keep_checkpoints,
                     info={"step": self.step, "skipped_steps": self.skipped_steps},
                 )
+            barrier(self._dist)  # no rank runs ahead of the checkpoint it could resume from
         self.history = summaries
         return summaries
 
+    @property
+    def _is_main(self) -> bool:
+        return self._dist is None or self._dist.is_main
+
     def _open_logs(self) -> tuple[RunLog | None, RunLog | None]:
-        if self.run_dir is None:
+        if self.run_dir is None or not self._is_main:
             return None, None
         names = [t.name for t in self.tasks]
         cols = ["step", "epoch"]

@@ -26,7 +26,8 @@ def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch) -> None:
 def test_two_commands_and_ci_agree() -> None:
     assert "make train" in README and "make test" in README
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^train:", makefile, flags=re.M) and re.search(r"^test:", makefile, flags=re.M)
+    assert re.search(r"^train:", makefile, flags=re.M)
+    assert re.search(r"^test:", makefile, flags=re.M)
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, flags=re.M)
 
