@@ -2,6 +2,7 @@
 
 from .backward import BackwardResult, NonFiniteLossError, backward
 from .balancers import Balancer, Decision, available, make_balancer
+from .flat import flat_backward
 from .gradients import task_gradients
 from .merging import merge, merge_state_dicts
 from .models import HardSharing, MultiTaskModel
@@ -24,6 +25,7 @@ __all__ = [
     "__version__",
     "available",
     "backward",
+    "flat_backward",
     "make_balancer",
     "merge",
     "merge_state_dicts",

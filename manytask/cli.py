@@ -14,6 +14,9 @@ import yaml
 
 from .config import ConfigError, TrainConfig, config_from_mapping, load_config
 
+# dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
+_PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch"}
+
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One ``--flag`` per :class:`TrainConfig` field; unset flags leave the config alone."""
@@ -25,13 +28,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ())
         hint = _strip_none(hints[f.name])
         default = getattr(TrainConfig(), f.name)
         help_text = f"(default: {default})"
-        if f.name == "balancer_params":
+        if f.name in _PARAM_FLAGS:
+            what = _PARAM_FLAGS[f.name]
             parser.add_argument(
-                "--balancer-param",
+                f"--{what}-param",
                 dest=f.name,
                 action="append",
                 metavar="KEY=VALUE",
-                help="a balancer hyper-parameter, repeatable (value read as YAML)",
+                help=f"a {what} hyper-parameter, repeatable (value read as YAML)",
             )
         elif hint is bool:
             parser.add_argument(
@@ -64,12 +68,14 @@ def _flag_values(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str
         value = None if f.name in skip else getattr(args, f.name, None)
         if value is None:
             continue
-        if f.name == "balancer_params":
+        if f.name in _PARAM_FLAGS:
             params = {}
             for item in value:
                 key, sep, raw = item.partition("=")
                 if not sep or not key:
-                    raise ConfigError(f"--balancer-param expects KEY=VALUE, got {item!r}")
+                    raise ConfigError(
+                        f"--{_PARAM_FLAGS[f.name]}-param expects KEY=VALUE, got {item!r}"
+                    )
                 params[key] = yaml.safe_load(raw)
             value = params
         values[f.name] = value
@@ -136,6 +142,24 @@ def _cmd_balancers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_architectures(args: argparse.Namespace) -> int:
+    import inspect
+
+    from .models import ARCHITECTURES
+
+    print(f"{'hard_sharing':16s} HardSharing(hidden=... from the config's `hidden`)")
+    for name in sorted(ARCHITECTURES):
+        build = ARCHITECTURES[name]
+        params = [
+            f"{p.name}={p.default!r}"
+            for p in inspect.signature(build).parameters.values()
+            if p.default is not inspect.Parameter.empty
+            and p.name not in ("in_features", "input_layer")
+        ]
+        print(f"{name:16s} {getattr(build, '__name__', name)}({', '.join(params)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manytask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_merge_command(sub)
     bal = sub.add_parser("balancers", help="list the training methods and their parameters")
     bal.set_defaults(func=_cmd_balancers)
+    arch = sub.add_parser("architectures", help="list the architectures and their parameters")
+    arch.set_defaults(func=_cmd_architectures)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ class TrainConfig:
     train_size: int = 6000
     missing_rate: float = 0.0
     arch: str = "hard_sharing"
+    arch_params: dict[str, Any] = field(default_factory=dict)
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     balancer: str = "equal"
     balancer_params: dict[str, Any] = field(default_factory=dict)
@@ -42,8 +44,11 @@ class TrainConfig:
     skip_nonfinite: bool = False
     progress: bool = True
     cosine_every: int | None = None
-    # text data (data: text): tasks of ../shared/data/text over the frozen MiniLM encoder
+    flat_rho: float | None = None
+    # data sets read from disk (text, census): the folder that holds them
     data_root: str | None = None
+    census_group: int = 1
+    # text data (data: text): tasks of ../shared/data/text over the frozen MiniLM encoder
     cache_dir: str = "runs/cache"
     max_length: int = 64
     train_cap: int | None = 2000
@@ -65,6 +70,10 @@ class TrainConfig:
                     f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}"
                 )
         _check_types(self)
+        for f in dataclasses.fields(self):  # nan and inf pass every range test below
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         positive = ("epochs", "batch_size", "train_size", "log_every")
         for key in positive:
             if getattr(self, key) < (0 if key == "epochs" else 1):
@@ -85,11 +94,31 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be positive, got {value}")
         if not self.task_temperature > 0:
             raise ConfigError(f"task_temperature must be > 0, got {self.task_temperature}")
-        if self.data == "text" and not self.data_root:
-            raise ConfigError("data: text needs data_root (the folder of the text tasks, "
-                              "e.g. ../shared/data/text)")
+        if self.data in ("text", "census") and not self.data_root:
+            example = {"text": "text", "census": "census_income_kdd"}[self.data]
+            raise ConfigError(
+                f"data: {self.data} needs data_root (the folder of the data set, e.g. "
+                f"../shared/data/{example})"
+            )
+        if self.census_group not in (1, 2):
+            raise ConfigError(f"census_group must be 1 or 2, got {self.census_group}")
+        if self.flat_rho is not None and not self.flat_rho >= 0:
+            raise ConfigError(f"flat_rho must be >= 0, got {self.flat_rho}")
         if self.resume and not self.run_dir:
             raise ConfigError("resume needs run_dir")
+        if self.run_dir:
+            _check_run_dir(self.run_dir)
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """Refuse a run directory that could never be created: it, or a parent, is a file."""
+    path = Path(run_dir)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is" if folder == path else f"lies under {str(folder)!r}, which is"
+                raise ConfigError(f"run_dir {run_dir!r} {what} a file, not a folder")
+            return
 
 
 def _accepts(annotation: Any, value: Any) -> bool:

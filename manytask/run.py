@@ -6,14 +6,16 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from .balancers import make_balancer
 from .config import ConfigError, TrainConfig
-from .models import HardSharing, MultiTaskModel
+from .models import ARCHITECTURES as MODEL_REGISTRY
+from .models import HardSharing, MultiTaskModel, make_model, shared_bottom
 from .tasks import Task
 from .training import Trainer
 from .training.distributed import ShardedBatches, init_from_env
@@ -28,6 +30,8 @@ class Prepared:
     val: Any
     test: Any
     in_features: int
+    # tabular data: builds the embedding + dense input layer the architectures start with
+    input_layer: Callable[[], nn.Module] | None = None
 
 
 def _multidigits(cfg: TrainConfig) -> Prepared:
@@ -121,19 +125,65 @@ def text_embeddings(
     }
 
 
+def _census(cfg: TrainConfig) -> Prepared:
+    """Census-Income (KDD): the fixed-seed split of :func:`manytask.data.census.load_census`
+    (seed 0 whatever the training seed, so every run is scored on the same test rows)."""
+    from .data import TensorBatches
+    from .data.census import GROUPS, load_census
+    from .data.tabular import TabularInput
+
+    group: Literal[1, 2] = 1 if cfg.census_group == 1 else 2
+    names = tuple(cfg.tasks) if cfg.tasks else GROUPS[group]
+    unknown = sorted(set(names) - set(GROUPS[group]))
+    if unknown:
+        raise ConfigError(f"census group {group} has no task(s) {unknown}: {list(GROUPS[group])}")
+    if cfg.data_root is None or not Path(cfg.data_root).exists():
+        raise ConfigError(f"data_root {cfg.data_root!r} does not exist")
+    census = load_census(cfg.data_root, group)
+
+    def batches(split: Any, shuffle: bool) -> TensorBatches:
+        x = {"categorical": split.categorical, "dense": split.dense}
+        targets = {t: split.targets[t] for t in names}
+        return TensorBatches(x, targets, cfg.batch_size, shuffle=shuffle, seed=cfg.seed)
+
+    def input_layer() -> nn.Module:
+        return TabularInput(census.cardinalities, census.n_dense, embedding_dim=8)
+
+    return Prepared(
+        [t for t in census.tasks if t.name in names],
+        batches(census.train, True),
+        batches(census.val, False),
+        batches(census.test, False),
+        0,
+        input_layer,
+    )
+
+
 DATASETS: dict[str, Callable[[TrainConfig], Prepared]] = {
     "multidigits": _multidigits,
     "text": _text,
+    "census": _census,
 }
 
+# "hard_sharing" is the plain trunk of `hidden` widths; the others come from the model registry
+ARCHITECTURE_NAMES = ("hard_sharing", *sorted(MODEL_REGISTRY))
 
-def _hard_sharing(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
-    return HardSharing(data.tasks, data.in_features, hidden=cfg.hidden)
 
-
-ARCHITECTURES: dict[str, Callable[[TrainConfig, Prepared], MultiTaskModel]] = {
-    "hard_sharing": _hard_sharing,
-}
+def build_model(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
+    """The architecture ``cfg.arch`` with ``cfg.arch_params`` for the data's tasks and input."""
+    params = dict(cfg.arch_params)
+    try:
+        if cfg.arch == "hard_sharing":
+            if data.input_layer is None:
+                return HardSharing(data.tasks, data.in_features, hidden=cfg.hidden, **params)
+            return shared_bottom(
+                data.tasks, input_layer=data.input_layer(), hidden=cfg.hidden, **params
+            )
+        if data.input_layer is None:
+            return make_model(cfg.arch, data.tasks, in_features=data.in_features, **params)
+        return make_model(cfg.arch, data.tasks, input_layer=data.input_layer(), **params)
+    except TypeError as err:  # an unknown keyword in arch_params
+        raise ConfigError(f"arch {cfg.arch!r}: bad arch_params {params}: {err}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -146,15 +196,15 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; return ``{"config", "val", "test"}`` with per-task metrics."""
     if cfg.data not in DATASETS:
         raise ConfigError(f"unknown data {cfg.data!r}; available: {sorted(DATASETS)}")
-    if cfg.arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown arch {cfg.arch!r}; available: {sorted(ARCHITECTURES)}")
+    if cfg.arch not in ARCHITECTURE_NAMES:
+        raise ConfigError(f"unknown arch {cfg.arch!r}; available: {list(ARCHITECTURE_NAMES)}")
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
     ctx = init_from_env()
     seed_everything(cfg.seed)
     data = DATASETS[cfg.data](cfg)
     if ctx is not None:
         data.train = ShardedBatches(data.train, ctx.rank, ctx.world_size)
-    model = ARCHITECTURES[cfg.arch](cfg, data)
+    model = build_model(cfg, data)
     balancer = make_balancer(cfg.balancer, **cfg.balancer_params)
     trainer = Trainer(
         model,
@@ -169,6 +219,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         progress=cfg.progress,
         cosine_every=cfg.cosine_every,
         log_every=cfg.log_every,
+        flat_rho=cfg.flat_rho,
     )
     if cfg.run_dir and (ctx is None or ctx.is_main):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)

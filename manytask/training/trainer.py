@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..backward import HeadGrad, NonFiniteLossError, backward
+from ..backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
 from ..balancers import Balancer, make_balancer
+from ..flat import flat_backward
 from ..gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..tasks import Task, task_losses
@@ -68,6 +69,10 @@ class Trainer:
         keep_checkpoints: how many epoch checkpoints to keep.
         progress: show a progress bar.
         device: where to train.
+        flat_rho: if set, task-based flat regions (:func:`manytask.flat_backward`) with this
+            SAM radius around the gradient-level ``balancer``: each step re-runs the forward
+            once per task at that task's perturbed point (1 + K forwards, about 1 + K
+            backwards), with the same dropout draws. Exact mode, one process.
 
     Distributed: when ``torch.distributed`` is initialised with several processes (e.g. under
     ``torchrun``), each rank trains on its shard of every global batch (wrap the data in
@@ -97,6 +102,7 @@ class Trainer:
         keep_checkpoints: int = 2,
         progress: bool = True,
         device: str | torch.device = "cpu",
+        flat_rho: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -106,9 +112,13 @@ class Trainer:
             raise ValueError(f"cosine_every must be >= 1, got {cosine_every}")
         self.tasks = list(tasks)
         model.check_tasks(self.tasks)
+        self._dist = context()
+        self.balancer = make_balancer(balancer) if isinstance(balancer, str) else balancer
+        if flat_rho is not None:
+            _check_flat(flat_rho, self.balancer, mode, self._dist)
+        self.flat_rho = flat_rho
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.balancer = make_balancer(balancer) if isinstance(balancer, str) else balancer
         self.balancer.setup([t.name for t in self.tasks])
         self.balancer.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -131,13 +141,13 @@ class Trainer:
         self._shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         self._params = params
         self._model_params = [p for p in self.model.parameters() if p.requires_grad]
-        self._dist = context()
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch) -> dict[str, Any] | None:
         """One optimisation step; returns the log row, or ``None`` if the step was skipped."""
         x, targets = _to_device(batch[0], self.device), _to_device(batch[1], self.device)
         self.model.train()
+        rng = torch.get_rng_state()  # flat regions re-run this forward with the same dropout
         outputs, features = self.model(x, return_features=True)
         losses = task_losses(self.tasks, outputs, targets)
         if not losses and self._dist is None:  # no labelled sample: nothing to learn from
@@ -160,16 +170,19 @@ class Trainer:
                 shared_params=self._shared,
             ).gramian
         try:
-            result = backward(
-                losses,
-                self.balancer,
-                features=features,
-                shared_params=self._shared,
-                mode=self.mode,
-                head_grad=self.head_grad,
-                step=self.step,
-                counts=counts,
-            )
+            if self.flat_rho is not None:
+                result = self._flat_backward(x, targets, rng)
+            else:
+                result = backward(
+                    losses,
+                    self.balancer,
+                    features=features,
+                    shared_params=self._shared,
+                    mode=self.mode,
+                    head_grad=self.head_grad,
+                    step=self.step,
+                    counts=counts,
+                )
         except NonFiniteLossError:
             if not self.skip_nonfinite:
                 raise
@@ -205,6 +218,20 @@ class Trainer:
                 for j in range(i + 1, len(result.tasks)):
                     row[f"cos/{a}/{result.tasks[j]}"] = float(cosine[i, j])
         return row
+
+    def _flat_backward(self, x: Any, targets: Any, rng: Tensor) -> BackwardResult:
+        """Task-based flat regions (:func:`manytask.flat.flat_backward`): 1 + K forwards."""
+
+        def compute_losses() -> tuple[dict[str, Tensor], Any]:
+            torch.set_rng_state(rng)
+            outputs, features = self.model(x, return_features=True)
+            return task_losses(self.tasks, outputs, targets), features
+
+        assert self.flat_rho is not None
+        return flat_backward(
+            compute_losses, self.balancer, self._shared, rho=self.flat_rho,
+            head_grad=self.head_grad,
+        )
 
     def _skip(self, why: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -347,3 +374,17 @@ class Trainer:
             for metric in task.metrics:
                 results[task.name][metric.name] = metric.fn(out, tgt)
         return results
+
+
+def _check_flat(rho: float, balancer: Balancer, mode: str, dist: Any) -> None:
+    if not rho >= 0:
+        raise ValueError(f"flat_rho must be >= 0, got {rho}")
+    if type(balancer).requires != "gramian" or balancer.applies_to_heads:
+        raise ValueError(
+            f"flat_rho needs a gradient-level method combining task gradients, got "
+            f"{balancer.name!r}"
+        )
+    if mode != "exact":
+        raise ValueError("flat_rho perturbs the shared parameters: it needs mode='exact'")
+    if dist is not None:
+        raise ValueError("flat_rho is not supported under torchrun (one process only)")

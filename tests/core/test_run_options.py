@@ -1,0 +1,88 @@
+"""Trainer and command-line options: task-based flat regions, architectures by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import manytask
+from manytask import HardSharing, Task, Trainer
+from manytask.cli import main
+
+TASKS = [Task.classification("a", 3), Task.regression("b")]
+
+
+def _batches(n: int = 64, batch: int = 16) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    a, b = torch.randint(0, 3, (n,), generator=g), x[:, :1] * 2
+    return [(x[i : i + batch], {"a": a[i : i + batch], "b": b[i : i + batch]})
+            for i in range(0, n, batch)]
+
+
+def _fit(flat_rho: float | None, dropout: float = 0.0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = HardSharing(TASKS, 6, hidden=(16, 16), dropout=dropout)
+    trainer = Trainer(model, TASKS, "upgrad", progress=False, lr=1e-2, flat_rho=flat_rho)
+    trainer.fit(_batches(), epochs=2)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_flat_rho_zero_trains_like_the_plain_method() -> None:
+    plain, flat = _fit(None), _fit(0.0)
+    for name, value in plain.items():
+        torch.testing.assert_close(flat[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_rho_changes_the_update_and_keeps_dropout_draws() -> None:
+    plain, flat = _fit(None, dropout=0.2), _fit(0.05, dropout=0.2)
+    assert any(not torch.allclose(flat[k], v) for k, v in plain.items())
+    assert all(torch.isfinite(v).all() for v in flat.values())
+
+
+def test_flat_rho_refuses_what_it_cannot_do() -> None:
+    model = HardSharing(TASKS, 6, hidden=(8,))
+    with pytest.raises(ValueError, match="gradient-level"):
+        Trainer(model, TASKS, "uncertainty", flat_rho=0.05)
+    with pytest.raises(ValueError, match="exact"):
+        Trainer(model, TASKS, "mgda", mode="feature", flat_rho=0.05)
+    with pytest.raises(ValueError, match=">= 0"):
+        Trainer(model, TASKS, "mgda", flat_rho=-1.0)
+
+
+def test_flat_backward_is_exported() -> None:
+    assert manytask.flat_backward is manytask.flat.flat_backward
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "ple", "cross_stitch"])
+def test_train_any_registered_architecture_from_the_command_line(
+    arch: str, tmp_path: Path, capsys
+) -> None:
+    code = main(["train", "--epochs", "1", "--train-size", "300", "--no-progress",
+                 "--arch", arch, "--arch-param", "tower_hidden=[8]", "--balancer", "mgda",
+                 "--mode", "feature", "--run-dir", str(tmp_path)])
+    assert code == 0
+    assert "left" in capsys.readouterr().out
+
+
+def test_bad_architecture_and_parameters_are_one_line_errors(capsys) -> None:
+    assert main(["train", "--arch", "nope", "--epochs", "1"]) == 2
+    assert "unknown arch 'nope'" in capsys.readouterr().err
+    assert main(["train", "--arch", "mmoe", "--arch-param", "n_expertz=2", "--epochs", "1",
+                 "--train-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "n_expertz" in err and len(err.strip().splitlines()) == 1
+
+
+def test_census_needs_a_data_root(capsys) -> None:
+    assert main(["train", "--data", "census", "--epochs", "1"]) == 2
+    assert "data_root" in capsys.readouterr().err
+
+
+def test_architectures_command_lists_the_registry(capsys) -> None:
+    assert main(["architectures"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hard_sharing", *manytask.models.ARCHITECTURES):
+        assert name in out
