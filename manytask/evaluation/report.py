@@ -172,9 +172,13 @@ def plot_cosine(runs: Mapping[str, Path], out: Path) -> Path | None:
     if not mats:
         return None
     n = len(mats)
-    fig, axes = plt.subplots(1, n, figsize=(3.8 * n + 0.8, 3.6), squeeze=False)
+    cols = min(n, 4)  # a grid, so that nine methods do not make one unreadable strip
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols + 0.8, 3.4 * rows), squeeze=False
+    )
     images = []
-    for ax, (label, (tasks, mat)) in zip(axes.flat, mats.items(), strict=True):
+    for ax, (label, (tasks, mat)) in zip(axes.flat, mats.items(), strict=False):
         images.append(ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu"))
         ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
@@ -183,7 +187,9 @@ def plot_cosine(runs: Mapping[str, Path], out: Path) -> Path | None:
                 color = "white" if abs(mat[i, j]) > 0.5 else "black"
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
         ax.set_title(label, fontsize=9)
-    fig.colorbar(images[0], ax=list(axes.flat), label="mean gradient cosine")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(images[0], ax=list(axes.flat), label="mean gradient cosine", shrink=0.8)
     path = out / "cosine.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -232,13 +238,13 @@ def plot_delta_m(rows: Sequence[Row], out: Path) -> Path | None:
     scored = sorted((r for r in rows if r.delta_m), key=lambda r: float(np.mean(r.delta_m)))
     if not scored:
         return None
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(scored) + 1.2))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(scored) + 1.4))
     means = [float(np.mean(r.delta_m)) for r in scored]
     stds = [float(np.std(r.delta_m, ddof=1)) if len(r.delta_m) > 1 else 0.0 for r in scored]
     colors = ["tab:green" if m >= 0 else "tab:red" for m in means]
     ax.barh([f"{r.method}/{r.arch}" for r in scored], means, xerr=stds, color=colors, capsize=3)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("Δm % over single-task baselines (mean ± std over seeds; higher is better)")
+    ax.set_xlabel("Δm % over single-task baselines\n(mean ± std over seeds; higher is better)")
     fig.tight_layout()
     path = out / "delta_m.png"
     fig.savefig(path, dpi=110)

@@ -8,6 +8,7 @@ that never stopped).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -24,6 +25,8 @@ from ..balancers import Balancer, make_balancer
 from ..flat import flat_backward
 from ..gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
+from ..models.experts import ExpertSet
+from ..models.routing import expert_report
 from ..tasks import Task, task_losses
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import barrier, context, sync_gradients
@@ -141,11 +144,13 @@ class Trainer:
         self._shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         self._params = params
         self._model_params = [p for p in self.model.parameters() if p.requires_grad]
+        self._last_x: Any = None
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch) -> dict[str, Any] | None:
         """One optimisation step; returns the log row, or ``None`` if the step was skipped."""
         x, targets = _to_device(batch[0], self.device), _to_device(batch[1], self.device)
+        self._last_x = x  # the gate report at the end of the epoch reads this batch
         self.model.train()
         rng = torch.get_rng_state()  # flat regions re-run this forward with the same dropout
         outputs, features = self.model(x, return_features=True)
@@ -233,6 +238,23 @@ class Trainer:
             head_grad=self.head_grad,
         )
 
+    def _report_experts(self, epoch: int) -> dict[str, Any] | None:
+        """For a model with experts: each gate's mean weight per expert on the epoch's last
+        batch, logged to ``experts.jsonl``; an expert no gate uses, or two experts with
+        identical outputs, is warned about. One forward without gradients per epoch."""
+        if self._last_x is None or not any(isinstance(m, ExpertSet) for m in self.model.modules()):
+            return None
+        report = expert_report(self.model, self._last_x)
+        for line in report.messages():
+            warnings.warn(f"epoch {epoch}: {line}", RuntimeWarning, stacklevel=3)
+        entry = {"usage": report.usage, "unused": report.unused,
+                 "identical": [list(p) for p in report.identical]}
+        if self.run_dir is not None and self._is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "experts.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": epoch, **entry}) + "\n")
+        return entry
+
     def _skip(self, why: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
@@ -269,6 +291,7 @@ class Trainer:
                 if step_log is not None and epoch_log is not None:
                     step_log.truncate_after("step", self.step)
                     epoch_log.truncate_after("epoch", state["epoch"])
+                    _truncate_jsonl(self.run_dir / "experts.jsonl", "epoch", state["epoch"])
         summaries = []
         for epoch in range(start, epochs):
             self.epoch = epoch
@@ -305,6 +328,9 @@ class Trainer:
                 summary["val"] = self.evaluate(val_data)
                 if epoch_log is not None:
                     self._write_metrics(epoch_log, epoch, "val", summary["val"])
+            experts = self._report_experts(epoch)
+            if experts is not None:
+                summary["experts"] = experts
             summaries.append(summary)
             if self.run_dir is not None and self._is_main:
                 save_checkpoint(
@@ -388,3 +414,15 @@ def _check_flat(rho: float, balancer: Balancer, mode: str, dist: Any) -> None:
         raise ValueError("flat_rho perturbs the shared parameters: it needs mode='exact'")
     if dist is not None:
         raise ValueError("flat_rho is not supported under torchrun (one process only)")
+
+
+def _truncate_jsonl(path: Path, key: str, last: int) -> None:
+    """Drop the lines of ``path`` whose ``key`` exceeds ``last`` (epochs a resume redoes)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln)[key] <= last]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.replace(path)

@@ -86,3 +86,26 @@ def test_architectures_command_lists_the_registry(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("hard_sharing", *manytask.models.ARCHITECTURES):
         assert name in out
+
+
+def test_trainer_logs_expert_usage_and_warns_about_identical_experts(tmp_path: Path) -> None:
+    from manytask.models import MMoE
+
+    torch.manual_seed(0)
+    model = MMoE(TASKS, in_features=6, n_experts=3, expert_hidden=(8,))
+    trainer = Trainer(model, TASKS, "equal", progress=False, run_dir=tmp_path)
+    history = trainer.fit(_batches(), epochs=2)
+    usage = history[-1]["experts"]["usage"]
+    assert set(usage) and all(abs(sum(u.values()) - 1) < 1e-5 for u in usage.values())
+    lines = (tmp_path / "experts.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # experts 0 and 1 made identical and frozen: the next epoch's report must name the pair
+    experts = next(m for m in model.modules() if isinstance(m, manytask.models.ExpertSet))
+    with torch.no_grad():
+        for p in experts.parameters():
+            p[1].copy_(p[0])
+    experts.requires_grad_(False)
+    fresh = Trainer(model, TASKS, "equal", progress=False)
+    with pytest.warns(RuntimeWarning, match="identical"):
+        history = fresh.fit(_batches(), epochs=1)
+    assert history[-1]["experts"]["identical"] == [[experts.names[0], experts.names[1]]]
