@@ -65,7 +65,9 @@ def cagrad_dual(gramian: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     """``(w*, ||g_w*||)`` for the dual of eq. 4; ``gramian`` should have trace ~1."""
     k = gramian.shape[0]
     b = gramian.sum(axis=1) / k  # g_k . g0
-    phi = c * math.sqrt(max(float(b.sum()) / k, 0.0))  # c ||g0||, ||g0||^2 = 1^T G 1 / K^2
+    phi = c * math.sqrt(max(float(gramian.sum()) / k**2, 0.0))  # c ||g0||, as cagrad_weights
+    if not phi > 0:
+        raise ValueError("cagrad_dual: the mean gradient is zero (or c = 0): no dual to solve")
     found = _two_tasks(gramian, b, phi) if k == 2 else _active_set(gramian, b, phi)
     if found is not None and _is_optimal(gramian, b, phi, found[0]):
         return found
@@ -197,11 +199,12 @@ def cagrad_weights(gramian: Tensor, c: float, rescale: int = 1) -> Tensor:
     k = g.shape[0]
     weights = np.full(k, 1.0 / k)
     trace = float(np.trace(g))
-    g0_sq = float(g.sum()) / k**2
-    if c > 0 and trace > 0 and g0_sq > 1e-24 * trace:
-        gn = g / trace  # the coefficients are invariant to the scale of the gradients
+    gn = g / trace if trace > 0 else g  # the coefficients are invariant to the gradients' scale
+    # ||g0|| from the normalised Gramian, exactly as cagrad_dual computes it: with g0 ~ 0 (tasks
+    # in direct opposition) the radius phi = c ||g0|| vanishes and the update is the mean.
+    phi = c * math.sqrt(max(float(gn.sum()) / k**2, 0.0))
+    if c > 0 and trace > 0 and phi > 1e-12 * c:
         w, gw_norm = cagrad_dual(gn, c)
-        phi = c * math.sqrt(max(float(gn.sum()) / k**2, 0.0))
         if gw_norm > 1e-8 * math.sqrt(float(np.max(np.diag(gn)))):
             weights = weights + (phi / gw_norm) * w
     factor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]

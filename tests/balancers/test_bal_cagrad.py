@@ -11,7 +11,7 @@ from bal_helpers import random_jacobian
 from scipy.optimize import minimize
 
 from manytask.balancers import CAGrad
-from manytask.balancers.cagrad import cagrad_dual
+from manytask.balancers.cagrad import cagrad_dual, cagrad_weights
 
 
 def _decide(G: torch.Tensor, **kw: float) -> torch.Tensor:
@@ -133,3 +133,13 @@ def test_agrees_with_torchjd(k: int) -> None:
             _dual_objective(G, 0.4, to_dual(ours_w))
             <= _dual_objective(G, 0.4, to_dual(theirs_w)) + 1e-12
         )
+
+
+def test_opposite_gradients_give_the_mean_without_failing() -> None:
+    # g1 = -g2 up to rounding: ||g0|| ~ 0, the radius vanishes, the update is the mean gradient
+    for eps in (0.0, 1e-13, 1e-9):
+        g = torch.tensor([[1.0, 2.0], [-1.0, -2.0 + eps]], dtype=torch.float64)
+        w = cagrad_weights(g @ g.T, 0.4, rescale=0)
+        assert torch.isfinite(w).all()
+        if eps == 0.0:
+            torch.testing.assert_close(w, torch.full((2,), 0.5, dtype=torch.float64))
