@@ -29,7 +29,7 @@ gradients, or ``D <= 0``) or the active set does not settle in ``4K + 10`` itera
 former exact method. ``sqrt(q) = min_{tau > 0} q / (2 tau) + tau / 2`` turns the dual into
 ``min_tau F(tau)`` with ``F(tau) = min_{w in simplex} g_w . g0 + phi (||g_w||^2 / (2 tau) +
 tau / 2)``, a QP on the simplex for each tau (solved exactly by :mod:`._qp`); ``F`` is convex
-and minimal where ``tau = ||g_w(tau)||``, a root found by Brent's method (about ten QPs). The
+and minimal where ``tau = ||g_w(tau)||``, a root found by bisection (one QP per halving). The
 direction ``d`` is unique even when ``w*`` is not (the objective depends on ``w`` only through
 ``g_w``).
 
@@ -37,7 +37,9 @@ Conventions:
 
 * ``c = 0`` gives exactly the mean gradient (coefficients ``1/K``). If ``||g_w*|| = 0`` (a
   convex combination of the gradients vanishes, so no direction improves every task) the mean
-  gradient is returned too (the centre of the ball; torchjd returns zero there).
+  gradient is returned too (the centre of the ball; torchjd returns zero there), and so it is
+  when ``||g0||`` is below 1e-6 of the gradients' scale (tasks in direct opposition: the dual's
+  data is then rounding noise).
 * ``rescale`` as in the reference code: 0 none, 1 divide by ``1 + c^2`` (default, the reference
   code's default), 2 divide by ``1 + c``. torchjd's CAGrad is ``rescale=0``. The reference code
   multiplies by K once more "to match the sum loss"; we do not: the coefficients are built
@@ -51,7 +53,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 from torch import Tensor
 
 from ._qp import solve_qp
@@ -188,8 +189,18 @@ def _by_brent(gramian: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarra
     w_hi = inner(tau_hi)
     if tau_hi - norm(w_hi) <= 0:  # only possible with equality: ||g_w|| <= max_k ||g_k||
         return w_hi, norm(w_hi)
-    tau = brentq(lambda t: t - norm(inner(t)), tau_lo, tau_hi, xtol=1e-15 * tau_hi, rtol=1e-14)
-    w = inner(tau)
+    # Bisection keeping the bracket's signs as found (Brent's method re-evaluates the ends,
+    # and near-degenerate QPs can then disagree with themselves by rounding).
+    lo, hi = tau_lo, tau_hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if hi - lo <= 1e-14 * tau_hi:
+            break
+        if mid - norm(inner(mid)) < 0:
+            lo = mid
+        else:
+            hi = mid
+    w = inner(0.5 * (lo + hi))
     return w, norm(w)
 
 
@@ -203,7 +214,10 @@ def cagrad_weights(gramian: Tensor, c: float, rescale: int = 1) -> Tensor:
     # ||g0|| from the normalised Gramian, exactly as cagrad_dual computes it: with g0 ~ 0 (tasks
     # in direct opposition) the radius phi = c ||g0|| vanishes and the update is the mean.
     phi = c * math.sqrt(max(float(gn.sum()) / k**2, 0.0))
-    if c > 0 and trace > 0 and phi > 1e-12 * c:
+    # Below ||g0|| = 1e-6 (gradients normalised to unit trace) the mean gradient is zero to
+    # working precision: the dual's data b = G 1 / K is then rounding noise, and so would be
+    # its solution. The update is the mean (the centre of the ball) there.
+    if c > 0 and trace > 0 and phi > 1e-6 * c:
         w, gw_norm = cagrad_dual(gn, c)
         if gw_norm > 1e-8 * math.sqrt(float(np.max(np.diag(gn)))):
             weights = weights + (phi / gw_norm) * w

@@ -143,3 +143,13 @@ def test_opposite_gradients_give_the_mean_without_failing() -> None:
         assert torch.isfinite(w).all()
         if eps == 0.0:
             torch.testing.assert_close(w, torch.full((2,), 0.5, dtype=torch.float64))
+
+
+def test_near_opposite_gradients_from_the_toy_problem() -> None:
+    # met on the toy problem's Pareto front: g1 = -g2 up to 1e-14
+    g = torch.tensor(
+        [[0.5000000000000193, -0.5], [-0.5, 0.49999999999998074]], dtype=torch.float64
+    )
+    w = cagrad_weights(g, 0.4, rescale=0)
+    assert torch.isfinite(w).all()
+    torch.testing.assert_close(w, torch.full((2,), 0.5, dtype=torch.float64))
