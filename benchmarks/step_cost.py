@@ -145,6 +145,8 @@ def torchjd_peer(name: str, balancer: Balancer, k: int) -> Any | None:
         "config": agg.ConFIG,
         "gradvac": lambda: agg.GradVac(beta=float(hp.get("beta", 0.5))),  # type: ignore[arg-type]
         "fairgrad": lambda: agg.FairGrad(alpha=float(hp.get("alpha", 1.0))),  # type: ignore[arg-type]
+        "graddrop": agg.GradDrop,
+        "excess_mtl": agg.ExcessMTL,
     }
     maker = makers.get(name)
     return None if maker is None else maker()
