@@ -31,34 +31,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision
 from .imtl import imtl_g_weights
+from .imtl_l import LogScales
 from .registry import register
 
 
 @register
-class IMTL(Balancer):
+class IMTL(LogScales):
     """IMTL-G weights on the IMTL-L-scaled losses (Liu et al., 2021, Algorithm 1)."""
 
     name = "imtl"
     requires = "gramian"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log_scales = nn.ParameterList()
-
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            for _ in self.task_names:
-                self.log_scales.append(nn.Parameter(torch.zeros((), dtype=torch.float32)))
-
-    def scales(self) -> Tensor:
-        """The current ``s_k`` of all tasks, detached, in the order given to :meth:`setup`."""
-        return torch.stack([p.detach() for p in self.log_scales])
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:

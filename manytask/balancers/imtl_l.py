@@ -16,8 +16,29 @@ from .base import Balancer, Decision
 from .registry import register
 
 
+class LogScales(Balancer):
+    """A balancer with one learnable log-scale ``s_k`` per task (IMTL-L and full IMTL)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # One scalar parameter per task: an absent task's scale gets no gradient at all
+        # (``.grad`` stays ``None``), so optimisers with momentum or weight decay skip it.
+        self.log_scales = nn.ParameterList()
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        first = not self.task_names
+        super().setup(task_names)
+        if first:
+            for _ in self.task_names:
+                self.log_scales.append(nn.Parameter(torch.zeros((), dtype=torch.float32)))
+
+    def scales(self) -> Tensor:
+        """The current ``s_k`` of all tasks, detached, in the order given to :meth:`setup`."""
+        return torch.stack([p.detach() for p in self.log_scales])
+
+
 @register
-class IMTLL(Balancer):
+class IMTLL(LogScales):
     """IMTL-L: minimise ``sum_k (e^{s_k} L_k - s_k)`` jointly over the model and ``s``.
 
     For a fixed loss, the optimum in ``s_k`` satisfies ``e^{s_k} L_k = 1``: the scaled losses
@@ -38,23 +59,6 @@ class IMTLL(Balancer):
 
     name = "imtl_l"
     requires = "losses"
-
-    def __init__(self) -> None:
-        super().__init__()
-        # One scalar parameter per task: an absent task's scale gets no gradient at all
-        # (``.grad`` stays ``None``), so optimisers with momentum or weight decay skip it.
-        self.log_scales = nn.ParameterList()
-
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            for _ in self.task_names:
-                self.log_scales.append(nn.Parameter(torch.zeros((), dtype=torch.float32)))
-
-    def scales(self) -> Tensor:
-        """The current ``s_k`` of all tasks, detached, in the order given to :meth:`setup`."""
-        return torch.stack([p.detach() for p in self.log_scales])
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         positions = self.index(tasks).tolist()
