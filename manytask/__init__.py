@@ -6,7 +6,7 @@ from .flat import flat_backward
 from .gradients import task_gradients
 from .merging import merge, merge_state_dicts
 from .models import HardSharing, MultiTaskModel
-from .tasks import Metric, TargetError, Task, task_losses
+from .tasks import Metric, OutputError, TargetError, Task, task_losses
 from .training import Trainer
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "Metric",
     "MultiTaskModel",
     "NonFiniteLossError",
+    "OutputError",
     "TargetError",
     "Task",
     "Trainer",

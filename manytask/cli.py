@@ -200,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    # FloatingPointError: a non-finite loss or gradient; OSError: e.g. a run_dir not writable
+    except (ConfigError, ValueError, FloatingPointError, OSError) as err:
         print(f"manytask {args.command}: error: {err}", file=sys.stderr)
         return 2
     return code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -107,10 +108,10 @@ class TrainConfig:
         if self.resume and not self.run_dir:
             raise ConfigError("resume needs run_dir")
         if self.run_dir:
-            _check_run_dir(self.run_dir)
+            check_run_dir(self.run_dir)
 
 
-def _check_run_dir(run_dir: str) -> None:
+def check_run_dir(run_dir: str | Path) -> None:
     """Refuse a run directory that could never be created: it, or a parent, is a file."""
     path = Path(run_dir)
     for folder in (path, *path.parents):
@@ -156,9 +157,11 @@ def _check_types(cfg: TrainConfig) -> None:
 def config_from_mapping(values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
     """Build a :class:`TrainConfig`; an unknown key is an error that lists the valid ones."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known, key=str)  # YAML keys may be numbers, too
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        hints = [difflib.get_close_matches(str(k), sorted(known), n=1) for k in unknown]
+        hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+        raise ConfigError(f"{source}: unknown key(s) {unknown}{hint}; valid keys: {sorted(known)}")
     try:
         return TrainConfig(**values)
     except ConfigError as err:

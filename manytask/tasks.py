@@ -9,6 +9,7 @@ sample whose label is missing, contributes nothing to that task's loss:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -70,6 +71,10 @@ class TargetError(ValueError):
     """A target tensor does not fit its task (shape, dtype or value range)."""
 
 
+class OutputError(ValueError):
+    """A model output does not fit its task: the head's width is not the task's."""
+
+
 @dataclass(frozen=True)
 class Task:
     """One task of a multi-task model.
@@ -110,10 +115,11 @@ class Task:
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Raise :class:`TargetError` naming this task if ``target`` cannot be its label."""
-        if target.shape[0] != output.shape[0]:
+        self.check_output(output)
+        if target.dim() == 0 or target.shape[0] != output.shape[0]:
             raise TargetError(
                 f"task {self.name!r}: batch of {output.shape[0]} outputs but "
-                f"{target.shape[0]} targets"
+                f"{tuple(target.shape)[:1] or 'a scalar'} targets"
             )
         if self.kind == "classification":
             if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -148,6 +154,23 @@ class Task:
             known = target[~torch.isnan(target)]
             if known.numel() and bool(((known < 0) | (known > 1)).any()):
                 raise TargetError(f"task {self.name!r}: binary targets must lie in [0, 1]")
+
+    def check_output(self, output: Tensor) -> None:
+        """Raise :class:`OutputError` if ``output`` is not ``(batch, out_features)`` (a
+        binary or one-value regression head may also give ``(batch,)``): the model's head for
+        this task does not match it, and the loss would fail deep inside torch."""
+        shape = tuple(output.shape)
+        if self.kind == "classification":
+            ok = len(shape) == 2 and shape[1] == self.out_features
+            expected = f"(batch, {self.out_features}) logits for {self.out_features} classes"
+        else:
+            ok = len(shape) >= 1 and math.prod(shape[1:]) == self.out_features
+            expected = f"(batch, {self.out_features}) values"
+        if not ok:
+            raise OutputError(
+                f"task {self.name!r}: the model's head outputs shape {shape}, expected "
+                f"{expected}; does the head match the task?"
+            )
 
     # ------------------------------------------------------------------ loss
     def loss(self, output: Tensor, target: Tensor) -> Tensor | None:

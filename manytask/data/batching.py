@@ -89,6 +89,16 @@ class TensorBatches:
                 )
         if n == 0:
             raise ValueError("TensorBatches: the data set is empty")
+        for where, value in columns:
+            # NaN marks a missing label in targets; in an input it would only surface later
+            # as a NaN loss, far from its cause.
+            if where.startswith("x") and value.is_floating_point():
+                bad = ~torch.isfinite(value.reshape(n, -1)).all(dim=1)
+                if bool(bad.any()):
+                    row = int(bad.nonzero()[0, 0])
+                    raise ValueError(
+                        f"TensorBatches: {where} contains NaN or inf (first in row {row} of {n})"
+                    )
         self.x = x
         self.targets = dict(targets)
         self.batch_size = batch_size

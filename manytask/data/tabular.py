@@ -125,6 +125,8 @@ class TabularDataset:
         """Yield batches of ``batch_size`` rows; with ``shuffle``, permute once per call."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+        if len(self) == 0:
+            raise ValueError("TabularDataset.batches: the data set is empty (0 rows)")
         cat, dense, targets = self.categorical, self.dense, self.targets
         if shuffle:
             perm = torch.randperm(len(self), generator=generator)

@@ -55,6 +55,28 @@ def _open_inputs(config: MergeConfig) -> tuple[Source | None, list[Source]]:
     return base, models
 
 
+def _check_output_apart(output_dir: str | os.PathLike[str], config: MergeConfig) -> None:
+    """Refuse an output folder that is, lies inside, or contains an input: the merge would
+    write into a model it is reading, or replace a folder holding one."""
+    out = Path(output_dir).resolve()
+    inputs = [("base_model", config.base_model)] if config.base_model is not None else []
+    inputs += [(f"models[{i}]", m.model) for i, m in enumerate(config.models)]
+    for where, path in inputs:
+        src = Path(path).resolve()
+        if out == src:
+            raise ValueError(f"output {str(output_dir)!r} is the input {where} ({path!r})")
+        if src.is_dir() and out.is_relative_to(src):
+            raise ValueError(
+                f"output {str(output_dir)!r} lies inside the folder of input {where} ({path!r}); "
+                "write the merge outside every input model"
+            )
+        if src.is_relative_to(out):
+            raise ValueError(
+                f"input {where} ({path!r}) lies inside the output folder {str(output_dir)!r}, "
+                "which the merge would replace; choose another output folder"
+            )
+
+
 def _copy_model_files(source: Path, dest: Path, dtype: torch.dtype | None) -> list[str]:
     """Copy config, tokenizer and other non-weight files; record the output dtype in config."""
     copied = []
@@ -99,6 +121,7 @@ def merge(
     else:
         cfg = MergeConfig.from_yaml(config)
     method = cfg.build_method()
+    _check_output_apart(output_dir, cfg)
     started = time.perf_counter()
     base, models = _open_inputs(cfg)
     reference = base if base is not None else models[0]

@@ -189,6 +189,10 @@ class MergeConfig:
             data = yaml.safe_load(Path(path).read_text())
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: invalid YAML: {err}") from None
+        except OSError as err:  # missing, a folder, unreadable: say which and why, in one line
+            raise ValueError(f"cannot read merge config {str(path)!r}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"merge config {str(path)!r} is not UTF-8 text: {err}") from None
         return cls.from_dict(data)
 
 

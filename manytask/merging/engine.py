@@ -88,6 +88,8 @@ def plan_tensors(
     """Validate the inputs against ``reference`` (the base, else the first model) from their
     headers, and list the output tensors. Raises ``ValueError`` naming the tensor and model."""
     ref_keys = reference.keys()
+    if not ref_keys:
+        raise ValueError(f"{reference.label!r} holds no tensor: there is nothing to merge")
     ref_set = set(ref_keys)
     for m in models:
         keys = set(m.keys())

@@ -65,6 +65,33 @@ def _alpha_for(module: str, config: dict[str, object]) -> float:
     return float(config.get("lora_alpha", 8))  # type: ignore[arg-type]
 
 
+def _check_adapter_config(config: object, label: str) -> None:
+    """Raise ``ValueError`` naming the key if ``adapter_config.json`` has a malformed value."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{label}: adapter_config.json must hold a JSON object")
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise ValueError(
+            f"{label}: adapter_config.json: lora_alpha must be a number, got {alpha!r}"
+        )
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise ValueError(f"{label}: adapter_config.json: alpha_pattern must be an object")
+    for pattern, value in patterns.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f"{label}: adapter_config.json: alpha_pattern[{pattern!r}] must be a number, "
+                f"got {value!r}"
+            )
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(
+                f"{label}: adapter_config.json: alpha_pattern key {pattern!r} is not a regular "
+                f"expression: {err}"
+            ) from None
+
+
 class LoraSource(Source):
     """A PEFT LoRA adapter folder applied to ``base``, seen as a full checkpoint."""
 
@@ -77,6 +104,7 @@ class LoraSource(Source):
             config = json.loads((self._dir / "adapter_config.json").read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"{self.label}: cannot read adapter_config.json: {err}") from None
+        _check_adapter_config(config, self.label)
         if config.get("use_dora"):
             raise TypeError(
                 f"{self.label}: DoRA adapters rescale the merged weight's columns, so they are "
@@ -133,7 +161,12 @@ class LoraSource(Source):
         if st.is_file():
             from safetensors.torch import load_file
 
-            return load_file(str(st))
+            try:
+                return load_file(str(st))
+            except Exception as err:  # safetensors raises its own error types
+                raise ValueError(
+                    f"{self.label}: {str(st)!r} is not a valid safetensors file: {err}"
+                ) from None
         pk = self._dir / "adapter_model.bin"
         if pk.is_file():
             if not allow_pickle:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +123,7 @@ class SafetensorsSource(Source):
             except Exception as err:  # safetensors raises its own error types
                 raise ValueError(
                     f"{label}: {str(path)!r} is not a valid safetensors file: {err}"
+                    f"{_pickle_hint(path)}"
                 ) from None
             self._handles[path] = handle
             for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
@@ -205,15 +208,41 @@ class StateDictSource(Source):
 def load_pickle(path: Path, label: str) -> dict[str, Tensor]:
     """Load a PyTorch checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # Legacy (non-zip) files cannot be memory-mapped; still weights-only.
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            # Legacy (non-zip) files cannot be memory-mapped; still weights-only.
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refused an object that is not a tensor or a plain container: the file
+        # asks to run code (or build arbitrary classes) when loaded. Never retry without it.
+        reason = _unpickler_reason(str(err)) or type(err).__name__
+        raise ValueError(
+            f"{label}: {str(path)!r} refused: it holds objects other than tensors, which "
+            f"torch.load(weights_only=True) will not build ({reason})"
+        ) from None
+    except Exception as err:  # truncated zip, junk bytes: torch raises many error types
+        raise ValueError(
+            f"{label}: {str(path)!r} is not a readable PyTorch checkpoint "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''})"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise TypeError(f"{label}: {str(path)!r} does not hold a state dict")
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def _unpickler_reason(message: str) -> str:
+    """The one informative sentence of torch's weights-only refusal (which global or opcode
+    it refused), without the advice around it - part of which is to disable the check."""
+    parts = [" ".join(p.split()) for p in re.split(r"\n\s*\n", message)]
+    kept = [
+        p.split("WeightsUnpickler error:")[-1].strip()
+        for p in parts[1:]
+        if p and not p.startswith("Check the documentation")
+    ]
+    return "; ".join(k for k in kept if k)
 
 
 def _read_index(path: Path, label: str) -> dict[str, Path]:
@@ -223,7 +252,47 @@ def _read_index(path: Path, label: str) -> dict[str, Path]:
         raise ValueError(f"{label}: cannot read shard index {str(path)!r}: {err}") from None
     if not isinstance(weight_map, dict):
         raise ValueError(f"{label}: 'weight_map' in {str(path)!r} is not a mapping")
+    for key, shard in weight_map.items():
+        # A shard is a file beside the index: a path could point anywhere on the disk.
+        if not isinstance(shard, str) or not _plain_file_name(shard):
+            raise ValueError(
+                f"{label}: shard index {str(path)!r} places tensor {key!r} in {shard!r}; "
+                "shards must be plain file names in the model folder"
+            )
     return {k: path.parent / v for k, v in weight_map.items()}
+
+
+def _plain_file_name(name: str) -> bool:
+    """True for a bare file name: no folder part, not ``.``/``..``, not absolute."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and not Path(name).is_absolute()
+    )
+
+
+# First bytes of the two PyTorch pickle formats: a zip archive (torch.save since 1.6), or a
+# bare pickle stream (protocol 2+ starts with 0x80 and the protocol number).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _pickle_hint(path: Path) -> str:
+    """A hint when a file offered as safetensors is really a PyTorch pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return ""
+    if head.startswith(_ZIP_MAGIC) or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5):
+        return (
+            " (it looks like a PyTorch pickle checkpoint; pickles are refused by default: to "
+            "load one with torch.load(weights_only=True), name it .bin or .pt and set "
+            "allow_pickle)"
+        )
+    return ""
 
 
 def is_lora_folder(path: Path) -> bool:
@@ -234,6 +303,13 @@ def open_source(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> 
     """Open a checkpoint file or Hugging Face model folder (not a LoRA adapter: see ``lora``)."""
     p = Path(path)
     label = str(path)
+    source = _open_source(p, label, allow_pickle)
+    if not source.keys():
+        raise ValueError(f"{label}: the checkpoint holds no tensor")
+    return source
+
+
+def _open_source(p: Path, label: str, allow_pickle: bool) -> Source:
     if not p.exists():
         raise ValueError(f"model path {label!r} does not exist")
     if p.is_file():
@@ -264,9 +340,11 @@ def _pickle_source(
     files: Mapping[str, Path], label: str, folder: Path | None, allow_pickle: bool
 ) -> Source:
     if not allow_pickle:
+        names = ", ".join(sorted({p.name for p in files.values()}))
         raise ValueError(
-            f"{label}: holds only PyTorch pickle weights; pass allow_pickle=True (YAML: "
-            "'allow_pickle: true') to load them with torch.load(weights_only=True)"
+            f"{label}: holds only PyTorch pickle weights ({names}), refused by default; pass "
+            "allow_pickle=True (YAML: 'allow_pickle: true') to load them with "
+            "torch.load(weights_only=True)"
         )
     tensors: dict[str, Tensor] = {}
     for path in sorted(set(files.values())):

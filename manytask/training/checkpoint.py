@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -21,14 +22,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, or does not match the model being resumed."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint is missing, incomplete, corrupted, or does not match the model being
+    resumed. Also a ``ValueError`` (bad input, like every input error of the command line,
+    which then prints it as one line); a ``RuntimeError`` as it always was."""
+
+
+# The names save_checkpoint gives its directories; ``latest`` may name nothing else.
+_CHECKPOINT_NAME = re.compile(r"epoch-\d{4,}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -151,10 +159,39 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / "checkpoints" / LATEST
     if not pointer.exists():
         return None
-    path = pointer.parent / pointer.read_text().strip()
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read {pointer}: {err}") from None
+    if not _CHECKPOINT_NAME.fullmatch(name):
+        # A hand-edited or hostile pointer ("../../elsewhere") must not lead resume outside
+        # the run's own checkpoints.
+        raise CheckpointError(
+            f"{pointer} names {name[:80]!r}, not a checkpoint of this run (epoch-NNNN)"
+        )
+    path = pointer.parent / name
     if not (path / "state.json").exists():
         raise CheckpointError(f"{pointer} names {path.name}, which is missing or incomplete")
     return path
+
+
+def _check_matches(module: nn.Module, tensors: Mapping[str, Tensor], what: str, path: Path) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or extra or wrong:
+        parts = [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {extra[:3]}" if extra else "",
+        ]
+        parts += [
+            f"{k!r} has shape {tuple(tensors[k].shape)}, the {what} {tuple(own[k].shape)}"
+            for k in wrong[:3]
+        ]
+        raise CheckpointError(
+            f"checkpoint {path} does not match this {what}: " + "; ".join(p for p in parts if p)
+        )
 
 
 def load_checkpoint(
@@ -174,14 +211,33 @@ def load_checkpoint(
         rng_tensors = load_file(path / "rng.safetensors")
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    except SafetensorError as err:  # truncated or corrupted tensor file
+        raise CheckpointError(f"checkpoint {path} is corrupted: {err}") from err
+    if not isinstance(state, dict) or not {"epoch", "optimizer", "rng"} <= set(state):
+        raise CheckpointError(f"checkpoint {path}: state.json lacks epoch, optimizer or rng")
+    for key in ("epoch", "step"):
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"checkpoint {path}: {key} is {value!r}, not a count")
+    # Checked before loading: load_state_dict copies the matching tensors before it reports
+    # a mismatch, which would leave the model half restored.
+    # (The balancer is left to its own load_state_dict: some size their buffers lazily.)
+    _check_matches(model, model_state, "model", path)
+    try:
+        opt_state = _join_optimizer_state(opt_tensors, state["optimizer"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {path}: malformed optimizer state: {err}") from err
     try:
         model.load_state_dict(model_state)
         balancer.load_state_dict(balancer_state)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match this model: {err}") from err
     try:
-        optimizer.load_state_dict(_join_optimizer_state(opt_tensors, state["optimizer"]))
-    except (ValueError, KeyError) as err:
+        optimizer.load_state_dict(opt_state)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match this optimizer: {err}") from err
-    set_rng_state(rng_tensors, state["rng"])
+    try:
+        set_rng_state(rng_tensors, state["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path}: malformed random number state: {err}") from err
     return state

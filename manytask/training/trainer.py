@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
 from ..balancers import Balancer, make_balancer
+from ..config import check_run_dir
 from ..flat import flat_backward
 from ..gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
@@ -129,6 +130,8 @@ class Trainer:
         self.optimizer = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(params)
         self.mode: Mode = mode
         self.head_grad: HeadGrad = head_grad
+        if run_dir is not None:
+            check_run_dir(run_dir)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.log_format: LogFormat = log_format
         self.log_every = log_every
@@ -308,7 +311,9 @@ class Trainer:
                 disable=None if self.progress and self._is_main else True,
                 leave=False,
             )
+            seen = 0
             for batch in bar:
+                seen += 1
                 row = self.train_step(batch)
                 if row is None:
                     continue
@@ -317,6 +322,8 @@ class Trainer:
                 bar.set_postfix(
                     {k[5:]: f"{v:.3f}" for k, v in row.items() if k.startswith("loss/")}
                 )
+            if seen == 0:  # an empty data set; batches without labels are skipped, not this
+                raise ValueError(f"train_data yielded no batch in epoch {epoch}")
             self.balancer.end_epoch()
             summary: dict[str, Any] = {
                 "epoch": epoch,

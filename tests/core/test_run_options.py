@@ -109,3 +109,13 @@ def test_trainer_logs_expert_usage_and_warns_about_identical_experts(tmp_path: P
     with pytest.warns(RuntimeWarning, match="identical"):
         history = fresh.fit(_batches(), epochs=1)
     assert history[-1]["experts"]["identical"] == [[experts.names[0], experts.names[1]]]
+
+
+def test_trainer_refuses_an_empty_data_set_and_a_run_dir_that_is_a_file(tmp_path: Path) -> None:
+    model = HardSharing(TASKS, 6, hidden=(8,))
+    with pytest.raises(ValueError, match="no batch in epoch 0"):
+        Trainer(model, TASKS, "equal", progress=False).fit([], epochs=1)
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="a file"):
+        Trainer(model, TASKS, "equal", progress=False, run_dir=afile / "run")
