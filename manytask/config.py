@@ -46,6 +46,7 @@ class TrainConfig:
     progress: bool = True
     cosine_every: int | None = None
     flat_rho: float | None = None
+    tensorboard: bool = False
     # data sets read from disk (text, census): the folder that holds them
     data_root: str | None = None
     census_group: int = 1

@@ -220,6 +220,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         cosine_every=cfg.cosine_every,
         log_every=cfg.log_every,
         flat_rho=cfg.flat_rho,
+        tensorboard=cfg.tensorboard and cfg.run_dir is not None,
     )
     if cfg.run_dir and (ctx is None or ctx.is_main):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)

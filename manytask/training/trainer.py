@@ -77,6 +77,8 @@ class Trainer:
             SAM radius around the gradient-level ``balancer``: each step re-runs the forward
             once per task at that task's perturbed point (1 + K forwards, about 1 + K
             backwards), with the same dropout draws. Exact mode, one process.
+        tensorboard: also write the step log and the epoch metrics as TensorBoard scalars in
+            ``run_dir/tensorboard`` (needs the ``tensorboard`` package).
 
     Distributed: when ``torch.distributed`` is initialised with several processes (e.g. under
     ``torchrun``), each rank trains on its shard of every global batch (wrap the data in
@@ -107,6 +109,7 @@ class Trainer:
         progress: bool = True,
         device: str | torch.device = "cpu",
         flat_rho: float | None = None,
+        tensorboard: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -121,6 +124,9 @@ class Trainer:
         if flat_rho is not None:
             _check_flat(flat_rho, self.balancer, mode, self._dist)
         self.flat_rho = flat_rho
+        if tensorboard and run_dir is None:
+            raise ValueError("tensorboard=True needs a run_dir (events go to run_dir/tensorboard)")
+        self.tensorboard = tensorboard
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.balancer.setup([t.name for t in self.tasks])
@@ -281,6 +287,7 @@ class Trainer:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         start = 0
         step_log, epoch_log = self._open_logs()
+        board = self._open_board()
         if resume:
             if self.run_dir is None:
                 raise ValueError("resume=True needs a run_dir")
@@ -319,6 +326,10 @@ class Trainer:
                     continue
                 if step_log is not None and (self.step % self.log_every == 0):
                     step_log.write(row)
+                    if board is not None:
+                        for key, value in row.items():
+                            if key not in ("step", "epoch"):
+                                board.add_scalar(key, value, self.step)
                 bar.set_postfix(
                     {k[5:]: f"{v:.3f}" for k, v in row.items() if k.startswith("loss/")}
                 )
@@ -335,6 +346,11 @@ class Trainer:
                 summary["val"] = self.evaluate(val_data)
                 if epoch_log is not None:
                     self._write_metrics(epoch_log, epoch, "val", summary["val"])
+                if board is not None:
+                    for task, metrics in summary["val"].items():
+                        for metric, value in metrics.items():
+                            board.add_scalar(f"val/{task}/{metric}", value, epoch)
+                    board.flush()
             experts = self._report_experts(epoch)
             if experts is not None:
                 summary["experts"] = experts
@@ -350,8 +366,21 @@ class Trainer:
                     info={"step": self.step, "skipped_steps": self.skipped_steps},
                 )
             barrier(self._dist)  # no rank runs ahead of the checkpoint it could resume from
+        if board is not None:
+            board.close()
         self.history = summaries
         return summaries
+
+    def _open_board(self) -> Any:
+        if not self.tensorboard or self.run_dir is None or not self._is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ImportError(
+                "tensorboard=True needs the tensorboard package: pip install tensorboard"
+            ) from err
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     @property
     def _is_main(self) -> bool:

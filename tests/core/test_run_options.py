@@ -119,3 +119,21 @@ def test_trainer_refuses_an_empty_data_set_and_a_run_dir_that_is_a_file(tmp_path
     afile.write_text("x")
     with pytest.raises(ValueError, match="a file"):
         Trainer(model, TASKS, "equal", progress=False, run_dir=afile / "run")
+
+
+def test_tensorboard_mirrors_the_logs(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = HardSharing(TASKS, 6, hidden=(8,))
+    trainer = Trainer(model, TASKS, "mgda", progress=False, run_dir=tmp_path, log_every=1,
+                      tensorboard=True)
+    trainer.fit(_batches(), epochs=2, val_data=_batches())
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/a", "weight/b", "cos/a/b", "val/a/accuracy"} <= tags
+    weights = [e.value for e in events.Scalars("weight/a")]
+    assert len(weights) == trainer.step and all(0 <= w <= 1 for w in weights)
+    with pytest.raises(ValueError, match="run_dir"):
+        Trainer(model, TASKS, "equal", tensorboard=True)
