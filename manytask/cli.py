@@ -1,4 +1,5 @@
-"""The command line: ``manytask train``, ``manytask balancers``."""
+"""The command line: ``manytask train``, ``bench``, ``report``, ``merge``, ``affinity``,
+``group``, ``balancers`` and ``architectures``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .config import ConfigError, TrainConfig, config_from_mapping, load_config
 _PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch"}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One ``--flag`` per :class:`TrainConfig` field; unset flags leave the config alone."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -82,7 +83,7 @@ def _flag_values(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str
     return values
 
 
-def _config(args: argparse.Namespace, skip: Sequence[str] = ()) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, skip: Sequence[str] = ()) -> TrainConfig:
     flags = _flag_values(args, skip)
     if args.config:
         return load_config(args.config, flags)
@@ -93,7 +94,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .run import format_results, train_from_config
     from .training.distributed import is_main_process
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     results = train_from_config(cfg)
     if is_main_process():  # under torchrun, one table, not one per process
         print(format_results(results))
@@ -110,7 +111,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .evaluation.bench import grid, run_grid
     from .evaluation.report import report
 
-    base = _config(args, _GRID_KEYS)
+    base = config_from_args(args, _GRID_KEYS)
     tasks = base.tasks or ["left", "right"]
     cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
     run_dir = Path(args.run_dir)
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a multi-task model and print per-task metrics")
     train.add_argument("--config", help="a YAML file of TrainConfig keys; flags override it")
-    _add_config_flags(train)
+    add_config_flags(train)
     train.set_defaults(func=_cmd_train)
     bench = sub.add_parser("bench", help="run a resumable grid of methods x architectures x seeds")
     bench.add_argument("--config", help="a YAML file of TrainConfig keys for every cell")
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train single-task baselines (needed for delta-m)",
     )
     bench.add_argument("--run-dir", required=True, help="where cells, tables and plots go")
-    _add_config_flags(bench, _GRID_KEYS)
+    add_config_flags(bench, _GRID_KEYS)
     bench.set_defaults(func=_cmd_bench)
     rep = sub.add_parser("report", help="plots, tables and an HTML page from bench runs")
     rep.add_argument("run_dirs", nargs="+")
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .merging.cli import add_merge_command
 
     add_merge_command(sub)
+    from .grouping.cli import add_affinity_commands
+
+    add_affinity_commands(sub)
     bal = sub.add_parser("balancers", help="list the training methods and their parameters")
     bal.set_defaults(func=_cmd_balancers)
     arch = sub.add_parser("architectures", help="list the architectures and their parameters")
