@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from manytask.data.encoder_top import LowerEncoder, TopLayers, top_state, unpack
+
 TASKS = ("sst2", "mr", "cr", "subj", "mpqa", "trec")
 FROZEN = 5  # default: embeddings + layers 0..FROZEN-1 frozen and cached
 PARTS = ("base", "joint", "merges", "fisher", "regmean", "adamerging")
@@ -119,31 +121,12 @@ def load_task(root: Path, name: str, n_train: int, n_test: int, seed: int = 0) -
 
 
 # --------------------------------------------------------------------------------- model
-def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, L) 0/1 attention mask -> the (B, 1, 1, L) additive mask BERT layers take."""
-    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
-class Top(nn.Module):
-    """The trainable top layers plus masked mean pooling.
-
-    Input: ``packed`` of shape (B, L, H + 1), the cached hidden states of the frozen layers
-    with the attention mask as the last channel (one tensor, so that the data-aware merges can
-    feed it as a plain input). Output: (B, H) sentence features.
-    """
-
-    def __init__(self, layers: Sequence[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, packed: Tensor) -> Tensor:
-        h, mask = packed[..., :-1], packed[..., -1]
-        ext = additive_mask(mask, h.dtype)
-        for layer in self.layers:
-            out = layer(h, attention_mask=ext)
-            h = out[0] if isinstance(out, tuple) else out
-        m = mask.unsqueeze(-1)
-        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+def make_top(layers: Sequence[nn.Module]) -> TopLayers:
+    """The trainable top layers plus masked mean pooling (no normalisation: the heads were
+    fitted on the raw mean). Input: ``packed`` (B, L, H + 1), the cached hidden states of the
+    frozen layers with the attention mask as the last channel (one tensor, so that the
+    data-aware merges can feed it as a plain input). Output: (B, H) sentence features."""
+    return TopLayers(layers, normalize=False)
 
 
 class FixedHead(nn.Module):
@@ -180,17 +163,6 @@ def top_prefix(j: int) -> str:
     return f"encoder.layer.{FROZEN + j}."
 
 
-def top_state(encoder_sd: dict[str, Tensor], layers: int) -> dict[str, Tensor]:
-    """The ``Top`` module's state dict read out of a whole-encoder state dict."""
-    out = {}
-    for j in range(layers):
-        pre = top_prefix(j)
-        for k, v in encoder_sd.items():
-            if k.startswith(pre):
-                out[f"layers.{j}.{k[len(pre):]}"] = v
-    return out
-
-
 def encoder_state(base_sd: dict[str, Tensor], top: nn.Module) -> dict[str, Tensor]:
     """The whole encoder's state dict with the top layers taken from ``top``."""
     out = {k: v.clone() for k, v in base_sd.items()}
@@ -203,23 +175,13 @@ def encoder_state(base_sd: dict[str, Tensor], top: nn.Module) -> dict[str, Tenso
     return out
 
 
-@torch.no_grad()
 def encode_frozen(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int,
                   batch: int = 64) -> Tensor:
     """Cached inputs (N, L, H + 1) of the top layers: frozen hidden states and mask."""
-    enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_len,
-                    return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    types = enc.get("token_type_ids", torch.zeros_like(ids))
-    parts = []
-    for s in range(0, ids.shape[0], batch):
-        h = model.embeddings(input_ids=ids[s:s + batch], token_type_ids=types[s:s + batch])
-        ext = additive_mask(mask[s:s + batch], h.dtype)
-        for layer in model.encoder.layer[:FROZEN]:
-            out = layer(h, attention_mask=ext)
-            h = out[0] if isinstance(out, tuple) else out
-        parts.append(torch.cat([h, mask[s:s + batch, :, None].to(h.dtype)], -1))
-    return torch.cat(parts)
+    lower = LowerEncoder(model, tokenizer, FROZEN, max_length=max_len, batch_size=batch,
+                         dtype=torch.float32)
+    hidden, mask = unpack(**lower.encode(texts))
+    return torch.cat([hidden, mask[..., None].to(hidden.dtype)], -1)
 
 
 # ------------------------------------------------------------------------------ training
@@ -419,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # not persist (position_ids), and the fine-tuned checkpoints must match it tensor for tensor.
     base_sd = load_file(str(model_dir / "model.safetensors"))
     n_top = model.config.num_hidden_layers - FROZEN
-    base_top = Top([model.encoder.layer[FROZEN + j] for j in range(n_top)])
+    base_top = make_top([model.encoder.layer[FROZEN + j] for j in range(n_top)])
     base_top = copy.deepcopy(base_top)
 
     names = [t for t in args.tasks.split(",") if t]
@@ -447,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.requires_grad_(True)
         head = nn.Linear(model.config.hidden_size, d.classes)
         if ckpt.exists() and head_file.exists():
-            top.load_state_dict(top_state(load_file(str(ckpt)), n_top))
+            top.load_state_dict(top_state(load_file(str(ckpt)), FROZEN, n_top))
             head.load_state_dict(torch.load(head_file, weights_only=True))
         else:
             torch.manual_seed(t)
@@ -542,7 +504,7 @@ def _merge_rows(paths: Sequence[str], model_dir: Path, work: Path, base_sd: dict
         drift = lower_drift(merged, base_sd, n_top)
         if drift > 1e-6:
             raise RuntimeError(f"{label}: the merge changed frozen tensors by {drift:.2e}")
-        merged_top.load_state_dict(top_state(merged, n_top))
+        merged_top.load_state_dict(top_state(merged, FROZEN, n_top))
         rows.append((label, evaluate(merged_top, heads)))
         log(f"{label}: merged in {seconds:.1f} s, mean {sum(rows[-1][1]) / len(heads):.1f}")
 

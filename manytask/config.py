@@ -59,6 +59,8 @@ class TrainConfig:
     tasks_per_batch: int = 4
     task_temperature: float = 2.0
     trec_fine: bool = False
+    finetune_layers: int = 0
+    finetune_lr: float | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -102,6 +104,12 @@ class TrainConfig:
                 f"data: {self.data} needs data_root (the folder of the data set, e.g. "
                 f"../shared/data/{example})"
             )
+        if self.finetune_layers < 0:
+            raise ConfigError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
+        if self.finetune_layers > 0 and self.data != "text":
+            raise ConfigError("finetune_layers applies to data: text only")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if self.census_group not in (1, 2):
             raise ConfigError(f"census_group must be 1 or 2, got {self.census_group}")
         if self.flat_rho is not None and not self.flat_rho >= 0:

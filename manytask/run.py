@@ -32,6 +32,8 @@ class Prepared:
     in_features: int
     # tabular data: builds the embedding + dense input layer the architectures start with
     input_layer: Callable[[], nn.Module] | None = None
+    # text with fine-tuned top layers: builds the model (its shared part is MiniLM's top layers)
+    model_factory: Callable[..., MultiTaskModel] | None = None
 
 
 def _multidigits(cfg: TrainConfig) -> Prepared:
@@ -79,6 +81,15 @@ def _text(cfg: TrainConfig) -> Prepared:
         )
         for n in names
     ]
+    if cfg.finetune_layers > 0:
+        from .data.encoder_top import prepare_finetune
+
+        ft = prepare_finetune(
+            text_tasks, cfg.cache_dir, cfg.max_length, cfg.finetune_layers, cfg.batch_size,
+            min(cfg.tasks_per_batch, len(text_tasks)), cfg.task_temperature, cfg.seed,
+        )
+        tasks = [t.task() for t in text_tasks]
+        return Prepared(tasks, ft.train, ft.val, ft.test, 0, model_factory=ft.model_factory)
     embeddings = text_embeddings(text_tasks, cfg.cache_dir, cfg.max_length)
     labels = {s: {t.name: t.split(s).labels for t in text_tasks} for s in ("train", "val", "test")}
     feats = {s: {t.name: embeddings[t.name][s] for t in text_tasks} for s in labels}
@@ -173,6 +184,13 @@ def build_model(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
     """The architecture ``cfg.arch`` with ``cfg.arch_params`` for the data's tasks and input."""
     params = dict(cfg.arch_params)
     try:
+        if data.model_factory is not None:
+            if cfg.arch != "hard_sharing":
+                raise ConfigError(
+                    f"finetune_layers: the model is MiniLM's top layers + an MLP trunk; "
+                    f"arch {cfg.arch!r} is not available there"
+                )
+            return data.model_factory(hidden=tuple(cfg.hidden), **params)
         if cfg.arch == "hard_sharing":
             if data.input_layer is None:
                 return HardSharing(data.tasks, data.in_features, hidden=cfg.hidden, **params)
@@ -206,10 +224,12 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         data.train = ShardedBatches(data.train, ctx.rank, ctx.world_size)
     model = build_model(cfg, data)
     balancer = make_balancer(cfg.balancer, **cfg.balancer_params)
+    layered = getattr(model, "optimizer_factory", None)  # fine-tuned layers: their own lr
     trainer = Trainer(
         model,
         data.tasks,
         balancer,
+        optimizer=layered(cfg.lr, cfg.finetune_lr or cfg.lr) if layered else None,
         lr=cfg.lr,
         mode=cfg.mode,
         head_grad=cfg.head_grad,

@@ -1,6 +1,10 @@
-"""Data: the bundled MultiDigits data set, multi-task batching and task samplers."""
+"""Data: MultiDigits (bundled), text tasks over MiniLM, Census-Income and other tabular data,
+the MMoE synthetic generator, multi-task batching and task samplers."""
 
 from .batching import TensorBatches, collate_multitask
+from .census import CensusData, load_census
+from .encoder_top import EncoderTop, prepare_finetune
+from .encoders import EmbeddingCache, SentenceEncoder, load_minilm
 from .multidigits import MultiDigits, digit_task, source_split
 from .sampling import (
     EXP3Sampler,
@@ -13,13 +17,26 @@ from .sampling import (
     dataset_sizes,
     loss_drop_reward,
 )
+from .synthetic import mmoe_synthetic
+from .tabular import TabularBatch, TabularDataset, TabularInput, TabularX
+from .text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
 
 __all__ = [
+    "TEXT_TASKS",
+    "CensusData",
     "EXP3Sampler",
+    "EmbeddingCache",
+    "EncoderTop",
+    "MixedTaskBatches",
     "MultiDigits",
     "MultiTaskBatches",
     "ProportionalSampler",
     "RoundRobinSampler",
+    "SentenceEncoder",
+    "TabularBatch",
+    "TabularDataset",
+    "TabularInput",
+    "TabularX",
     "TaskSampler",
     "TemperatureSampler",
     "TensorBatches",
@@ -27,6 +44,12 @@ __all__ = [
     "collate_multitask",
     "dataset_sizes",
     "digit_task",
+    "load_census",
+    "load_minilm",
+    "load_text_task",
     "loss_drop_reward",
+    "mmoe_synthetic",
+    "prepare_finetune",
     "source_split",
+    "stacked_batches",
 ]

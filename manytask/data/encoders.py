@@ -83,7 +83,8 @@ class SentenceEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def _tokenize(self, texts: Sequence[Text]) -> Any:
+    def tokenize(self, texts: Sequence[Text]) -> Any:
+        """The tokenizer's padded, truncated batch of ``texts`` (all sentences or all pairs)."""
         pairs = [isinstance(t, tuple) for t in texts]
         if any(pairs) and not all(pairs):
             raise TypeError("SentenceEncoder: a batch mixes sentences and sentence pairs")
@@ -98,6 +99,8 @@ class SentenceEncoder:
             return self.tokenizer([t[0] for t in texts], [t[1] for t in texts], **kwargs)
         return self.tokenizer(list(texts), **kwargs)
 
+    _tokenize = tokenize  # the earlier private name
+
     @torch.no_grad()
     def encode(self, texts: Sequence[Text]) -> Tensor:
         """Embeddings (N, D), float32, in the order of ``texts``."""
@@ -105,18 +108,41 @@ class SentenceEncoder:
             raise ValueError("SentenceEncoder.encode: no texts")
         self.model.eval()
         # batches of similar lengths pad less; the order is restored at the end
-        lengths = torch.tensor([len(t) if isinstance(t, str) else len(t[0]) + len(t[1])
-                                for t in texts])
-        order = torch.argsort(lengths, stable=True)
+        order = length_order(texts)
         ordered = [texts[i] for i in order.tolist()]
         out = []
         for start in range(0, len(ordered), self.batch_size):
-            tokens = self._tokenize(ordered[start:start + self.batch_size])
+            tokens = self.tokenize(ordered[start:start + self.batch_size])
             hidden = self.model(**tokens).last_hidden_state
             out.append(mean_pool(hidden, tokens["attention_mask"]).float())
         result = torch.empty_like(torch.cat(out))
         result[order] = torch.cat(out)
         return result
+
+
+def length_order(texts: Sequence[Text]) -> Tensor:
+    """Indices sorting ``texts`` by character length (stable): batches of similar lengths pad
+    less."""
+    lengths = torch.tensor([len(t) if isinstance(t, str) else len(t[0]) + len(t[1])
+                            for t in texts])
+    return torch.argsort(lengths, stable=True)
+
+
+def save_atomic(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` as a safetensors file at ``path``: a temporary file in the same folder,
+    then a rename, so that readers never see half a file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like runs/
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def texts_hash(texts: Sequence[Text]) -> str:
@@ -153,7 +179,7 @@ class EmbeddingCache:
 
     def get(self, model: str, task: str, split: str, max_length: int, texts: Sequence[Text],
             compute: Callable[[Sequence[Text]], Tensor]) -> Tensor:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         path = self.path(model, task, split, max_length, texts)
         if path.exists():
@@ -165,19 +191,8 @@ class EmbeddingCache:
             raise ValueError(f"EmbeddingCache: compute returned shape {tuple(values.shape)} for "
                              f"{len(texts)} texts")
         self.computed += 1
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # write a temporary file in the same folder, then rename: readers never see half a file
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"embeddings": values.contiguous().cpu()}, tmp,
-                      metadata={"model": model, "task": task, "split": split,
-                                "max_length": str(max_length)})
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like runs/
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_atomic({"embeddings": values}, path,
+                    {"model": model, "task": task, "split": split, "max_length": str(max_length)})
         return values
 
 

@@ -37,7 +37,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -244,37 +244,83 @@ def load_text_task(root: str | Path, name: str, *, fine: bool = False,
 
 
 # -------------------------------------------------------------------------------- batching
-def _check_features(features: Mapping[str, Tensor], labels: Mapping[str, Tensor],
+# A task's inputs: one tensor (n, ...), or a mapping of such tensors sharing the n rows (e.g.
+# token-level hidden states and their attention mask); batches then hold a dict.
+Features = Tensor | Mapping[str, Tensor]
+
+
+def _columns(x: Features, owner: str, task: str) -> dict[str, Tensor]:
+    """``{key: tensor}`` of one task's inputs (key ``""`` for a plain tensor)."""
+    if isinstance(x, Tensor):
+        return {"": x}
+    if not isinstance(x, Mapping) or not x:
+        raise TypeError(f"{owner}: features of task {task!r} must be a tensor or a non-empty "
+                        f"mapping of tensors, got {type(x).__name__}")
+    bad = [k for k, v in x.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise TypeError(f"{owner}: features[{task!r}][{bad[0]!r}] is not a tensor")
+    return dict(x)
+
+
+def _rows(x: Features) -> int:
+    return int(next(iter(_columns(x, "", "").values())).shape[0])
+
+
+def _cat_rows(parts: Sequence[Features]) -> Features:
+    """Rows of several tasks' inputs one after the other (per key for mappings)."""
+    if isinstance(parts[0], Tensor):
+        return torch.cat([p for p in parts if isinstance(p, Tensor)])
+    return {k: torch.cat([_columns(p, "", "")[k] for p in parts]) for k in parts[0]}
+
+
+def _take(x: Features, index: Tensor) -> Features:
+    if isinstance(x, Tensor):
+        return x.index_select(0, index)
+    return {k: v.index_select(0, index) for k, v in x.items()}
+
+
+def _check_features(features: Mapping[str, Features], labels: Mapping[str, Tensor],
                     owner: str) -> None:
     if not features:
         raise ValueError(f"{owner}: needs at least one task")
     if set(features) != set(labels):
         raise ValueError(f"{owner}: features for {sorted(features)} but labels for "
                          f"{sorted(labels)}")
-    width = None
-    for task, x in features.items():
+    width: dict[str, torch.Size] | None = None
+    for task, value in features.items():
+        columns = _columns(value, owner, task)
         y = labels[task]
-        if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise ValueError(f"{owner}: task {task!r} has features {tuple(x.shape)} and labels "
-                             f"{tuple(y.shape)}; expected (n, ...) and (n,) with n >= 1")
-        if width is not None and x.shape[1:] != width:
+        for key, x in columns.items():
+            where = f"features {tuple(x.shape)}" if not key else f"{key!r} {tuple(x.shape)}"
+            if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                raise ValueError(f"{owner}: task {task!r} has {where} and labels "
+                                 f"{tuple(y.shape)}; expected (n, ...) and (n,) with n >= 1")
+        shapes = {k: x.shape[1:] for k, x in columns.items()}
+        if width is not None and shapes != width:
             raise ValueError(f"{owner}: task {task!r} has features of shape "
-                             f"{tuple(x.shape[1:])} per example, others {tuple(width)}")
-        width = x.shape[1:]
+                             f"{_describe(shapes)} per example, others {_describe(width)}")
+        width = shapes
 
 
-def stacked_batches(features: Mapping[str, Tensor], labels: Mapping[str, Tensor],
+def _describe(shapes: Mapping[str, torch.Size]) -> str:
+    if set(shapes) == {""}:
+        return str(tuple(shapes[""]))
+    return str({k: tuple(v) for k, v in shapes.items()})
+
+
+def stacked_batches(features: Mapping[str, Features], labels: Mapping[str, Tensor],
                     batch_size: int) -> TensorBatches:
     """Every task's examples one after the other, each labelled for its own task only (-1 for
     the others), in fixed order: the layout of validation and test sets."""
     _check_features(features, labels, "stacked_batches")
     tasks = list(features)
-    x = torch.cat([features[t] for t in tasks])
-    sizes = [features[t].shape[0] for t in tasks]
+    x = _cat_rows([features[t] for t in tasks])
+    sizes = [_rows(features[t]) for t in tasks]
+    total = sum(sizes)
     targets = {}
     start = 0
     for task, n in zip(tasks, sizes, strict=True):
-        column = torch.full((x.shape[0],), -1, dtype=torch.int64)
+        column = torch.full((total,), -1, dtype=torch.int64)
         column[start:start + n] = labels[task]
         targets[task] = column
         start += n
@@ -283,6 +329,9 @@ def stacked_batches(features: Mapping[str, Tensor], labels: Mapping[str, Tensor]
 
 class MixedTaskBatches:
     """Batches ``(x, {task: labels})`` mixing sub-batches of tasks that have their own data.
+
+    Each task's inputs are a tensor (n, ...) or a mapping of tensors with n rows each (the
+    same keys and per-example shapes for every task); ``x`` is then a tensor or a dict.
 
     Each batch is ``tasks_per_batch`` sub-batches of ``batch_size // tasks_per_batch`` examples;
     the task of each sub-batch is drawn by the sampler (``"temperature"``:
@@ -297,7 +346,7 @@ class MixedTaskBatches:
     does) and a resumed run sees the same batches as an uninterrupted one.
     """
 
-    def __init__(self, features: Mapping[str, Tensor], labels: Mapping[str, Tensor],
+    def __init__(self, features: Mapping[str, Features], labels: Mapping[str, Tensor],
                  batch_size: int, *, tasks_per_batch: int | None = None,
                  sampler: Literal["temperature", "round_robin"] = "temperature",
                  temperature: float = 2.0, steps: int | None = None, seed: int = 0) -> None:
@@ -319,7 +368,7 @@ class MixedTaskBatches:
             raise ValueError(f"{owner}: seed must be a non-negative integer, got {seed!r}")
         self.features = dict(features)
         self.labels = dict(labels)
-        self.sizes = {t: int(x.shape[0]) for t, x in self.features.items()}
+        self.sizes = {t: _rows(x) for t, x in self.features.items()}
         self.batch_size = batch_size
         self.tasks_per_batch = tasks_per_batch
         self.sub_batch = batch_size // tasks_per_batch
@@ -349,7 +398,7 @@ class MixedTaskBatches:
     def __len__(self) -> int:
         return self.steps
 
-    def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    def __iter__(self) -> Iterator[tuple[Any, dict[str, Tensor]]]:
         sampler = self.make_sampler(self.epoch)
         rngs = {t: np.random.default_rng([self.seed, self.epoch, k])
                 for k, t in enumerate(self.tasks)}
@@ -367,9 +416,10 @@ class MixedTaskBatches:
                 cursor[task] += self.sub_batch
                 parts.append(idx)
                 owners.append(task)
-            x = torch.cat([self.features[t].index_select(0, i) for t, i in zip(owners, parts,
-                                                                                   strict=True)])
-            targets = {t: torch.full((x.shape[0],), -1, dtype=torch.int64) for t in self.tasks}
+            x = _cat_rows([_take(self.features[t], i) for t, i in zip(owners, parts,
+                                                                       strict=True)])
+            rows = sum(int(i.shape[0]) for i in parts)
+            targets = {t: torch.full((rows,), -1, dtype=torch.int64) for t in self.tasks}
             start = 0
             for task, idx in zip(owners, parts, strict=True):
                 targets[task][start:start + idx.shape[0]] = self.labels[task].index_select(0, idx)

@@ -79,7 +79,7 @@ def test_cached_lower_layers_and_top_reproduce_the_model(bench, tiny_bert, monke
     texts = ["a short one", "a much longer sentence with more words in it", "x"]
     packed = bench.encode_frozen(tiny_bert, ToyTokenizer(), texts, max_len=12, batch=2)
     assert packed.shape[-1] == 16 + 1
-    top = bench.Top([tiny_bert.encoder.layer[2]])
+    top = bench.make_top([tiny_bert.encoder.layer[2]])
     enc = ToyTokenizer()(texts, "longest", True, 12, "pt")
     with torch.no_grad():
         hidden = tiny_bert(input_ids=enc["input_ids"],
@@ -93,7 +93,7 @@ def test_cached_lower_layers_and_top_reproduce_the_model(bench, tiny_bert, monke
 def test_state_round_trip_and_drift(bench, tiny_bert, monkeypatch) -> None:
     monkeypatch.setattr(bench, "FROZEN", 1)
     base = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
-    top = bench.Top([tiny_bert.encoder.layer[1], tiny_bert.encoder.layer[2]])
+    top = bench.make_top([tiny_bert.encoder.layer[1], tiny_bert.encoder.layer[2]])
     import copy
 
     tuned = copy.deepcopy(top)
@@ -106,7 +106,7 @@ def test_state_round_trip_and_drift(bench, tiny_bert, monkeypatch) -> None:
                        base["encoder.layer.2.output.dense.weight"] + 1)
     assert torch.equal(full["encoder.layer.0.output.dense.weight"],
                        base["encoder.layer.0.output.dense.weight"])
-    back = bench.top_state(full, 2)
+    back = bench.top_state(full, 1, 2)
     assert back.keys() == tuned.state_dict().keys()
     assert all(torch.equal(back[k], v) for k, v in tuned.state_dict().items())
     assert bench.lower_drift(full, base, 2) == 0.0  # only the top layers moved
@@ -123,7 +123,7 @@ def test_markdown_mean_column(bench) -> None:
 
 
 def test_fixed_head_hides_the_head_from_the_state_dict(bench, tiny_bert) -> None:
-    top = bench.Top([tiny_bert.encoder.layer[2]])
+    top = bench.make_top([tiny_bert.encoder.layer[2]])
     head = torch.nn.Linear(16, 3)
     fixed = bench.FixedHead(top, head)
     assert all(k.startswith("top.") for k in fixed.state_dict())
