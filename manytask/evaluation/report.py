@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .bench import load_results
-from .summary import Row, _main_metric, directions_for, markdown, summarise
+from .summary import Row, _main_metric, directions_for, markdown, write_tables
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -300,9 +300,8 @@ def report(run_dirs: Sequence[Path], out: Path | None = None) -> dict[str, Path]
         raise ValueError(f"no finished cell in {', '.join(map(str, run_dirs))}")
     out = out or run_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    rows = summarise(results)
+    rows = write_tables(out, results)  # results.csv and summary.md
     table = markdown(rows)
-    (out / "summary.md").write_text(table)
     dirs = directions_for(results)
     runs = _first_seed_runs(results)
     made: dict[str, Path] = {}

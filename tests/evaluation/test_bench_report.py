@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def test_grid_resumes_and_report_is_self_contained(tmp_path: Path) -> None:
     assert not re.search(r"(src|href)\s*=\s*['\"](?!data:)", page)  # nothing external
     summary = made["summary"].read_text()
     assert "| mgda | hard_sharing | 1 |" in summary and "Δm" in summary
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} >= {"mgda"} and all(r["value"] for r in rows)
 
 
 def test_report_refuses_a_directory_that_is_not_a_bench_run(tmp_path: Path) -> None:
