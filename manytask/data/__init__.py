@@ -6,6 +6,7 @@ from .census import CensusData, load_census
 from .encoder_top import EncoderTop, prepare_finetune
 from .encoders import EmbeddingCache, SentenceEncoder, load_minilm
 from .multidigits import MultiDigits, digit_task, source_split
+from .multitab_bench import MultiTabBench, multitab_bench
 from .sampling import (
     EXP3Sampler,
     MultiTaskBatches,
@@ -29,6 +30,7 @@ __all__ = [
     "EncoderTop",
     "MixedTaskBatches",
     "MultiDigits",
+    "MultiTabBench",
     "MultiTaskBatches",
     "ProportionalSampler",
     "RoundRobinSampler",
@@ -49,6 +51,7 @@ __all__ = [
     "load_text_task",
     "loss_drop_reward",
     "mmoe_synthetic",
+    "multitab_bench",
     "prepare_finetune",
     "source_split",
     "stacked_batches",

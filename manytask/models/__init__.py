@@ -1,9 +1,11 @@
 """Multi-task architectures."""
 
 from .adatt import AdaTT
+from .apem import APEM
 from .base import MultiTaskModel, mlp
 from .cross_stitch import CrossStitch
 from .dselect_k import DSelectK
+from .dtrn import DTRN
 from .esmm import AITM, ESMM
 from .experts import ExpertSet, Routed
 from .factory import ARCHITECTURES, make_model, shared_bottom
@@ -11,6 +13,7 @@ from .hard_sharing import HardSharing
 from .home import HoME
 from .moe import MMoE, OMoE
 from .mtan import MTAN
+from .multitab import MultiTabNet, multitask_mask
 from .per_task import PerTaskModel
 from .ple import CGC, PLE
 from .routing import ExpertReport, expert_report, expert_usage
@@ -18,8 +21,10 @@ from .sparse_moe import TaskRoutedMoE
 
 __all__ = [
     "AITM",
+    "APEM",
     "ARCHITECTURES",
     "CGC",
+    "DTRN",
     "ESMM",
     "MTAN",
     "PLE",
@@ -31,6 +36,7 @@ __all__ = [
     "HardSharing",
     "HoME",
     "MMoE",
+    "MultiTabNet",
     "MultiTaskModel",
     "OMoE",
     "PerTaskModel",
@@ -40,5 +46,6 @@ __all__ = [
     "expert_usage",
     "make_model",
     "mlp",
+    "multitask_mask",
     "shared_bottom",
 ]

@@ -14,13 +14,16 @@ from torch import nn
 
 from ..tasks import Task
 from .adatt import AdaTT
+from .apem import APEM
 from .base import MultiTaskModel, mlp
 from .cross_stitch import CrossStitch
 from .dselect_k import DSelectK
+from .dtrn import DTRN
 from .experts import check_sizes
 from .hard_sharing import HardSharing
 from .home import HoME
 from .moe import MMoE, OMoE
+from .multitab import MultiTabNet
 from .per_task import resolve_input
 from .ple import CGC, PLE
 from .sparse_moe import TaskRoutedMoE
@@ -54,6 +57,9 @@ ARCHITECTURES: dict[str, Callable[..., MultiTaskModel]] = {
     "home": HoME,
     "cross_stitch": CrossStitch,
     "task_routed_moe": TaskRoutedMoE,
+    "multitab": MultiTabNet,
+    "apem": APEM,
+    "dtrn": DTRN,
 }
 
 
