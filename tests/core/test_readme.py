@@ -33,5 +33,8 @@ def test_two_commands_and_ci_agree() -> None:
 
 
 def test_no_placeholder_left() -> None:
-    for marker in ("TIMINGS_SETUP", "TRAINING_METHODS", "BENCHMARKS", "TODO", "TBD"):
+    for marker in ("TODO", "TBD", "XXX"):
         assert marker not in README, marker
+    # a line that is one upper-case word (e.g. BENCHMARKS) is a section still to be written
+    lone = re.findall(r"^[A-Z][A-Z_]{3,}$", README, flags=re.M)
+    assert not lone, lone
