@@ -6,6 +6,9 @@ final distance to the front (objective space) per start.
 
     python benchmarks/toy_pareto.py --out runs/toy            # ~5-10 minutes on 2 cores
     python benchmarks/toy_pareto.py --steps 2000 --methods equal mgda   # smoke run
+    # the CAGrad paper's budget and c, from the two starts where equal weighting stalls
+    python benchmarks/toy_pareto.py --methods equal cagrad --param cagrad:c=0.5 \
+        --steps 100000 --lr 1e-3 --starts 0 2 --out runs/toy-long
 """
 
 from __future__ import annotations
@@ -34,19 +37,39 @@ def main() -> None:
         help="distance to the front (objective space) that counts as reached",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/toy"))
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="a method's parameter, e.g. cagrad:c=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--starts", type=int, nargs="+", help="indices of the starting points (default: all)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     pareto = toy.front()
+    params: dict[str, dict[str, float]] = {}
+    for item in args.param:
+        method, _, assignment = item.partition(":")
+        key, sep, value = assignment.partition("=")
+        if not (method and key and sep):
+            parser.error(f"--param expects METHOD:KEY=VALUE, got {item!r}")
+        params.setdefault(method, {})[key] = float(value)
+    starts = [toy.STARTS[i] for i in args.starts] if args.starts else list(toy.STARTS)
     results = {}
     lines = [
-        "| method | " + " | ".join(f"start {s}" for s in toy.STARTS) + " | reached | seconds |",
-        "|---" * (len(toy.STARTS) + 3) + "|",
+        "| method | " + " | ".join(f"start {s}" for s in starts) + " | reached | seconds |",
+        "|---" * (len(starts) + 3) + "|",
     ]
     for method in args.methods:
         began = time.perf_counter()
-        trajs = toy.run(method, steps=args.steps, lr=args.lr)
+        trajs = toy.run(
+            method, steps=args.steps, lr=args.lr, starts=starts, params=params.get(method)
+        )
         seconds = time.perf_counter() - began
         results[method] = trajs
         dist = [t.distance_to(pareto) for t in trajs]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,10 +89,11 @@ def run(
     steps: int = 20_000,
     lr: float = 2e-3,
     record_every: int = 20,
+    params: dict[str, Any] | None = None,
 ) -> list[Trajectory]:
-    """Follow ``method`` with Adam from each start (all starts advance together)."""
+    """Follow ``method`` (with ``params``) with Adam from each start (all starts together)."""
     x = torch.tensor(starts, dtype=torch.float64, requires_grad=True)
-    balancers = [make_balancer(method) for _ in starts]
+    balancers = [make_balancer(method, **(params or {})) for _ in starts]
     for b in balancers:
         b.setup(["f1", "f2"])
     optimizer = torch.optim.Adam([x], lr=lr)
