@@ -110,9 +110,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .evaluation.bench import grid, run_grid
     from .evaluation.report import report
+    from .run import task_names
 
     base = config_from_args(args, _GRID_KEYS)
-    tasks = base.tasks or ["left", "right"]
+    tasks = list(task_names(base))
     cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
     run_dir = Path(args.run_dir)
     run_grid(base, cells, run_dir)

@@ -36,10 +36,25 @@ class Prepared:
     model_factory: Callable[..., MultiTaskModel] | None = None
 
 
+def task_names(cfg: TrainConfig) -> tuple[str, ...]:
+    """The tasks a run trains: ``cfg.tasks``, or the data set's default tasks."""
+    if cfg.tasks:
+        return tuple(cfg.tasks)
+    if cfg.data == "text":
+        from .data.text import TEXT_TASKS
+
+        return tuple(TEXT_TASKS)
+    if cfg.data == "census":
+        from .data.census import GROUPS
+
+        return GROUPS[1 if cfg.census_group == 1 else 2]
+    return ("left", "right")  # MultiDigits
+
+
 def _multidigits(cfg: TrainConfig) -> Prepared:
     from .data import MultiDigits, TensorBatches
 
-    names = tuple(cfg.tasks) if cfg.tasks else ("left", "right")
+    names = task_names(cfg)
     splits = {
         split: MultiDigits(
             split=split,
@@ -69,7 +84,7 @@ def _multidigits(cfg: TrainConfig) -> Prepared:
 def _text(cfg: TrainConfig) -> Prepared:
     from .data.text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
 
-    names = tuple(cfg.tasks) if cfg.tasks else TEXT_TASKS
+    names = task_names(cfg)
     unknown = sorted(set(names) - set(TEXT_TASKS))
     if unknown:
         raise ConfigError(f"unknown text task(s) {unknown}; available: {list(TEXT_TASKS)}")
@@ -144,7 +159,7 @@ def _census(cfg: TrainConfig) -> Prepared:
     from .data.tabular import TabularInput
 
     group: Literal[1, 2] = 1 if cfg.census_group == 1 else 2
-    names = tuple(cfg.tasks) if cfg.tasks else GROUPS[group]
+    names = task_names(cfg)
     unknown = sorted(set(names) - set(GROUPS[group]))
     if unknown:
         raise ConfigError(f"census group {group} has no task(s) {unknown}: {list(GROUPS[group])}")

@@ -109,7 +109,7 @@ def summarise(results: Sequence[Mapping[str, Any]], main_metric: str | None = No
 def _main_metric(metrics: Mapping[str, bool], preferred: str | None) -> str:
     if preferred and preferred in metrics:
         return preferred
-    for name in ("accuracy", "auc", "mse", "mae"):
+    for name in ("auc", "accuracy", "mse", "mae"):  # AUC first: binary tasks are often imbalanced
         if name in metrics:
             return name
     return next(iter(metrics))

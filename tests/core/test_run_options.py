@@ -137,3 +137,16 @@ def test_tensorboard_mirrors_the_logs(tmp_path: Path) -> None:
     assert len(weights) == trainer.step and all(0 <= w <= 1 for w in weights)
     with pytest.raises(ValueError, match="run_dir"):
         Trainer(model, TASKS, "equal", tensorboard=True)
+
+
+def test_each_data_set_names_its_default_tasks() -> None:
+    from manytask.config import TrainConfig
+    from manytask.data.census import GROUPS
+    from manytask.data.text import TEXT_TASKS
+    from manytask.run import task_names
+
+    assert task_names(TrainConfig()) == ("left", "right")
+    assert task_names(TrainConfig(tasks=["sum"])) == ("sum",)
+    assert task_names(TrainConfig(data="text", data_root="x")) == tuple(TEXT_TASKS)
+    census = TrainConfig(data="census", data_root="x", census_group=2)
+    assert task_names(census) == GROUPS[2]
