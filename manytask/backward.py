@@ -138,12 +138,7 @@ def backward(
         objective.backward()
         return _result(tasks, decision.weights, stacked, None)
 
-    if features is None:
-        raise ValueError(f"{method.name} works on task gradients: pass features=")
-    feats = feature_tensors(features)
-    if not feats:
-        raise ValueError("features= holds no tensor that requires grad")
-    params = None if shared_params is None else [p for p in shared_params if p.requires_grad]
+    feats, params = gradient_inputs(method, features, shared_params)
     grads = task_gradients(values, feats, mode=mode, shared_params=params)
     if method.requires == "jacobian":
         decision = method.decide_jacobian(stacked, tasks, grads.jacobian_matrix())
@@ -173,6 +168,19 @@ def backward(
     )
     _apply_update(feats, update, stacked, weights, head_grad)
     return _result(tasks, weights, stacked, grads.gramian)
+
+
+def gradient_inputs(
+    method: Balancer, features: Features | None, shared_params: Iterable[Tensor] | None
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """The feature tensors and trainable shared parameters a gradient-level method works on."""
+    if features is None:
+        raise ValueError(f"{method.name} works on task gradients: pass features=")
+    feats = feature_tensors(features)
+    if not feats:
+        raise ValueError("features= holds no tensor that requires grad")
+    params = None if shared_params is None else [p for p in shared_params if p.requires_grad]
+    return feats, params
 
 
 def _apply_update(

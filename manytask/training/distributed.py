@@ -43,9 +43,10 @@ from ..backward import (
     _apply_update,
     _check_weights,
     _result,
+    gradient_inputs,
 )
 from ..balancers.base import Balancer
-from ..gradients import Features, Mode, feature_tensors, gramian_of, task_gradients
+from ..gradients import Features, Mode, gramian_of, task_gradients
 
 Batch = tuple[Any, Any]
 
@@ -298,12 +299,7 @@ def distributed_backward(
         _backward_objective(decision.objective, weights, stacked)
         return _result(tasks, weights, stacked, None)
 
-    if features is None:
-        raise ValueError(f"{method.name} works on task gradients: pass features=")
-    feats = feature_tensors(features)
-    if not feats:
-        raise ValueError("features= holds no tensor that requires grad")
-    params = None if shared_params is None else [p for p in shared_params if p.requires_grad]
+    feats, params = gradient_inputs(method, features, shared_params)
     if mode == "exact" and not params:
         raise ValueError("mode='exact' needs shared_params (the parameters of the shared part)")
     fgrads, blocks = _local_gradients(
