@@ -189,10 +189,9 @@ class LookaheadAffinity:
         blocks: Sequence[Tensor],
         dtype: torch.dtype | None,
     ) -> np.ndarray:
-        state = {
-            n: _cast(t.detach(), dtype)
-            for n, t in [*self.model.named_parameters(), *self.model.named_buffers()]
-        }
+        state = {n: _cast(t.detach(), dtype) for n, t in self.model.named_parameters()}
+        # buffers copied, so no forward here can move the model's own running statistics
+        state.update({n: _cast(t.detach().clone(), dtype) for n, t in self.model.named_buffers()})
         inputs = _cast(x, dtype)
 
         def losses(params: Mapping[str, Tensor]) -> Tensor:
@@ -200,14 +199,22 @@ class LookaheadAffinity:
             values = task_losses(self.tasks, out, targets)
             return torch.stack([values[t].double() for t in present])
 
-        before = losses(state)
-        z = np.zeros((len(present), len(present)))
-        for i in range(len(present)):
-            # theta_s - eta * g_i for the shared parameters; the heads keep theirs
-            params = dict(state)
-            for name, block in zip(self.names, blocks, strict=True):
-                params[name] = state[name] - self.lr * _cast(block[i], dtype)
-            z[i] = (1.0 - losses(params) / before).cpu().numpy()
+        # The K + 1 forwards compare one network function before and after a step: in eval
+        # mode, so dropout draws no fresh masks (which would swamp the ~1e-6 loss changes) and
+        # batch normalisation reads its running statistics.
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            before = losses(state)
+            z = np.zeros((len(present), len(present)))
+            for i in range(len(present)):
+                # theta_s - eta * g_i for the shared parameters; the heads keep theirs
+                params = dict(state)
+                for name, block in zip(self.names, blocks, strict=True):
+                    params[name] = state[name] - self.lr * _cast(block[i], dtype)
+                z[i] = (1.0 - losses(params) / before).cpu().numpy()
+        finally:
+            self.model.train(was_training)
         return z
 
     def matrix(self) -> AffinityMatrix:

@@ -197,3 +197,24 @@ def test_cosine_from_a_manytask_train_run_knows_its_mode(tmp_path) -> None:
     assert matrix.kind == "cosine_feature" and matrix.info["mode"] == "feature"
     assert matrix.tasks == ("left", "right", "larger")
     assert matrix.info["steps"] == 4
+
+
+def test_lookahead_ignores_dropout_and_leaves_buffers_alone() -> None:
+    # a step of 1e-9 changes the losses by ~1e-9: fresh dropout masks in the before/after
+    # forwards would show up as changes of order 0.1
+    from manytask import HardSharing, Task
+    from manytask.grouping import LookaheadAffinity
+
+    torch.manual_seed(0)
+    tasks = [Task.regression("a"), Task.regression("b")]
+    model = HardSharing(tasks, 8, hidden=(32,), dropout=0.3)
+    x = torch.randn(64, 8)
+    targets = {"a": x[:, :1], "b": -x[:, 1:2]}
+    look = LookaheadAffinity(model, tasks, lr=1e-9)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    for _ in range(3):
+        z = look(x, targets)
+        assert all(abs(v) < 1e-6 for row in z.values() for v in row.values()), z
+    assert model.training
+    for n, b in model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
