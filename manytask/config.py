@@ -114,6 +114,8 @@ class TrainConfig:
             raise ConfigError(f"census_group must be 1 or 2, got {self.census_group}")
         if self.flat_rho is not None and not self.flat_rho >= 0:
             raise ConfigError(f"flat_rho must be >= 0, got {self.flat_rho}")
+        if self.run_dir == "":  # an empty path means no run directory, not the current one
+            self.run_dir = None
         if self.resume and not self.run_dir:
             raise ConfigError("resume needs run_dir")
         if self.run_dir:

@@ -148,7 +148,11 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(root / LATEST, final.name)
-    done = sorted(p for p in root.glob("epoch-*") if p.is_dir())
+    # by epoch number, not by name: "epoch-10000" sorts before "epoch-9999" as text
+    done = sorted(
+        (p for p in root.glob("epoch-*") if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)),
+        key=lambda p: int(p.name[len("epoch-") :]),
+    )
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

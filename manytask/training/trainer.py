@@ -161,8 +161,14 @@ class Trainer:
         x, targets = _to_device(batch[0], self.device), _to_device(batch[1], self.device)
         self._last_x = x  # the gate report at the end of the epoch reads this batch
         self.model.train()
-        rng = torch.get_rng_state()  # flat regions re-run this forward with the same dropout
-        outputs, features = self.model(x, return_features=True)
+        rng = _rng_state(self.device)
+        if self.flat_rho is not None:
+            # flat regions run their own 1 + K forwards (same dropout draws, from this RNG
+            # state); this one only finds which tasks are labelled, so it keeps no graph
+            with torch.no_grad():
+                outputs, features = self.model(x, return_features=True)
+        else:
+            outputs, features = self.model(x, return_features=True)
         losses = task_losses(self.tasks, outputs, targets)
         if not losses and self._dist is None:  # no labelled sample: nothing to learn from
             return None  # (a rank still joins the collectives: another may have labels)
@@ -233,11 +239,11 @@ class Trainer:
                     row[f"cos/{a}/{result.tasks[j]}"] = float(cosine[i, j])
         return row
 
-    def _flat_backward(self, x: Any, targets: Any, rng: Tensor) -> BackwardResult:
+    def _flat_backward(self, x: Any, targets: Any, rng: RngState) -> BackwardResult:
         """Task-based flat regions (:func:`manytask.flat.flat_backward`): 1 + K forwards."""
 
         def compute_losses() -> tuple[dict[str, Tensor], Any]:
-            torch.set_rng_state(rng)
+            _set_rng_state(rng, self.device)
             outputs, features = self.model(x, return_features=True)
             return task_losses(self.tasks, outputs, targets), features
 
@@ -287,7 +293,6 @@ class Trainer:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         start = 0
         step_log, epoch_log = self._open_logs()
-        board = self._open_board()
         if resume:
             if self.run_dir is None:
                 raise ValueError("resume=True needs a run_dir")
@@ -302,76 +307,80 @@ class Trainer:
                     step_log.truncate_after("step", self.step)
                     epoch_log.truncate_after("epoch", state["epoch"])
                     _truncate_jsonl(self.run_dir / "experts.jsonl", "epoch", state["epoch"])
-        summaries = []
-        for epoch in range(start, epochs):
-            self.epoch = epoch
-            set_epoch = getattr(train_data, "set_epoch", None) or getattr(
-                getattr(train_data, "sampler", None), "set_epoch", None
-            )
-            if callable(set_epoch):
-                set_epoch(epoch)
-            began, first_step = time.perf_counter(), self.step
-            bar = tqdm(
-                train_data,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                # None: off when not a terminal; only rank 0 draws one
-                disable=None if self.progress and self._is_main else True,
-                leave=False,
-            )
-            seen = 0
-            for batch in bar:
-                seen += 1
-                row = self.train_step(batch)
-                if row is None:
-                    continue
-                if step_log is not None and (self.step % self.log_every == 0):
-                    step_log.write(row)
+        summaries: list[dict[str, Any]] = []
+        # opened after the resume, dropping the events of steps the resumed run redoes
+        board = self._open_board(purge_step=self.step + 1 if resume else None)
+        try:
+            for epoch in range(start, epochs):
+                self.epoch = epoch
+                set_epoch = getattr(train_data, "set_epoch", None) or getattr(
+                    getattr(train_data, "sampler", None), "set_epoch", None
+                )
+                if callable(set_epoch):
+                    set_epoch(epoch)
+                began, first_step = time.perf_counter(), self.step
+                bar = tqdm(
+                    train_data,
+                    desc=f"epoch {epoch + 1}/{epochs}",
+                    # None: off when not a terminal; only rank 0 draws one
+                    disable=None if self.progress and self._is_main else True,
+                    leave=False,
+                )
+                seen = 0
+                for batch in bar:
+                    seen += 1
+                    row = self.train_step(batch)
+                    if row is None:
+                        continue
+                    if step_log is not None and (self.step % self.log_every == 0):
+                        step_log.write(row)
+                        if board is not None:
+                            for key, value in row.items():
+                                if key not in ("step", "epoch"):
+                                    board.add_scalar(key, value, self.step)
+                    bar.set_postfix(
+                        {k[5:]: f"{v:.3f}" for k, v in row.items() if k.startswith("loss/")}
+                    )
+                if seen == 0:  # an empty data set; batches without labels are skipped, not this
+                    raise ValueError(f"train_data yielded no batch in epoch {epoch}")
+                self.balancer.end_epoch()
+                summary: dict[str, Any] = {
+                    "epoch": epoch,
+                    "step": self.step,
+                    "seconds": time.perf_counter() - began,
+                    "steps": self.step - first_step,
+                }
+                if val_data is not None:
+                    summary["val"] = self.evaluate(val_data)
+                    if epoch_log is not None:
+                        self._write_metrics(epoch_log, epoch, "val", summary["val"])
                     if board is not None:
-                        for key, value in row.items():
-                            if key not in ("step", "epoch"):
-                                board.add_scalar(key, value, self.step)
-                bar.set_postfix(
-                    {k[5:]: f"{v:.3f}" for k, v in row.items() if k.startswith("loss/")}
-                )
-            if seen == 0:  # an empty data set; batches without labels are skipped, not this
-                raise ValueError(f"train_data yielded no batch in epoch {epoch}")
-            self.balancer.end_epoch()
-            summary: dict[str, Any] = {
-                "epoch": epoch,
-                "step": self.step,
-                "seconds": time.perf_counter() - began,
-                "steps": self.step - first_step,
-            }
-            if val_data is not None:
-                summary["val"] = self.evaluate(val_data)
-                if epoch_log is not None:
-                    self._write_metrics(epoch_log, epoch, "val", summary["val"])
-                if board is not None:
-                    for task, metrics in summary["val"].items():
-                        for metric, value in metrics.items():
-                            board.add_scalar(f"val/{task}/{metric}", value, epoch)
-                    board.flush()
-            experts = self._report_experts(epoch)
-            if experts is not None:
-                summary["experts"] = experts
-            summaries.append(summary)
-            if self.run_dir is not None and self._is_main:
-                save_checkpoint(
-                    self.run_dir,
-                    epoch,
-                    model=self.model,
-                    optimizer=self.optimizer,
-                    balancer=self.balancer,
-                    keep=self.keep_checkpoints,
-                    info={"step": self.step, "skipped_steps": self.skipped_steps},
-                )
-            barrier(self._dist)  # no rank runs ahead of the checkpoint it could resume from
-        if board is not None:
-            board.close()
+                        for task, metrics in summary["val"].items():
+                            for metric, value in metrics.items():
+                                board.add_scalar(f"val/{task}/{metric}", value, epoch)
+                        board.flush()
+                experts = self._report_experts(epoch)
+                if experts is not None:
+                    summary["experts"] = experts
+                summaries.append(summary)
+                if self.run_dir is not None and self._is_main:
+                    save_checkpoint(
+                        self.run_dir,
+                        epoch,
+                        model=self.model,
+                        optimizer=self.optimizer,
+                        balancer=self.balancer,
+                        keep=self.keep_checkpoints,
+                        info={"step": self.step, "skipped_steps": self.skipped_steps},
+                    )
+                barrier(self._dist)  # no rank runs ahead of the checkpoint it could resume from
+        finally:  # events already logged survive an error
+            if board is not None:
+                board.close()
         self.history = summaries
         return summaries
 
-    def _open_board(self) -> Any:
+    def _open_board(self, purge_step: int | None = None) -> Any:
         if not self.tensorboard or self.run_dir is None or not self._is_main:
             return None
         try:
@@ -380,7 +389,7 @@ class Trainer:
             raise ImportError(
                 "tensorboard=True needs the tensorboard package: pip install tensorboard"
             ) from err
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     @property
     def _is_main(self) -> bool:
@@ -438,6 +447,21 @@ class Trainer:
         return results
 
 
+RngState = tuple[Tensor, Tensor | None]
+
+
+def _rng_state(device: torch.device) -> RngState:
+    """The CPU generator's state, and the accelerator's when training on CUDA."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: RngState, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def _check_flat(rho: float, balancer: Balancer, mode: str, dist: Any) -> None:
     if not rho >= 0:
         raise ValueError(f"flat_rho must be >= 0, got {rho}")
@@ -456,9 +480,20 @@ def _truncate_jsonl(path: Path, key: str, last: int) -> None:
     """Drop the lines of ``path`` whose ``key`` exceeds ``last`` (epochs a resume redoes)."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln)[key] <= last]
-    if len(kept) != len(lines):
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):  # a write cut off by a kill: drop the partial line
+        lines.pop()
+        text = ""  # forces the rewrite below
+
+    def keep(line: str) -> bool:
+        try:
+            return bool(line.strip()) and json.loads(line)[key] <= last
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+
+    kept = [ln for ln in lines if keep(ln)]
+    if len(kept) != len(lines) or not text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         tmp.replace(path)

@@ -150,3 +150,23 @@ def test_each_data_set_names_its_default_tasks() -> None:
     assert task_names(TrainConfig(data="text", data_root="x")) == tuple(TEXT_TASKS)
     census = TrainConfig(data="census", data_root="x", census_group=2)
     assert task_names(census) == GROUPS[2]
+
+
+def test_resume_survives_an_experts_log_cut_off_by_a_kill(tmp_path: Path) -> None:
+    from manytask.models import MMoE
+
+    torch.manual_seed(0)
+    model = MMoE(TASKS, in_features=6, n_experts=2, expert_hidden=(4,))
+    Trainer(model, TASKS, "equal", progress=False, run_dir=tmp_path).fit(_batches(), epochs=1)
+    log = tmp_path / "experts.jsonl"
+    log.write_text(log.read_text() + '{"epoch": 1, "usa')  # killed mid-write
+    trainer = Trainer(model, TASKS, "equal", progress=False, run_dir=tmp_path)
+    trainer.fit(_batches(), epochs=2, resume=True)
+    epochs = [line.split(",")[0] for line in log.read_text().splitlines()]
+    assert epochs == ['{"epoch": 0', '{"epoch": 1']
+
+
+def test_an_empty_run_dir_means_none() -> None:
+    from manytask.config import TrainConfig
+
+    assert TrainConfig(run_dir="").run_dir is None

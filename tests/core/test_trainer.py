@@ -169,3 +169,15 @@ def test_cosine_logged_for_loss_level_methods_when_asked(tmp_path: Path) -> None
     logged = [r for r in rows if r["cos/a/b"] is not None]
     assert [int(r["step"]) for r in logged] == [s for s in range(1, trainer.step + 1) if s % 2 == 0]
     assert all(-1.0 <= float(r["cos/a/b"]) <= 1.0 for r in logged)
+
+
+def test_checkpoints_past_epoch_9999_are_kept_by_number(tmp_path: Path) -> None:
+    model = HardSharing(TASKS, 6, hidden=(4,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    balancer = manytask.make_balancer("equal")
+    for epoch in (9998, 9999, 10000):
+        ckpt_module.save_checkpoint(tmp_path, epoch, model=model, optimizer=opt,
+                                    balancer=balancer, info={"step": epoch}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["epoch-10000", "epoch-9999", "latest"]
+    assert latest_checkpoint(tmp_path).name == "epoch-10000"
