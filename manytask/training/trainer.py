@@ -161,7 +161,7 @@ class Trainer:
         x, targets = _to_device(batch[0], self.device), _to_device(batch[1], self.device)
         self._last_x = x  # the gate report at the end of the epoch reads this batch
         self.model.train()
-        rng = _rng_state(self.device)
+        rng = _rng_state(self.device) if self.flat_rho is not None else None
         if self.flat_rho is not None:
             # flat regions run their own 1 + K forwards (same dropout draws, from this RNG
             # state); this one only finds which tasks are labelled, so it keeps no graph
@@ -190,7 +190,7 @@ class Trainer:
                 shared_params=self._shared,
             ).gramian
         try:
-            if self.flat_rho is not None:
+            if rng is not None:  # flat regions
                 result = self._flat_backward(x, targets, rng)
             else:
                 result = backward(
