@@ -72,7 +72,7 @@ def cagrad_dual(gramian: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     found = _two_tasks(gramian, b, phi) if k == 2 else _active_set(gramian, b, phi)
     if found is not None and _is_optimal(gramian, b, phi, found[0]):
         return found
-    return _by_brent(gramian, b, phi)
+    return _by_bisection(gramian, b, phi)
 
 
 def _is_optimal(g: np.ndarray, b: np.ndarray, phi: float, w: np.ndarray) -> bool:
@@ -165,7 +165,7 @@ def _active_set(g: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, f
     return None
 
 
-def _by_brent(gramian: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, float]:
+def _by_bisection(gramian: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, float]:
     """The fallback: a 1-D root search over ``tau = ||g_w||``, one simplex QP per evaluation."""
     k = gramian.shape[0]
     tau_hi = math.sqrt(max(float(np.max(np.diag(gramian))), 0.0))
