@@ -60,7 +60,7 @@ def test_cagrad_two_task_closed_form_vs_root_search(seed: int) -> None:
     closed = cg._two_tasks(G, b, phi)
     assert closed is not None
     w, norm = closed
-    ref, _ = cg._by_brent(G, b, phi)
+    ref, _ = cg._by_bisection(G, b, phi)
     assert _dual(G, 0.7, w) <= _dual(G, 0.7, ref) + 1e-12
     assert abs(norm - math.sqrt(w @ G @ w)) < 1e-12
 
@@ -75,7 +75,7 @@ def test_cagrad_active_set_vs_root_search(k: int, c: float) -> None:
     assert found is not None
     w, _ = found
     assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
-    ref, _ = cg._by_brent(G, b, phi)
+    ref, _ = cg._by_bisection(G, b, phi)
     assert _dual(G, c, w) <= _dual(G, c, ref) + 1e-12
 
 
@@ -84,7 +84,7 @@ def test_cagrad_dependent_gradients_fall_back_exactly() -> None:
     G = J @ J.T / np.trace(J @ J.T)
     w, _ = cg.cagrad_dual(G, 0.5)
     b = G.sum(1) / 6
-    ref, _ = cg._by_brent(G, b, 0.5 * math.sqrt(b.sum() / 6))
+    ref, _ = cg._by_bisection(G, b, 0.5 * math.sqrt(b.sum() / 6))
     assert _dual(G, 0.5, w) <= _dual(G, 0.5, ref) + 1e-12
 
 
