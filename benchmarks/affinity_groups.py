@@ -31,13 +31,14 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from manytask import HardSharing, Task, Trainer
 from manytask.data import TensorBatches
@@ -119,7 +120,6 @@ def text_problem(args: argparse.Namespace) -> Problem:
 
 def census_problem(args: argparse.Namespace) -> Problem:
     from manytask.data.census import load_census
-    from manytask.data.tabular import TabularInput
 
     path = args.data_root or SHARED / "census_income_kdd"
     two = load_census(str(path), 2)  # features without education, marital status or income
@@ -139,7 +139,30 @@ def census_problem(args: argparse.Namespace) -> Problem:
             "education": a.targets["education"][:n],
         }
         splits[name] = ({"categorical": a.categorical[:n], "dense": a.dense[:n]}, targets)
-    tasks = [Task.binary("income"), Task.binary("marital"), Task.binary("education")]
+    return tabular_problem(
+        args,
+        splits,
+        ["income", "marital", "education"],
+        two.cardinalities,
+        two.n_dense,
+        f"Census-Income, {len(splits['train'][1]['income'])}/"
+        f"{len(splits['val'][1]['income'])}/{len(splits['test'][1]['income'])} rows, "
+        "embeddings 8 per column, shared 128, towers 16, batches of 512",
+    )
+
+
+def tabular_problem(
+    args: argparse.Namespace,
+    splits: dict[str, tuple[dict[str, Tensor], dict[str, Tensor]]],
+    names: list[str],
+    cardinalities: Sequence[int],
+    n_dense: int,
+    note: str,
+) -> Problem:
+    """Binary tasks on tabular splits ``{split: (x, targets)}``: shared-bottom, AUC."""
+    from manytask.data.tabular import TabularInput
+
+    tasks = [Task.binary(n) for n in names]
 
     def batches(split: str, names: list[str], shuffle: bool, seed: int = 0) -> TensorBatches:
         x, y = splits[split]
@@ -154,14 +177,12 @@ def census_problem(args: argparse.Namespace) -> Problem:
         probe=batches("train", [t.name for t in tasks], False),
         model=lambda ts: shared_bottom(
             ts,
-            input_layer=TabularInput(two.cardinalities, two.n_dense, embedding_dim=8),
+            input_layer=TabularInput(cardinalities, n_dense, embedding_dim=8),
             hidden=(128,),
             tower_hidden=(16,),
         ),
         epochs=args.epochs or 5,
-        note=f"Census-Income, {len(splits['train'][1]['income'])}/"
-        f"{len(splits['val'][1]['income'])}/{len(splits['test'][1]['income'])} rows, "
-        "embeddings 8 per column, shared 128, towers 16, batches of 512",
+        note=note,
     )
 
 
@@ -181,7 +202,6 @@ CENSUS8_LABELS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
 
 def census8_problem(args: argparse.Namespace) -> Problem:
     from manytask.data.census import COLUMNS, DENSE, LOG_DENSE, read_census
-    from manytask.data.tabular import TabularInput
 
     raw = read_census(str(args.data_root or SHARED / "census_income_kdd"))
     col = {name: raw[i] for i, name in enumerate(COLUMNS)}
@@ -220,28 +240,14 @@ def census8_problem(args: argparse.Namespace) -> Problem:
         idx = torch.from_numpy(r)
         x = {"categorical": categorical[idx], "dense": dense_t[idx]}
         splits[split] = (x, {t: y[idx] for t, y in labels.items()})
-    tasks = [Task.binary(t) for t in CENSUS8_LABELS]
-
-    def batches(split: str, names: list[str], shuffle: bool, seed: int = 0) -> TensorBatches:
-        x, y = splits[split]
-        return TensorBatches(x, {n: y[n] for n in names}, 512, shuffle=shuffle, seed=seed)
-
     positives = ", ".join(f"{t} {float(y.mean()):.2f}" for t, y in labels.items())
-    return Problem(
-        tasks=tasks,
-        metric="auc",
-        train=lambda names, seed: batches("train", names, True, seed),
-        val=lambda names: batches("val", names, False),
-        test=lambda names: batches("test", names, False),
-        probe=batches("train", [t.name for t in tasks], False),
-        model=lambda ts: shared_bottom(
-            ts,
-            input_layer=TabularInput(cards, len(dense_names), embedding_dim=8),
-            hidden=(128,),
-            tower_hidden=(16,),
-        ),
-        epochs=args.epochs or 5,
-        note=f"Census-Income, 8 binary tasks (positive rate: {positives}), "
+    return tabular_problem(
+        args,
+        splits,
+        list(CENSUS8_LABELS),
+        cards,
+        len(dense_names),
+        f"Census-Income, 8 binary tasks (positive rate: {positives}), "
         f"{len(rows['train'])}/{len(rows['val'])}/{len(rows['test'])} rows, "
         f"{len(cat_names)} categorical + {len(dense_names)} dense features without any label "
         "column, embeddings 8 per column, shared 128, towers 16, batches of 512",
