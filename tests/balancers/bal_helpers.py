@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from manytask import HardSharing, Task
 
@@ -35,19 +35,3 @@ def model_losses(
         target = torch.randn(8, 1, generator=gen) * (i + 1)
         losses[n] = ((outputs[n] - target) ** 2).mean()
     return losses, feats
-
-
-def per_task_grads(losses: dict[str, Tensor], params: list[nn.Parameter]) -> Tensor:
-    """Rows: each task's gradient w.r.t. ``params``, flattened (independent autograd calls)."""
-    rows = []
-    for loss in losses.values():
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        rows.append(
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                    for g, p in zip(grads, params, strict=True)
-                ]
-            )
-        )
-    return torch.stack(rows).double()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bal_helpers import model_losses, per_task_grads, small_model
+from bal_helpers import model_losses, small_model
+from grad_helpers import per_task_grads
 from torch import nn
 
 import manytask

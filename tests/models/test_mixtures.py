@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from grad_helpers import per_task_grads
 
 import manytask
 from manytask import Task
@@ -86,18 +87,7 @@ def test_losses_reach_shared_parameters_only_through_features(build) -> None:
     values = list(losses.values())
     params = list(model.shared_parameters())
     grads = task_gradients(values, list(feats.values()), mode="exact", shared_params=params)
-    rows = []
-    for loss in values:
-        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        rows.append(
-            torch.cat(
-                [
-                    (gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                    for gi, p in zip(g, params, strict=True)
-                ]
-            )
-        )
-    jac = torch.stack(rows).double()
+    jac = per_task_grads(values, params)
     torch.testing.assert_close(grads.gramian, jac @ jac.T, rtol=1e-4, atol=1e-8)
 
 
@@ -251,16 +241,5 @@ def test_exact_gramian_through_embeddings_matches_per_task_gradients(name: str) 
         mode="exact",
         shared_params=params,
     ).gramian
-    rows = []
-    for loss in values:
-        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        rows.append(
-            torch.cat(
-                [
-                    (gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                    for gi, p in zip(g, params, strict=True)
-                ]
-            )
-        )
-    jac = torch.stack(rows).double()
+    jac = per_task_grads(values, params)
     torch.testing.assert_close(gram, jac @ jac.T, rtol=1e-4, atol=1e-8)
