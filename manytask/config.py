@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A configuration key is unknown, or its value has the wrong type or range."""
@@ -181,6 +179,8 @@ def config_from_mapping(values: Mapping[str, Any], *, source: str = "config") ->
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML file (``safe_load`` only) and apply ``overrides`` on top."""
+    import yaml  # here, not at the top: the Trainer imports this module, `import manytask` too
+
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text()) or {}
