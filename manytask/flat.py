@@ -62,11 +62,7 @@ def flat_backward(
     Fills ``.grad`` (adding to what is there) and returns the weights ``w`` of the loss part.
     """
     check_number("flat_backward", "rho", rho, low=0.0)
-    if type(method).requires != "gramian" or method.applies_to_heads:
-        raise ValueError(
-            f"flat_backward needs a gradient-level method combining task gradients, got "
-            f"{method.name!r}"
-        )
+    check_flat_method(method, "flat_backward")
     params = [p for p in shared_params if p.requires_grad]
     if not params:
         raise ValueError("flat_backward: shared_params holds no parameter that requires grad")
@@ -117,6 +113,16 @@ def flat_backward(
         update = update + v.to(J.dtype) @ flat_part
     _apply_update(params, update, stacked, w, head_grad)
     return _result(tasks, w, stacked, grads.gramian)
+
+
+def check_flat_method(method: Balancer, owner: str) -> None:
+    """Flat regions combine task gradients twice: ``method`` must be a Gramian-based method
+    that combines them (not a loss weighting, not GradNorm-style head weighting)."""
+    if type(method).requires != "gramian" or method.applies_to_heads:
+        raise ValueError(
+            f"{owner} needs a gradient-level method combining task gradients, got "
+            f"{method.name!r}"
+        )
 
 
 def _check_losses(losses: Mapping[str, Tensor]) -> tuple[tuple[str, ...], Tensor]:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
 from ..balancers import Balancer, make_balancer
 from ..config import check_run_dir
-from ..flat import flat_backward
+from ..flat import check_flat_method, flat_backward
 from ..gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..models.experts import ExpertSet
@@ -465,11 +465,7 @@ def _set_rng_state(state: RngState, device: torch.device) -> None:
 def _check_flat(rho: float, balancer: Balancer, mode: str, dist: Any) -> None:
     if not rho >= 0:
         raise ValueError(f"flat_rho must be >= 0, got {rho}")
-    if type(balancer).requires != "gramian" or balancer.applies_to_heads:
-        raise ValueError(
-            f"flat_rho needs a gradient-level method combining task gradients, got "
-            f"{balancer.name!r}"
-        )
+    check_flat_method(balancer, "flat_rho")
     if mode != "exact":
         raise ValueError("flat_rho perturbs the shared parameters: it needs mode='exact'")
     if dist is not None:
