@@ -83,8 +83,8 @@ class Problem:
 
 
 def text_problem(args: argparse.Namespace) -> Problem:
+    from manytask.data.encoders import text_embeddings
     from manytask.data.text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
-    from manytask.run import text_embeddings
 
     texts = [
         load_text_task(args.data_root or SHARED / "text", n).capped(

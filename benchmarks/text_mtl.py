@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from manytask.config import load_config
+from manytask.data.encoders import text_embeddings
 from manytask.data.text import TEXT_TASKS, load_text_task
 from manytask.evaluation.bench import grid, run_grid
 from manytask.evaluation.report import report
-from manytask.run import text_embeddings
 
 METHODS = ["equal", "uncertainty", "mgda", "pcgrad", "cagrad", "famo", "nash_mtl"]
 

@@ -105,6 +105,8 @@ def _text(cfg: TrainConfig) -> Prepared:
         )
         tasks = [t.task() for t in text_tasks]
         return Prepared(tasks, ft.train, ft.val, ft.test, 0, model_factory=ft.model_factory)
+    from .data.encoders import text_embeddings
+
     embeddings = text_embeddings(text_tasks, cfg.cache_dir, cfg.max_length)
     labels = {s: {t.name: t.split(s).labels for t in text_tasks} for s in ("train", "val", "test")}
     feats = {s: {t.name: embeddings[t.name][s] for t in text_tasks} for s in labels}
@@ -123,32 +125,6 @@ def _text(cfg: TrainConfig) -> Prepared:
         stacked_batches(feats["test"], labels["test"], cfg.batch_size),
         int(feats["train"][names[0]].shape[1]),
     )
-
-
-def text_embeddings(
-    text_tasks: Any, cache_dir: str | Path, max_length: int
-) -> dict[str, dict[str, torch.Tensor]]:
-    """``{task: {split: MiniLM embeddings}}``, computed once and then read from ``cache_dir``.
-
-    The encoder is loaded only when some split is not in the cache yet.
-    """
-    from .data.encoders import MINILM, EmbeddingCache, SentenceEncoder, load_minilm
-
-    cache = EmbeddingCache(cache_dir)
-    encoder: list[SentenceEncoder] = []
-
-    def compute(texts: Any) -> torch.Tensor:
-        if not encoder:
-            encoder.append(SentenceEncoder(*load_minilm(), max_length=max_length))
-        return encoder[0].encode(texts)
-
-    return {
-        t.name: {
-            s: cache.get(MINILM, t.name, s, max_length, t.split(s).texts, compute)
-            for s in ("train", "val", "test")
-        }
-        for t in text_tasks
-    }
 
 
 def _census(cfg: TrainConfig) -> Prepared:

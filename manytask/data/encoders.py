@@ -196,11 +196,26 @@ class EmbeddingCache:
         return values
 
 
-def embed_task_splits(encoder: SentenceEncoder, cache: EmbeddingCache, task: Any,
-                      splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Tensor]:
-    """``{split: embeddings}`` of a :class:`~manytask.data.text.TextTask`, through the cache."""
+def text_embeddings(
+    text_tasks: Sequence[Any], cache_dir: str | Path, max_length: int
+) -> dict[str, dict[str, Tensor]]:
+    """``{task: {split: MiniLM embeddings}}`` of :class:`~manytask.data.text.TextTask` s,
+    computed once and then read from ``cache_dir``.
+
+    The encoder is loaded only when some split is not in the cache yet.
+    """
+    cache = EmbeddingCache(cache_dir)
+    encoder: list[SentenceEncoder] = []
+
+    def compute(texts: Sequence[Text]) -> Tensor:
+        if not encoder:
+            encoder.append(SentenceEncoder(*load_minilm(), max_length=max_length))
+        return encoder[0].encode(texts)
+
     return {
-        split: cache.get(encoder.name, task.name, split, encoder.max_length,
-                         task.split(split).texts, encoder.encode)
-        for split in splits
+        t.name: {
+            s: cache.get(MINILM, t.name, s, max_length, t.split(s).texts, compute)
+            for s in ("train", "val", "test")
+        }
+        for t in text_tasks
     }
