@@ -106,17 +106,14 @@ def backward(
             )
         if not value.requires_grad:
             raise ValueError(f"loss of task {task!r} does not require grad (detached?)")
-    ctx = None
     if process_group is not None or torch.distributed.is_initialized():
-        from .training.distributed import context
+        from .training.distributed import context, distributed_backward
 
         ctx = context(process_group)
-    if ctx is not None:
-        from .training.distributed import distributed_backward
-
-        return distributed_backward(
-            dict(losses), method, ctx, counts, features, shared_params, mode, head_grad, step
-        )
+        if ctx is not None:  # more than one process
+            return distributed_backward(
+                dict(losses), method, ctx, counts, features, shared_params, mode, head_grad, step
+            )
     if not losses:
         raise ValueError("backward() got no task loss: every task is absent from this batch")
     stacked = torch.stack(values)
