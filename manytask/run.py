@@ -96,14 +96,15 @@ def _text(cfg: TrainConfig) -> Prepared:
         )
         for n in names
     ]
+    tasks = [t.task() for t in text_tasks]
+    per_batch = min(cfg.tasks_per_batch, len(text_tasks))
     if cfg.finetune_layers > 0:
         from .data.encoder_top import prepare_finetune
 
         ft = prepare_finetune(
             text_tasks, cfg.cache_dir, cfg.max_length, cfg.finetune_layers, cfg.batch_size,
-            min(cfg.tasks_per_batch, len(text_tasks)), cfg.task_temperature, cfg.seed,
+            per_batch, cfg.task_temperature, cfg.seed,
         )
-        tasks = [t.task() for t in text_tasks]
         return Prepared(tasks, ft.train, ft.val, ft.test, 0, model_factory=ft.model_factory)
     from .data.encoders import text_embeddings
 
@@ -114,12 +115,12 @@ def _text(cfg: TrainConfig) -> Prepared:
         feats["train"],
         labels["train"],
         cfg.batch_size,
-        tasks_per_batch=min(cfg.tasks_per_batch, len(text_tasks)),
+        tasks_per_batch=per_batch,
         temperature=cfg.task_temperature,
         seed=cfg.seed,
     )
     return Prepared(
-        [t.task() for t in text_tasks],
+        tasks,
         train,
         stacked_batches(feats["val"], labels["val"], cfg.batch_size),
         stacked_batches(feats["test"], labels["test"], cfg.batch_size),
