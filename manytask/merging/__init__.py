@@ -14,7 +14,7 @@ from .config import MergeConfig, ModelEntry
 from .data_aware import DataAwareResult, fisher_merge, regmean_merge
 from .engine import NonFiniteTensorError
 from .methods import MergeMethod, available_methods, get_method
-from .selection import OrderStatistics, kth_smallest
+from .selection import OrderStatistics, select
 from .surgery import SurgeryModule, SurgeryResult, representation_surgery
 
 __all__ = [
@@ -32,9 +32,9 @@ __all__ = [
     "available_methods",
     "fisher_merge",
     "get_method",
-    "kth_smallest",
     "merge",
     "merge_state_dicts",
     "regmean_merge",
     "representation_surgery",
+    "select",
 ]

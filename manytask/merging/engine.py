@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .methods import Chunk, MergeMethod
-from .selection import OrderStatistics
+from .selection import OrderStatistics, select
 from .sources import Source, TensorInfo
 
 # Rows per chunk are chosen so that one input's chunk holds about this many elements (small
@@ -210,7 +210,8 @@ class _Loader:
         base = None if self.base is None else self._rows(self.base, None, start, stop)
         inputs = [self._rows(m, self.job.rows[i], start, stop)
                   for i, m in enumerate(self.models)]
-        return Chunk(self.job.name, index, start or 0, stop or 0, base, inputs)
+        return Chunk(self.job.name, index, start or 0, stop or 0, base, inputs,
+                     retained=self.cached and index >= 0)
 
     def chunk(self, index: int) -> Chunk:
         if index in self._cache:
@@ -237,17 +238,17 @@ class _Loader:
 def _order_statistics(
     job: TensorJob, loader: _Loader, ranks: dict[int, list[int]]
 ) -> dict[int, list[float]]:
-    stats = {i: OrderStatistics(job.numel, r) for i, r in ranks.items()}
+    if loader.cached:  # the whole tensor is in memory anyway: select on it directly
+        chunks = list(loader)
+        return {i: select(torch.cat([c.magnitude(i).reshape(-1) for c in chunks]), r,
+                          nonnegative=True)
+                for i, r in ranks.items()}
+    stats = {i: OrderStatistics(job.numel, r, nonnegative=True) for i, r in ranks.items()}
     gen = torch.Generator().manual_seed(0x5EED)
-    if any(s.needs_sample for s in stats.values()):
-        if loader.cached:  # everything is read anyway: sample uniformly from all of it
-            for chunk in loader:
-                for i, s in stats.items():
-                    s.sample(chunk.magnitude(i), gen)
-        else:  # read only a few hundred random rows
-            chunk = loader.sample_rows(SAMPLE_ROWS, gen)
-            for i, s in stats.items():
-                s.add_sample(chunk.magnitude(i), gen)
+    if any(s.needs_sample for s in stats.values()):  # read only a few hundred random rows
+        chunk = loader.sample_rows(SAMPLE_ROWS, gen)
+        for i, s in stats.items():
+            s.add_sample(chunk.magnitude(i), gen)
         for s in stats.values():
             s.bracket()
     pending = dict(stats)

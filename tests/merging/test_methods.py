@@ -117,6 +117,19 @@ def test_della_keep_probability_grows_with_rank_and_keeps_expectation() -> None:
     assert torch.allclose(out.mean(0), tau[0], rtol=0.08)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_della_row_order_sorts_each_row(dtype: torch.dtype) -> None:
+    from manytask.merging.methods.sparse import _row_order
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randperm(7 * 300, generator=g).to(dtype).reshape(7, 3, 100)  # no ties
+    assert torch.equal(_row_order(a), torch.argsort(a.reshape(7, 300), dim=1))
+    assert torch.equal(_row_order(a[0, 0]), torch.argsort(a[0, 0]).unsqueeze(0))
+    if dtype == torch.float32:  # ties: in column order
+        tied = torch.tensor([[2.0, 0.0, 2.0, 1.0, 0.0]])
+        assert _row_order(tied).tolist() == [[1, 4, 3, 0, 2]]
+
+
 def test_breadcrumbs_cuts_both_tails() -> None:
     tau = [0.1 * i for i in range(1, 11)]
     # density 0.5, gamma 0.1: drop the largest (1.0) and the 4 smallest; keep 0.5 .. 0.9.

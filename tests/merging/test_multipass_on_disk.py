@@ -55,6 +55,37 @@ def test_unchanged_models_merge_to_the_base(method, family, tmp_path: Path,
         assert torch.equal(got[k], v), (method, k)
 
 
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "della_linear", "della"])
+def test_l1_rescaling_reuses_the_masks_of_its_first_pass(method, monkeypatch) -> None:
+    # mergekit's l1 rescaling reads each tensor twice. Chunks kept in memory reuse their mask;
+    # chunks read again get it back from the bits the first pass stored. Both must give the
+    # same merge, and one whose masks match the (paper-convention) inverse-rescaled draws.
+    g = torch.Generator().manual_seed(5)
+    base = {"w": torch.randn(40, 30, generator=g), "v": torch.randn(50, generator=g)}
+    models = [{k: v + torch.randn(v.shape, generator=g) for k, v in base.items()}
+              for _ in range(3)]
+    mp = [{"density": 0.4, "epsilon": 0.1}] * 3 if "della" in method else [{"density": 0.4}] * 3
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 64)
+    out = {}
+    for cache in (1 << 22, 0):
+        monkeypatch.setattr(engine, "CACHE_ELEMENTS", cache)
+        out[cache] = merge_state_dicts(method, models, base=base, model_parameters=mp,
+                                       parameters={"convention": "mergekit"})
+        out[("mask", cache)] = merge_state_dicts(
+            method, models, base=base, model_parameters=mp,
+            parameters={"convention": "mergekit", "rescale": "none"})
+    for k in base:
+        assert torch.equal(out[1 << 22][k], out[0][k]), k
+        assert torch.equal(out[("mask", 1 << 22)][k], out[("mask", 0)][k]), k
+    if method.endswith("linear"):  # the kept entries are those of the inverse-rescaled merge
+        single = [models[0]]
+        inv = merge_state_dicts(method, single, base=base, model_parameters=mp[:1])
+        l1 = merge_state_dicts(method, single, base=base, model_parameters=mp[:1],
+                               parameters={"convention": "mergekit"})
+        for k in base:
+            assert torch.equal(inv[k] == base[k], l1[k] == base[k]), k
+
+
 @pytest.mark.parametrize("convention", ["paper", "mergekit"])
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_unit_weight_shortcut_is_exact(method, convention) -> None:

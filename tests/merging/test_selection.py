@@ -5,7 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manytask.merging.selection import OrderStatistics, kth_smallest
+from manytask.merging.selection import OrderStatistics, select
+
+
+def kth_smallest(x: torch.Tensor, rank: int, *, chunks: int = 1, seed: int = 0) -> float:
+    """The chunked path end to end: sample, bracket, count until resolved."""
+    parts = list(torch.chunk(x.reshape(-1), chunks))
+    stats = OrderStatistics(x.numel(), [rank])
+    gen = torch.Generator().manual_seed(seed)
+    if stats.needs_sample:
+        stats.add_sample(x, gen)
+        stats.bracket()
+    while True:
+        for p in parts:
+            stats.count(p)
+        if stats.resolve():
+            return stats.values[0]
 
 
 @pytest.mark.parametrize("n", [1, 7, 5000, 300_000])
@@ -33,8 +48,7 @@ def test_bracket_misses_are_recovered() -> None:
     stats = OrderStatistics(x.numel(), ranks, sample_size=1000)
     gen = torch.Generator().manual_seed(1)
     parts = torch.chunk(x, 5)
-    for p in parts:
-        stats.sample(p, gen)
+    stats.add_sample(x, gen)
     stats.bracket()
     for r in stats._ranks:
         r.lo, r.hi = 0.5, 0.6
@@ -48,6 +62,23 @@ def test_bracket_misses_are_recovered() -> None:
     assert passes == 2
     expected = [torch.kthvalue(x, r + 1).values.item() for r in ranks]
     assert stats.values == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_select_in_memory(dtype: torch.dtype) -> None:
+    x = torch.randn(100_001, dtype=dtype).pow(3)
+    x[:500] = 0.25  # ties
+    before = x.clone()
+    ranks = [99_999, 0, 50_000, 50_000, 7, 100_000]
+    expected = [torch.kthvalue(x, r + 1).values.item() for r in ranks]
+    assert select(x, ranks) == expected
+    assert torch.equal(x, before)  # the input is left as it was
+    a = x.abs()
+    assert select(a, ranks, nonnegative=True) == [
+        torch.kthvalue(a, r + 1).values.item() for r in ranks
+    ]
+    with pytest.raises(ValueError, match="rank 100001 out of range"):
+        select(x, [100_001])
 
 
 def test_bad_rank() -> None:
