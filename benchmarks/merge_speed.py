@@ -22,11 +22,13 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -88,6 +90,19 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {"seconds": wall, "cpu_s": cpu, "heap_gb": peak * 1024 / 1e9}
+
+
+def measure_median(cmd: list[str], repeat: int, before: Callable[[], object]) -> dict[str, float]:
+    """``measure`` ``repeat`` times (``before`` each run); the median wall and CPU seconds and
+    the largest heap. One run's wall time on a small shared machine varies by 30% or more."""
+    runs = []
+    for _ in range(repeat):
+        before()
+        runs.append(measure(cmd))
+    out = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu_s")}
+    out["heap_gb"] = max(r["heap_gb"] for r in runs)
+    out["runs"] = len(runs)
+    return out
 
 
 # ---------------------------------------------------------------------------- model building
@@ -245,6 +260,8 @@ def main() -> int:
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--plain-malloc", action="store_true",
                     help="leave glibc's allocator settings alone (manytask merge raises them)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each of our commands (median reported); mergekit runs once")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -265,15 +282,18 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         return out
 
-    imp = measure([py, "-c", "import manytask"])
-    results["import manytask"] = {"ours": imp}
-    fresh().mkdir()
+    os.sync()  # the checkpoints just written must not be flushed during the first timings
+
+    def ours(cmd: list[str], make_out: bool = True) -> dict[str, float]:
+        return measure_median(cmd, args.repeat,
+                              lambda: fresh().mkdir() if make_out else fresh())
+
+    results["import manytask"] = {"ours": ours([py, "-c", "import manytask"])}
     results["baseline: safetensors read all, write one"] = {
-        "ours": measure([py, "-c", BASELINE_COPY, str(out), *map(str, paths)])
+        "ours": ours([py, "-c", BASELINE_COPY, str(out), *map(str, paths)])
     }
-    fresh().mkdir()
     results["baseline: streaming fp32 mean"] = {
-        "ours": measure([py, "-c", BASELINE_MEAN, str(out), str(args.threads), *map(str, paths)])
+        "ours": ours([py, "-c", BASELINE_MEAN, str(out), str(args.threads), *map(str, paths)])
     }
     beside = Path(sys.executable).parent / "mergekit-yaml"  # a virtualenv not on PATH
     kit = None
@@ -283,9 +303,8 @@ def main() -> int:
         row: dict[str, dict] = {}
         cfg_path = root / f"{method}.yaml"
         cfg_path.write_text(yaml.safe_dump(config_for(method, paths, convention=True)))
-        fresh()
-        row["ours"] = measure([py, "-c", OURS, str(cfg_path), str(out), str(args.threads),
-                               "0" if args.plain_malloc else "1"])
+        row["ours"] = ours([py, "-c", OURS, str(cfg_path), str(out), str(args.threads),
+                            "0" if args.plain_malloc else "1"], make_out=False)
         if kit:
             kit_cfg = config_for(method, paths, convention=False)
             kit_path = root / f"{method}.mergekit.yaml"
@@ -314,7 +333,8 @@ def main() -> int:
                                               indent=2))
     print(textwrap.dedent(f"""
         wall: whole process, import included; cpu: user + system time of the process;
-        heap: peak RssAnon of the process tree.
+        heap: peak RssAnon of the process tree (largest over the runs).
+        ours: median of {args.repeat} run(s); mergekit: one run.
         threads for our merges and the mean baseline: {args.threads}"""))
     return 0
 
