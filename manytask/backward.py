@@ -136,14 +136,21 @@ def backward(
         return _result(tasks, decision.weights, stacked, None)
 
     feats, params = gradient_inputs(method, features, shared_params)
-    grads = task_gradients(values, feats, mode=mode, shared_params=params)
+    # Where the update replaces the features' gradient, the heads' gradients are taken in the
+    # per-task passes, so that only the shared part is backpropagated once more.
+    at_features = not method.applies_to_heads and (
+        method.requires != "jacobian" or mode == "feature"
+    )
+    grads = task_gradients(values, feats, mode=mode, shared_params=params,
+                           with_heads=at_features)
     if method.requires == "jacobian":
         decision = method.decide_jacobian(stacked, tasks, grads.jacobian_matrix())
         _check_weights(method, decision.weights, len(tasks))
         if decision.update is None:
             raise RuntimeError(f"{method.name} returned no update vector")
         targets = feats if mode == "feature" else (params or [])
-        _apply_update(targets, decision.update, stacked, decision.weights, head_grad)
+        _apply_update(targets, decision.update, stacked, decision.weights, head_grad,
+                      grads.head_grads)
         return _result(tasks, decision.weights, stacked, grads.gramian)
     decision = method.decide(stacked, tasks, grads.gramian)
     weights = decision.weights
@@ -163,7 +170,7 @@ def backward(
             for g in grads.feature_grads
         ]
     )
-    _apply_update(feats, update, stacked, weights, head_grad)
+    _apply_update(feats, update, stacked, weights, head_grad, grads.head_grads)
     return _result(tasks, weights, stacked, grads.gramian)
 
 
@@ -181,24 +188,51 @@ def gradient_inputs(
 
 
 def _apply_update(
-    targets: list[Tensor], update: Tensor, losses: Tensor, weights: Tensor, head_grad: HeadGrad
+    targets: list[Tensor],
+    update: Tensor,
+    losses: Tensor,
+    weights: Tensor,
+    head_grad: HeadGrad,
+    head_grads: list[list[tuple[Tensor, Tensor]]] | None = None,
 ) -> None:
     """Backpropagate the losses with the gradient reaching each of ``targets`` (the shared
-    parameters, or the features) replaced by its slice of ``update``."""
+    parameters, or the features) replaced by its slice of ``update``.
+
+    With ``head_grads`` (each task's gradients w.r.t. its head, ``targets`` being the
+    features), the heads' gradients are accumulated from them and only the shared part is
+    backpropagated, from the features: the same result as the full backward, without
+    running every head's backward a second time (at K = 40 linear heads, half the cost).
+    """
     total = sum(t.numel() for t in targets)
     if update.shape != (total,) or not bool(torch.isfinite(update).all()):
         raise FloatingPointError(
             f"update must be a finite vector of {total} values, got shape {tuple(update.shape)}"
         )
-    handles = []
-    for target, piece in zip(targets, update.split([t.numel() for t in targets]), strict=True):
-        value = piece.reshape(target.shape).to(device=target.device, dtype=target.dtype)
-        handles.append(target.register_hook(lambda _g, v=value: v))
+    pieces = [
+        piece.reshape(target.shape).to(device=target.device, dtype=target.dtype)
+        for target, piece in zip(targets, update.split([t.numel() for t in targets]),
+                                 strict=True)
+    ]
     head_weights = (
         torch.ones_like(losses)
         if head_grad == "own"
         else weights.to(device=losses.device, dtype=losses.dtype)
     )
+    if head_grads is not None:
+        scale = head_weights.detach().tolist()
+        for k, pairs in enumerate(head_grads):
+            for leaf, g in pairs:
+                g = g if scale[k] == 1.0 else g.mul(scale[k])
+                if leaf.grad is None:
+                    leaf.grad = g
+                else:
+                    leaf.grad.add_(g)
+        torch.autograd.backward(targets, grad_tensors=pieces)
+        return
+    handles = [
+        target.register_hook(lambda _g, v=value: v)
+        for target, value in zip(targets, pieces, strict=True)
+    ]
     try:
         (head_weights * losses).sum().backward()
     finally:

@@ -48,11 +48,17 @@ def feature_tensors(features: Features) -> list[Tensor]:
 class TaskGradients:
     """The Gramian (float64, K x K), the per-task feature gradients used to apply weights, and
     the Jacobian blocks the Gramian was computed from (w.r.t. the shared parameters in exact
-    mode, the features in feature mode), each of shape (K, *tensor.shape)."""
+    mode, the features in feature mode), each of shape (K, *tensor.shape).
+
+    ``head_grads`` (when asked for and the graph allows it, see :func:`head_leaves`): for each
+    task, the leaves its loss reaches without passing through the features (its head's
+    parameters) and its gradients w.r.t. them, so that the caller need not backpropagate
+    through the heads a second time."""
 
     gramian: Tensor
     feature_grads: list[Tensor]  # one per feature tensor, each of shape (K, *feature.shape)
     blocks: list[Tensor]
+    head_grads: list[list[tuple[Tensor, Tensor]]] | None = None
 
     def jacobian_matrix(self) -> Tensor:
         """The blocks flattened and concatenated: the K x D Jacobian."""
@@ -60,20 +66,85 @@ class TaskGradients:
         return torch.cat([b.reshape(k, -1) for b in self.blocks], dim=1)
 
 
-def feature_gradients(losses: Sequence[Tensor], features: Sequence[Tensor]) -> list[Tensor]:
-    """``dL_k/dz`` for each loss and each feature tensor, stacked on a leading task axis.
+def _leaves_below(
+    roots: Iterable[object], stop: set[object], features: Sequence[Tensor]
+) -> tuple[list[Tensor], bool]:
+    """Leaves requiring grad reachable from the autograd nodes ``roots`` without entering a
+    node of ``stop`` or a feature tensor, in first-seen order; and whether the walk met one."""
+    seen: set[object] = set()
+    stack = [r for r in roots if r is not None]
+    leaves: list[Tensor] = []
+    met = False
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in stop:
+            met = True
+            continue
+        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf
+        if variable is not None:
+            if any(variable is f for f in features):
+                met = True
+            else:
+                leaves.append(variable)
+            continue
+        stack.extend(c for c, _ in node.next_functions if c is not None)  # type: ignore[attr-defined]
+    return leaves, met
+
+
+def head_leaves(
+    losses: Sequence[Tensor], features: Sequence[Tensor]
+) -> list[list[Tensor]] | None:
+    """Per task, the leaves (head parameters) its loss reaches without crossing ``features``.
+
+    ``None`` when the caller must use an ordinary backward instead: a leaf is also reached
+    from the features (a head that reads a trunk parameter directly, as a tied output
+    embedding does: the task's gradient w.r.t. it would mix the head's and the trunk's paths),
+    or one feature tensor is computed from another. A walk of the autograd graph, a few
+    microseconds per node.
+    """
+    stop = {f.grad_fn for f in features if f.grad_fn is not None}
+    below = [c for node in stop for c, _ in node.next_functions]  # type: ignore[attr-defined]
+    trunk, nested = _leaves_below(below, stop, features)
+    if nested:
+        return None
+    trunk_ids = {id(v) for v in trunk}
+    per_task = [_leaves_below([loss.grad_fn], stop, features)[0] for loss in losses]
+    if any(id(v) in trunk_ids for leaves in per_task for v in leaves):
+        return None
+    return per_task
+
+
+def feature_gradients(
+    losses: Sequence[Tensor],
+    features: Sequence[Tensor],
+    heads: Sequence[Sequence[Tensor]] | None = None,
+) -> tuple[list[Tensor], list[list[tuple[Tensor, Tensor]]] | None]:
+    """``dL_k/dz`` for each loss and each feature tensor, stacked on a leading task axis; and,
+    with ``heads`` (per task, leaves from :func:`head_leaves`), ``dL_k`` w.r.t. those leaves.
 
     One backward per task, through that task's head only (the graph below ``features`` is not
     visited), so the cost is about one ordinary head backward per task.
     """
+    n = len(features)
     per_task = [
-        torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True) for loss in losses
+        torch.autograd.grad(loss, [*features, *(heads[k] if heads else ())],
+                            retain_graph=True, allow_unused=True)
+        for k, loss in enumerate(losses)
     ]
     stacked = []
     for i, feature in enumerate(features):
         grads = [g[i] if g[i] is not None else torch.zeros_like(feature) for g in per_task]
         stacked.append(torch.stack(grads))
-    return stacked
+    if heads is None:
+        return stacked, None
+    own = [
+        [(leaf, g) for leaf, g in zip(heads[k], grads[n:], strict=True) if g is not None]
+        for k, grads in enumerate(per_task)
+    ]
+    return stacked, own
 
 
 def jacobian(
@@ -139,17 +210,21 @@ def task_gradients(
     *,
     mode: Mode = "exact",
     shared_params: Sequence[Tensor] | None = None,
+    with_heads: bool = False,
 ) -> TaskGradients:
-    """Gramian of the per-task gradients, in ``mode`` (see the module docstring)."""
+    """Gramian of the per-task gradients, in ``mode`` (see the module docstring); with
+    ``with_heads``, also each task's gradients w.r.t. its head (``head_grads``)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-    fgrads = feature_gradients(losses, features)
-    if mode == "feature":
-        return TaskGradients(gramian_of(fgrads), fgrads, fgrads)
-    if not shared_params:
+    if mode == "exact" and not shared_params:
         raise ValueError("mode='exact' needs shared_params (the parameters of the shared part)")
+    heads = head_leaves(losses, features) if with_heads else None
+    fgrads, own = feature_gradients(losses, features, heads)
+    if mode == "feature":
+        return TaskGradients(gramian_of(fgrads), fgrads, fgrads, own)
+    assert shared_params is not None
     blocks = jacobian(features, fgrads, shared_params)
-    return TaskGradients(gramian_of(blocks), fgrads, blocks)
+    return TaskGradients(gramian_of(blocks), fgrads, blocks, own)
 
 
 def cosine_similarity(gramian: Tensor, eps: float = 1e-12) -> Tensor:
