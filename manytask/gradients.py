@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import Node
 
 Mode = Literal["exact", "feature"]
 MODES: tuple[Mode, ...] = ("exact", "feature")
@@ -67,11 +68,11 @@ class TaskGradients:
 
 
 def _leaves_below(
-    roots: Iterable[object], stop: set[object], features: Sequence[Tensor]
+    roots: Iterable[Node | None], stop: set[Node], features: Sequence[Tensor]
 ) -> tuple[list[Tensor], bool]:
     """Leaves requiring grad reachable from the autograd nodes ``roots`` without entering a
     node of ``stop`` or a feature tensor, in first-seen order; and whether the walk met one."""
-    seen: set[object] = set()
+    seen: set[Node] = set()
     stack = [r for r in roots if r is not None]
     leaves: list[Tensor] = []
     met = False
@@ -90,7 +91,7 @@ def _leaves_below(
             else:
                 leaves.append(variable)
             continue
-        stack.extend(c for c, _ in node.next_functions if c is not None)  # type: ignore[attr-defined]
+        stack.extend(c for c, _ in node.next_functions if c is not None)
     return leaves, met
 
 
@@ -106,7 +107,7 @@ def head_leaves(
     microseconds per node.
     """
     stop = {f.grad_fn for f in features if f.grad_fn is not None}
-    below = [c for node in stop for c, _ in node.next_functions]  # type: ignore[attr-defined]
+    below = [c for node in stop for c, _ in node.next_functions]
     trunk, nested = _leaves_below(below, stop, features)
     if nested:
         return None
