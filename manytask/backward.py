@@ -201,7 +201,8 @@ def _apply_update(
     With ``head_grads`` (each task's gradients w.r.t. its head, ``targets`` being the
     features), the heads' gradients are accumulated from them and only the shared part is
     backpropagated, from the features: the same result as the full backward, without
-    running every head's backward a second time (at K = 40 linear heads, half the cost).
+    running every head's backward a second time (2.2–2.7 ms of a 19–22 ms step at K = 40
+    in the step-cost benchmark).
     """
     total = sum(t.numel() for t in targets)
     if update.shape != (total,) or not bool(torch.isfinite(update).all()):
