@@ -308,8 +308,13 @@ class TopLayers(nn.Module):
 
     def forward(self, x: Any) -> Tensor:
         hidden, mask = self.split_input(x)
-        used = torch.nonzero(mask.any(0))
-        keep = int(used[-1, 0]) + 1 if used.numel() else 1
+        try:
+            used = torch.nonzero(mask.any(0))
+            keep = int(used[-1, 0]) + 1 if used.numel() else 1
+        except RuntimeError:
+            # Inside torch.func.vmap (per-sample gradients, as Fisher merging takes them) a
+            # shape cannot depend on the data: keep every position (padding is masked anyway).
+            keep = mask.shape[1]
         dtype = next(self.layers.parameters()).dtype
         hidden = run_layers(self.layers, hidden[:, :keep].to(dtype), mask[:, :keep])
         pooled = mean_pool(hidden, mask[:, :keep], normalize=self.normalize)

@@ -330,3 +330,26 @@ def test_mixed_and_stacked_batches_take_dict_inputs() -> None:
         stacked_batches(short, labels, 6)
     with pytest.raises(TypeError, match="features"):
         stacked_batches(dict(feats, c={}), labels, 6)
+
+
+@pytest.mark.slow  # transformers import
+def test_top_layers_under_vmap_as_fisher_merging_runs_them(tiny: tuple[Any, Any]) -> None:
+    # Per-sample gradients (Fisher merging) run the model under torch.func.vmap, where the
+    # padding trim cannot take a data-dependent shape: it must fall back to no trimming and
+    # give what the model gives each sample alone.
+    from torch.func import functional_call, vmap
+
+    model, tokenizer = tiny
+    lower = LowerEncoder(model, tokenizer, LAYERS - 1, max_length=16, dtype=torch.float32)
+    hidden, mask = unpack(**lower.encode(SENTENCES[:4]))
+    packed = torch.cat([hidden, mask[..., None].float()], -1)
+    top = top_of(model, 1)
+    params = dict(top.named_parameters())
+    with torch.no_grad():
+        batched = vmap(lambda x: functional_call(top, params, (x.unsqueeze(0),))[0])(packed)
+        alone_each = torch.cat([top(packed[i : i + 1]) for i in range(len(packed))])
+    assert torch.allclose(batched, alone_each, atol=1e-5)
+    merged = manytask.merging.fisher_merge(
+        [top, copy.deepcopy(top)], [[(packed, torch.zeros(4, dtype=torch.long))]] * 2,
+        max_batches=1, log_likelihood=lambda out, y: -out.pow(2).sum(-1))
+    assert set(merged.state_dict) == set(top.state_dict())
