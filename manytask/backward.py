@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .balancers.base import Balancer
+from .balancers.blas import one_blas_thread
 from .gradients import Features, Mode, cosine_similarity, feature_tensors, task_gradients
 
 HeadGrad = Literal["own", "weighted"]
@@ -125,7 +126,8 @@ def backward(
         method.setup(tasks)
 
     if method.requires == "losses":
-        decision = method.decide(stacked, tasks, None)
+        with one_blas_thread():
+            decision = method.decide(stacked, tasks, None)
         _check_weights(method, decision.weights, len(tasks))
         objective = decision.objective
         if objective is None:
@@ -144,7 +146,8 @@ def backward(
     grads = task_gradients(values, feats, mode=mode, shared_params=params,
                            with_heads=at_features)
     if method.requires == "jacobian":
-        decision = method.decide_jacobian(stacked, tasks, grads.jacobian_matrix())
+        with one_blas_thread():
+            decision = method.decide_jacobian(stacked, tasks, grads.jacobian_matrix())
         _check_weights(method, decision.weights, len(tasks))
         if decision.update is None:
             raise RuntimeError(f"{method.name} returned no update vector")
@@ -152,7 +155,8 @@ def backward(
         _apply_update(targets, decision.update, stacked, decision.weights, head_grad,
                       grads.head_grads)
         return _result(tasks, decision.weights, stacked, grads.gramian)
-    decision = method.decide(stacked, tasks, grads.gramian)
+    with one_blas_thread():
+        decision = method.decide(stacked, tasks, grads.gramian)
     weights = decision.weights
     _check_weights(method, weights, len(tasks))
 

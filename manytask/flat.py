@@ -34,6 +34,7 @@ from torch import Tensor
 
 from .backward import BackwardResult, HeadGrad, NonFiniteLossError, _apply_update, _result
 from .balancers.base import Balancer
+from .balancers.blas import one_blas_thread
 from .balancers.registry import check_number
 from .gradients import Features, feature_tensors, task_gradients
 
@@ -105,11 +106,13 @@ def flat_backward(
             with torch.no_grad():
                 for p, value in zip(params, saved, strict=True):
                     p.data.copy_(value)
-    w = method.decide(stacked, tasks, grads.gramian).weights
+    with one_blas_thread():
+        w = method.decide(stacked, tasks, grads.gramian).weights
     update = w.to(J.dtype) @ J
     if bool(flat_part.any()):
         gram_h = (flat_part @ flat_part.T).double()
-        v = method.decide(stacked, tasks, gram_h).weights
+        with one_blas_thread():
+            v = method.decide(stacked, tasks, gram_h).weights
         update = update + v.to(J.dtype) @ flat_part
     _apply_update(params, update, stacked, w, head_grad)
     return _result(tasks, w, stacked, grads.gramian)

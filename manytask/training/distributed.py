@@ -46,6 +46,7 @@ from ..backward import (
     gradient_inputs,
 )
 from ..balancers.base import Balancer
+from ..balancers.blas import one_blas_thread
 from ..gradients import Features, Mode, gramian_of, task_gradients
 
 Batch = tuple[Any, Any]
@@ -294,7 +295,8 @@ def distributed_backward(
         return decision_weights
 
     if method.requires == "losses":
-        decision = method.decide(stacked, tasks, None)
+        with one_blas_thread():
+            decision = method.decide(stacked, tasks, None)
         weights = weights_of(decision.weights)
         _backward_objective(decision.objective, weights, stacked)
         return _result(tasks, weights, stacked, None)
@@ -316,7 +318,8 @@ def distributed_backward(
             mine = torch.cat([b.reshape(len(tasks), -1) for b in blocks], dim=1) / r
             jac, jac_offset = gather_columns(mine, ctx)
         gramian = jac.double() @ jac.double().T
-        decision = method.decide_jacobian(stacked, tasks, jac)
+        with one_blas_thread():
+            decision = method.decide_jacobian(stacked, tasks, jac)
         weights = weights_of(decision.weights)
         if decision.update is None:
             raise RuntimeError(f"{method.name} returned no update vector")
@@ -334,7 +337,8 @@ def distributed_backward(
         gramian = gramian_of(blocks)
     else:
         gramian = all_reduce_sum(gramian_of(fgrads), ctx) / (r * r)
-    decision = method.decide(stacked, tasks, gramian)
+    with one_blas_thread():
+        decision = method.decide(stacked, tasks, gramian)
     weights = weights_of(decision.weights)
     if method.applies_to_heads:
         _backward_objective(decision.objective, weights, stacked)
