@@ -21,8 +21,8 @@ The set-up, planned for two CPU cores:
   equal weighting through :func:`manytask.backward`).
 
 Reported: test accuracy of each task, normalised by that task's own fine-tuned accuracy (in %),
-and the mean over tasks. Run (about 35 minutes at ``nice 19`` on 2 cores busy with other jobs;
-caching the frozen layers and fine-tuning take two thirds of it)::
+and the mean over tasks. Run (about 3 minutes on 2 quiet cores; caching the frozen layers and
+fine-tuning take half of it)::
 
     HF_HUB_OFFLINE=1 python benchmarks/merge_minilm.py --out minilm_merge.md
 
