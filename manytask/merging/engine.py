@@ -241,7 +241,7 @@ def _order_statistics(
     if loader.cached:  # the whole tensor is in memory anyway: select on it directly
         chunks = list(loader)
         return {i: select(torch.cat([c.magnitude(i).reshape(-1) for c in chunks]), r,
-                          nonnegative=True)
+                          nonnegative=True, overwrite=True)  # the cat is a fresh copy
                 for i, r in ranks.items()}
     stats = {i: OrderStatistics(job.numel, r, nonnegative=True) for i, r in ranks.items()}
     gen = torch.Generator().manual_seed(0x5EED)

@@ -31,13 +31,16 @@ SAMPLE_SIZE = 16384
 MARGIN_SIGMAS = 4.0
 
 
-def select(values: Tensor, ranks: Sequence[int], *, nonnegative: bool = False) -> list[float]:
+def select(
+    values: Tensor, ranks: Sequence[int], *, nonnegative: bool = False, overwrite: bool = False
+) -> list[float]:
     """Exact ascending 0-based order statistics ``ranks`` of the 1-D floating ``values``.
 
     By NumPy's ``partition`` (introselect, vectorised for 32- and 64-bit types), one rank at a
     time on the part of the array right of the previous one. ``nonnegative``: the caller
     guarantees ``values >= 0`` (magnitudes); their bit patterns then order like the values
-    and are selected as integers, about twice as fast as floats here.
+    and are selected as integers, about twice as fast as floats here. ``overwrite``: the
+    caller's scratch copy may be reordered in place (no second copy is made).
     """
     flat = values.reshape(-1).contiguous()
     n = flat.numel()
@@ -46,7 +49,8 @@ def select(values: Tensor, ranks: Sequence[int], *, nonnegative: bool = False) -
             raise ValueError(f"rank {r} out of range for {n} elements")
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.double()
-    array = flat.numpy().copy()  # partition works in place; the caller's values stay intact
+    # partition works in place: on a copy, unless the caller hands over its scratch values
+    array = flat.numpy() if overwrite else flat.numpy().copy()
     if nonnegative:
         array = array.view(np.int32 if array.dtype == np.float32 else np.int64)
     found: dict[int, float] = {}
@@ -191,7 +195,7 @@ class OrderStatistics:
                 else:
                     assert r.pool is not None
                     pool = torch.from_numpy(r.pool[: r.inside])
-                    r.value = select(pool, [k], nonnegative=self._nonnegative)[0]
+                    r.value = select(pool, [k], nonnegative=self._nonnegative, overwrite=True)[0]
             else:
                 done = False
                 # The answer is outside the bracket: open the side it missed.

@@ -77,6 +77,9 @@ def test_select_in_memory(dtype: torch.dtype) -> None:
     assert select(a, ranks, nonnegative=True) == [
         torch.kthvalue(a, r + 1).values.item() for r in ranks
     ]
+    scratch = x.clone()
+    assert select(scratch, ranks, overwrite=True) == expected  # may reorder scratch
+    assert sorted(scratch.tolist()) == sorted(x.tolist())
     with pytest.raises(ValueError, match="rank 100001 out of range"):
         select(x, [100_001])
 

@@ -175,8 +175,8 @@ class SparseTaskVectors(MergeMethod):
         if key in chunk.memo:
             return chunk.memo[key]
         d = chunk.deltas[i]
-        bits = state.get("keep_bits", {}).pop((chunk.index, i), None)
-        if bits is not None and not rescale:
+        bits = None if rescale else state.get("keep_bits", {}).pop((chunk.index, i), None)
+        if bits is not None:
             mask = np.unpackbits(bits, count=d.numel())
             return torch.from_numpy(mask).to(d.dtype).reshape(d.shape)
         u = chunk.uniform(self.params["seed"], i, d)
