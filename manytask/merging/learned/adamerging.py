@@ -17,12 +17,14 @@ computed in a single vectorised expression per step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .batches import BatchCycle
 
 
 @dataclass
@@ -40,26 +42,6 @@ def prediction_entropy(logits: Tensor) -> Tensor:
     """Mean over samples of the Shannon entropy of ``softmax(logits)`` (natural log)."""
     logp = logits.log_softmax(-1)
     return -(logp.exp() * logp).sum(-1).mean()
-
-
-class _Cycle:
-    """Endless batches from a loader (restarted when exhausted), counting them."""
-
-    def __init__(self, loader: Iterable[Any], name: str):
-        self.loader, self.name, self.count = loader, name, 0
-        self._it: Iterator[Any] = iter(loader)
-
-    def next_input(self) -> Tensor:
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                raise ValueError(f"adamerging: loader {self.name} yields no batch") from None
-        self.count += 1
-        return batch[0] if isinstance(batch, list | tuple) else batch
 
 
 def adamerging(
@@ -130,7 +112,7 @@ def adamerging(
         parts = torch.split(flat, sizes)
         return {n: part.view_as(base[n]) for n, part in zip(names, parts, strict=True)}
 
-    cycles = [_Cycle(loader, f"loaders[{i}]") for i, loader in enumerate(loaders)]
+    cycles = [BatchCycle(loader, f"loaders[{i}]", "adamerging") for i, loader in enumerate(loaders)]
     opt = torch.optim.Adam([lam], lr=lr)
     history: list[float] = []
     for _ in range(steps):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from manytask.merging.surgery import SurgeryModule, representation_surgery
+from manytask.merging.learned.surgery import SurgeryModule, representation_surgery
 
 
 def test_surgery_starts_as_identity() -> None:

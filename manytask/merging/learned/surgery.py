@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adamerging import _Cycle
+from .batches import BatchCycle
 
 
 class SurgeryModule(nn.Module):
@@ -78,7 +78,7 @@ def representation_surgery(
     losses: list[list[float]] = []
     counts: list[int] = []
     for t, (expert, loader) in enumerate(zip(expert_encoders, loaders, strict=True)):
-        cycle = _Cycle(loader, f"loaders[{t}]")
+        cycle = BatchCycle(loader, f"loaders[{t}]", "representation_surgery")
         module: SurgeryModule | None = None
         opt: torch.optim.Optimizer | None = None
         trace: list[float] = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from manytask.merging.adamerging import adamerging, prediction_entropy
+from manytask.merging.learned.adamerging import adamerging, prediction_entropy
 
 
 def setup(gen: torch.Generator):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from manytask.merging.data_aware import diagonal_fisher, fisher_merge, regmean_merge
+from manytask.merging.learned.fisher_regmean import diagonal_fisher, fisher_merge, regmean_merge
 
 
 def batches(x: torch.Tensor, y: torch.Tensor | None = None, size: int = 10):
