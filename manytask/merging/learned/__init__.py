@@ -6,20 +6,38 @@ merge methods of the papers we build on that learn or search coefficients.
 """
 
 from .adamerging import AdaMergingResult, adamerging, prediction_entropy
+from .atlas import AtlasResult, atlas
 from .batches import BatchCycle
+from .cold_fusion import ColdFusionResult, cold_fusion, fuse_average
+from .divmerge import DivMergeResult, divmerge, js_divergence
 from .fisher_regmean import DataAwareResult, diagonal_fisher, fisher_merge, regmean_merge
+from .fw_merging import FWResult, fw_merging
+from .stf import stf_merge
 from .surgery import SurgeryModule, SurgeryResult, representation_surgery
+from .taskvectors import TaskVectors
 
 __all__ = [
     "AdaMergingResult",
+    "AtlasResult",
     "BatchCycle",
+    "ColdFusionResult",
     "DataAwareResult",
+    "DivMergeResult",
+    "FWResult",
     "SurgeryModule",
     "SurgeryResult",
+    "TaskVectors",
     "adamerging",
+    "atlas",
+    "cold_fusion",
     "diagonal_fisher",
+    "divmerge",
     "fisher_merge",
+    "fuse_average",
+    "fw_merging",
+    "js_divergence",
     "prediction_entropy",
     "regmean_merge",
     "representation_surgery",
+    "stf_merge",
 ]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import BatchCycle
+from .taskvectors import TaskVectors
 
 
 @dataclass
@@ -63,8 +64,6 @@ def adamerging(
     logits; ``loaders[k]`` yields unlabelled inputs of task ``k`` (or tuples whose first item
     is the input). Returns the merged encoder's state dict.
     """
-    from torch.func import functional_call
-
     k = len(task_state_dicts)
     if k < 2 or len(heads) != k or len(loaders) != k:
         raise ValueError(
@@ -80,46 +79,18 @@ def adamerging(
     if bounds is not None and not bounds[0] <= init <= bounds[1]:
         raise ValueError(f"adamerging: init {init} lies outside bounds {bounds}")
 
-    base = {n: p.detach() for n, p in encoder.named_parameters()}
-    names = list(base)
-    for i, sd in enumerate(task_state_dicts):
-        missing = [n for n in names if n not in sd]
-        if missing:
-            raise ValueError(f"adamerging: task_state_dicts[{i}] lacks {missing[:5]}")
-        for n in names:
-            if sd[n].shape != base[n].shape:
-                raise ValueError(
-                    f"adamerging: tensor {n!r} of task {i} has shape {tuple(sd[n].shape)}, "
-                    f"the encoder has {tuple(base[n].shape)}"
-                )
-    sizes = [base[n].numel() for n in names]
-    base_flat = torch.cat([base[n].reshape(-1) for n in names])
-    taus = torch.stack(
-        [torch.cat([(sd[n].to(base_flat.dtype) - base[n]).reshape(-1) for n in names])
-         for sd in task_state_dicts]
-    )  # (K, P)
-    layer_of = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes))
-    shape = (k,) if granularity == "task" else (k, len(names))
-    lam = torch.full(shape, float(init), dtype=base_flat.dtype, requires_grad=True)
-    buffers = {n: b.detach() for n, b in encoder.named_buffers()}
-
-    def merged_flat(coef: Tensor) -> Tensor:
-        if coef.dim() == 1:
-            return base_flat + coef @ taus
-        return base_flat + (coef[:, layer_of] * taus).sum(0)
-
-    def as_params(flat: Tensor) -> dict[str, Tensor]:
-        parts = torch.split(flat, sizes)
-        return {n: part.view_as(base[n]) for n, part in zip(names, parts, strict=True)}
+    vectors = TaskVectors(encoder, task_state_dicts, "adamerging")
+    lam = torch.full(vectors.coefficient_shape(granularity), float(init),
+                     dtype=vectors.base.dtype, requires_grad=True)
 
     cycles = [BatchCycle(loader, f"loaders[{i}]", "adamerging") for i, loader in enumerate(loaders)]
     opt = torch.optim.Adam([lam], lr=lr)
     history: list[float] = []
     for _ in range(steps):
-        params = as_params(merged_flat(lam))
-        loss = torch.zeros((), dtype=base_flat.dtype)
+        flat = vectors.merged(lam)
+        loss = torch.zeros((), dtype=vectors.base.dtype)
         for head, cycle in zip(heads, cycles, strict=True):
-            features = functional_call(encoder, (params, buffers), (cycle.next_input(),))
+            features = vectors.forward(flat, cycle.next_input())
             loss = loss + prediction_entropy(head(features))
         history.append(float(loss.detach()))
         # Gradient for the coefficients only: the heads and the encoder are left untouched.
@@ -128,8 +99,6 @@ def adamerging(
         if bounds is not None:
             with torch.no_grad():
                 lam.clamp_(*bounds)
-    final = as_params(merged_flat(lam.detach()))
-    state = {n: final[n].clone() if n in final else v.clone()
-             for n, v in encoder.state_dict().items()}
-    return AdaMergingResult(state, lam.detach().clone(), names, history,
+    state = vectors.state_dict(vectors.merged(lam.detach()))
+    return AdaMergingResult(state, lam.detach().clone(), vectors.names, history,
                             [c.count for c in cycles])

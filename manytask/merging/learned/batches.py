@@ -19,7 +19,8 @@ class BatchCycle:
         self.loader, self.name, self.where, self.count = loader, name, where, 0
         self._it: Iterator[Any] = iter(loader)
 
-    def next_input(self) -> Tensor:
+    def next_batch(self) -> Any:
+        """The next batch as the loader yields it."""
         try:
             batch = next(self._it)
         except StopIteration:
@@ -29,4 +30,9 @@ class BatchCycle:
             except StopIteration:
                 raise ValueError(f"{self.where}: loader {self.name} yields no batch") from None
         self.count += 1
+        return batch
+
+    def next_input(self) -> Tensor:
+        """The next batch's input: the batch itself, or its first item for tuples."""
+        batch = self.next_batch()
         return batch[0] if isinstance(batch, list | tuple) else batch
