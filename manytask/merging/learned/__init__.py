@@ -9,6 +9,7 @@ from .adamerging import AdaMergingResult, adamerging, prediction_entropy
 from .atlas import AtlasResult, atlas
 from .batches import BatchCycle
 from .cold_fusion import ColdFusionResult, cold_fusion, fuse_average
+from .concrete import ConcreteResult, concrete_mask, concrete_task_arithmetic
 from .divmerge import DivMergeResult, divmerge, js_divergence
 from .fisher_regmean import DataAwareResult, diagonal_fisher, fisher_merge, regmean_merge
 from .fw_merging import FWResult, fw_merging
@@ -21,6 +22,7 @@ __all__ = [
     "AtlasResult",
     "BatchCycle",
     "ColdFusionResult",
+    "ConcreteResult",
     "DataAwareResult",
     "DivMergeResult",
     "FWResult",
@@ -30,6 +32,8 @@ __all__ = [
     "adamerging",
     "atlas",
     "cold_fusion",
+    "concrete_mask",
+    "concrete_task_arithmetic",
     "diagonal_fisher",
     "divmerge",
     "fisher_merge",

@@ -17,6 +17,13 @@ The iterate therefore always lies in ``C`` (its weights ``a`` stay on the simple
 candidates are chosen only when their task vector lowers ``f``, and memory is one gradient
 plus the pool's inner products: constant in the number of candidates beyond reading each once.
 
+The linear minimisation oracle over the hull is exactly the smallest inner product above
+(``selection="inner"``, the default). ``selection="cosine"`` instead ranks candidates by the
+sum over tensors of the cosine between the gradient and the candidate's task vector, as the
+authors' code does. Their "hard" variant also adds ``gamma_t tau_{i*}`` to the running model
+(task-arithmetic steps) rather than taking the convex combination, so its iterate can leave the
+hull; we keep the paper's constrained formulation.
+
 Convention (ours): ``f`` is the sum over the given tasks of the cross-entropy of ``(x, y)``
 batches through that task's head (``objective="supervised"``) or of the prediction entropy of
 inputs (``"entropy"``); one batch per task and iteration.
@@ -53,6 +60,7 @@ def fw_merging(
     iterations: int = 10,
     scale: float = 1.0,
     objective: str = "supervised",
+    selection: str = "inner",
 ) -> FWResult:
     """Merge ``pool`` (fine-tuned state dicts of ``encoder``) by Frank-Wolfe (module docs).
 
@@ -65,6 +73,8 @@ def fw_merging(
     if objective not in ("supervised", "entropy"):
         raise ValueError(f"fw_merging: objective must be 'supervised' or 'entropy', "
                          f"got {objective!r}")
+    if selection not in ("inner", "cosine"):
+        raise ValueError(f"fw_merging: selection must be 'inner' or 'cosine', got {selection!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"fw_merging: iterations must be a positive integer, got {iterations!r}")
     if not scale > 0:
@@ -86,10 +96,22 @@ def fw_merging(
                                                                       cycle.next_input())))
         trace.append(float(loss.detach()))
         (grad,) = torch.autograd.grad(loss, [flat])
-        vertex = int(torch.argmin(vectors.taus @ grad))
+        vertex = int(torch.argmin(_scores(vectors, grad, selection)))
         gamma = 2.0 / (t + 2.0)
         weights = (1.0 - gamma) * weights
         weights[vertex] += gamma
         chosen.append(vertex)
     final = vectors.base + scale * (weights @ vectors.taus)
     return FWResult(vectors.state_dict(final), weights, chosen, trace)
+
+
+def _scores(vectors: TaskVectors, grad: Tensor, selection: str) -> Tensor:
+    """Per candidate: <grad, tau_i>, or the sum over tensors of their cosine."""
+    if selection == "inner":
+        return vectors.taus @ grad
+    scores = torch.zeros(vectors.k, dtype=grad.dtype)
+    for g, taus in zip(grad.split(vectors.sizes), vectors.taus.split(vectors.sizes, dim=1),
+                       strict=True):
+        norms = taus.norm(dim=1) * g.norm()
+        scores += torch.where(norms > 0, (taus @ g) / norms.clamp_min(1e-300), 0.0)
+    return scores

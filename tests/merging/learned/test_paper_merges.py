@@ -12,6 +12,8 @@ from torch import nn
 from manytask.merging.learned import (
     atlas,
     cold_fusion,
+    concrete_mask,
+    concrete_task_arithmetic,
     divmerge,
     fw_merging,
     js_divergence,
@@ -172,3 +174,35 @@ def test_feature_directions_hold_the_asked_energy() -> None:
     assert feature_directions(delta, 0.995).shape == (3, 2)  # 10 / 10.01 = 0.999
     assert feature_directions(delta, 1.0).shape == (3, 3)
     assert feature_directions(torch.zeros(3, 3), 0.9).shape == (3, 0)
+
+
+def test_fw_merging_cosine_selection_stays_in_the_hull() -> None:
+    enc, experts, heads = encoder_and_experts(3, seed=4)
+    data = [labelled_by(enc, experts[1], heads[0], n=64)]
+    res = fw_merging(enc, experts, heads[:1], data, iterations=5, selection="cosine")
+    assert bool((res.weights >= 0).all()) and float(res.weights.sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="selection must be"):
+        fw_merging(enc, experts, heads[:1], data, selection="best")
+
+
+def test_concrete_mask_is_a_relaxed_bernoulli_of_sigmoid_logits() -> None:
+    logits = torch.tensor([-2.0, 0.0, 1.5], dtype=torch.float64).repeat(20000, 1)
+    gen = torch.Generator().manual_seed(0)
+    sample = concrete_mask(logits, 0.05, gen)
+    assert bool(((sample >= 0) & (sample <= 1)).all())
+    frequency = (sample > 0.5).double().mean(0)
+    torch.testing.assert_close(frequency, torch.sigmoid(logits[0]), atol=0.015, rtol=0)
+
+
+def test_concrete_task_arithmetic_without_steps_is_task_arithmetic_and_learning_lowers_entropy(
+) -> None:
+    enc, experts, heads = encoder_and_experts(2, seed=5)
+    loaders = [[torch.randn(32, 6)] for _ in range(2)]
+    res = concrete_task_arithmetic(enc, experts, heads, loaders, steps=0, scale=0.3)
+    assert bool((res.mask == 1).all())
+    w = enc[0].weight.detach()
+    expect = w + 0.3 * sum(e["0.weight"] - w for e in experts)
+    torch.testing.assert_close(res.state_dict["0.weight"], expect)
+    res = concrete_task_arithmetic(enc, experts, heads, loaders, steps=60, init_logit=0.5)
+    assert set(res.mask.unique().tolist()) <= {0.0, 1.0}
+    assert sum(res.entropy[-10:]) < sum(res.entropy[:10])
