@@ -1,0 +1,8 @@
+"""Dense prediction tasks: per-pixel kinds (segmentation, depth, normals, edges, saliency),
+their losses on valid pixels, and streaming metrics correct under ``torchrun``."""
+
+from .metrics import DepthMeter, FMeasureMeter, Meter, NormalMeter, SegmentationMeter
+from .tasks import MAIN_METRIC, DenseTargetError, DenseTask
+
+__all__ = ["MAIN_METRIC", "DenseTargetError", "DenseTask", "DepthMeter", "FMeasureMeter", "Meter",
+           "NormalMeter", "SegmentationMeter"]
