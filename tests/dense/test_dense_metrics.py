@@ -122,3 +122,21 @@ def test_dense_losses_use_valid_pixels_only() -> None:
     assert float(seg.loss(s_out, s_tgt)) == pytest.approx(float(manual), rel=1e-6)
     with pytest.raises(ValueError, match="class index lies outside"):
         seg.loss(s_out, torch.tensor([[[0, 3], [2, 1]]]))
+
+
+def test_evaluate_dense_streams_and_equals_one_big_batch() -> None:
+    from manytask.data.dense import DenseBatches, DenseData
+    from manytask.dense import evaluate_dense
+    from manytask.models.dense import DenseHardSharing, ResNetBackbone
+
+    torch.manual_seed(0)
+    tasks = [DenseTask.segmentation("semantic", 5), DenseTask.depth(), DenseTask.normal(),
+             DenseTask.edge()]
+    model = DenseHardSharing(tasks, ResNetBackbone((8, 12)), head_hidden=8)
+    data = DenseData.scenes(6, 16)
+    small = evaluate_dense(model, DenseBatches(data, 2), tasks)
+    whole = evaluate_dense(model, DenseBatches(data, 6), tasks)
+    for task in whole:
+        for metric, value in whole[task].items():
+            assert small[task][metric] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, metric)
+    assert model.training  # restored
