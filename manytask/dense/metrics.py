@@ -134,11 +134,13 @@ class NormalMeter(Meter):
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """``pred``, ``target`` (B, 3, H, W); target of zero norm = invalid."""
-        p = pred.detach().double().cpu().movedim(1, -1).reshape(-1, 3)
-        t = target.double().cpu().movedim(1, -1).reshape(-1, 3)
-        valid = t.norm(dim=1) > 0
-        p, t = F.normalize(p[valid], dim=1), F.normalize(t[valid], dim=1)
-        angle = torch.rad2deg(torch.arccos((p * t).sum(1).clamp(-1.0, 1.0)))
+        p, t = pred.detach().double().cpu(), target.double().cpu()
+        # cos = p.t / (|p| |t|) from three channel sums: no per-pixel copies or normalised maps
+        t_sq = (t * t).sum(1)
+        valid = t_sq > 0
+        dot, p_sq = (p * t).sum(1)[valid], (p * p).sum(1)[valid]
+        cos = dot / torch.sqrt(p_sq * t_sq[valid]).clamp_min(1e-300)
+        angle = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
         self.sums += torch.stack([
             torch.tensor(float(angle.numel()), dtype=torch.float64), angle.sum(),
             *[(angle < thr).double().sum() for thr in NORMAL_THRESHOLDS]])
@@ -181,12 +183,28 @@ class FMeasureMeter(Meter):
         tgt = target.double().cpu().reshape(prob.shape)
         valid = (tgt == 0) | (tgt == 1)
         pos = (tgt == 1).double()
+        if self.tolerance == 0:  # counts at every threshold from two histograms, in one pass
+            self._count_by_histogram(prob[valid], pos[valid])
+            return
         near_pos = _dilate(pos, self.tolerance)
         for i, thr in enumerate(self.thresholds.tolist()):
             pred = ((prob >= thr) & valid).double()
             near_pred = _dilate(pred, self.tolerance)
             self.counts[:, i] += torch.stack([(pred * near_pos).sum(), pred.sum(),
                                               (pos * near_pred).sum(), pos.sum()])
+
+    def _count_by_histogram(self, prob: Tensor, pos: Tensor) -> None:
+        # bucket b holds probabilities in [thr_b, thr_{b+1}); "prob >= thr_i" is then the sum
+        # of the buckets from i up, so suffix sums of two bincounts give every threshold's TP
+        # and predicted-positive counts
+        bucket = torch.searchsorted(self.thresholds, prob, right=True)
+        n = len(self.thresholds) + 1
+        every = torch.bincount(bucket, minlength=n).double()
+        positive = torch.bincount(bucket, weights=pos, minlength=n).double()
+        n_pred = every.flip(0).cumsum(0).flip(0)[1:]
+        true_pos = positive.flip(0).cumsum(0).flip(0)[1:]
+        total_pos = pos.sum().expand_as(true_pos)
+        self.counts += torch.stack([true_pos, n_pred, true_pos, total_pos])
 
     def compute(self) -> dict[str, float]:
         matched_p, n_pred, matched_t, n_true = self.counts

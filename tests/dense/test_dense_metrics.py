@@ -140,3 +140,16 @@ def test_evaluate_dense_streams_and_equals_one_big_batch() -> None:
         for metric, value in whole[task].items():
             assert small[task][metric] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, metric)
     assert model.training  # restored
+
+
+def test_fmeasure_histogram_path_equals_the_thresholded_loop() -> None:
+    g = torch.Generator().manual_seed(6)
+    target = (torch.rand(3, 1, 12, 12, generator=g) < 0.3).float()
+    target[0, 0, 0, :4] = 255.0  # ignored
+    logits = 2 * (target.clamp(max=1) - 0.5) + torch.randn(3, 1, 12, 12, generator=g)
+    fast, slow = FMeasureMeter(thresholds=9), FMeasureMeter(thresholds=9, tolerance=0)
+    fast.update(logits, target)
+    # the loop, forced: a tolerance of 0 through the dilation path is the identity
+    slow.tolerance = -1
+    slow.update(logits, target)
+    torch.testing.assert_close(fast.counts, slow.counts)
