@@ -51,6 +51,9 @@ class Meter:
             for tensor in self.state():
                 dist.all_reduce(tensor, group=group)
 
+    def update(self, output: Tensor, target: Tensor) -> None:
+        raise NotImplementedError  # abstract: every meter overrides it
+
     def compute(self) -> dict[str, float]:
         raise NotImplementedError  # abstract: every meter overrides it
 
