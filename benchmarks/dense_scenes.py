@@ -102,6 +102,47 @@ def flops(model, size: int) -> int:
     return counter.get_total_flops()
 
 
+def figure(train_data: DenseData, test_data: DenseData, epochs: int, path: Path) -> None:
+    """Input, target and prediction of each task for three test scenes (hard sharing, MGDA)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.manual_seed(0)
+    model = DenseHardSharing(TASKS, backbone())
+    train(model, TASKS, "mgda", "feature", train_data, epochs, 0)
+    model.eval()
+    x = test_data.images[:3]
+    with torch.no_grad():
+        out = model(x)
+    show = {
+        "semantic": lambda t: t.argmax(0) if t.dim() == 3 else t,
+        "depth": lambda t: t[0],
+        "normal": lambda t: (torch.nn.functional.normalize(t, dim=0).permute(1, 2, 0) + 1) / 2,
+        "edge": lambda t: torch.sigmoid(t[0]) if t.min() < 0 or t.max() > 1 else t[0],
+    }
+    fig, axes = plt.subplots(3, 9, figsize=(18, 6))
+    for row in range(3):
+        axes[row, 0].imshow(x[row].permute(1, 2, 0).clamp(0, 1))
+        for i, task in enumerate(("semantic", "depth", "normal", "edge")):
+            target = test_data.targets[task][row]
+            scale = {"semantic": (0, 4), "depth": (0, float(target.max())),
+                     "edge": (0, 1)}.get(task, (None, None))
+            axes[row, 1 + 2 * i].imshow(show[task](target.float()), vmin=scale[0], vmax=scale[1])
+            axes[row, 2 + 2 * i].imshow(show[task](out[task][row].float()), vmin=scale[0],
+                                        vmax=scale[1])
+            if row == 0:
+                axes[row, 1 + 2 * i].set_title(f"{task}: target")
+                axes[row, 2 + 2 * i].set_title(f"{task}: predicted")
+        for ax in axes[row]:
+            ax.axis("off")
+    axes[0, 0].set_title("input")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=32)
@@ -111,6 +152,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--archs", nargs="+", default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--figure-only", action="store_true",
+                    help="only train hard sharing with MGDA and draw its predictions")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "dense.md")
     args = ap.parse_args()
     if args.quick:
@@ -119,6 +162,11 @@ def main() -> None:
     started = time.time()
     train_data = DenseData.scenes(args.train, args.size, seed=0)
     test_data = DenseData.scenes(args.test, args.size, seed=100_000)
+    picture = args.out.parent / "dense" / "predictions.png"
+    if args.figure_only:
+        figure(train_data, test_data, args.epochs, picture)
+        print(f"wrote {picture}")
+        return
     dirs = directions(TASKS)
     builders = architectures(args.size)
     names = args.archs or list(builders)
@@ -200,6 +248,10 @@ def main() -> None:
             f"{step / reference_step if reference_step else float('nan'):.2f} |")
     lines += ["", f"Streaming metrics: {100 * share:.1f} % of evaluation time (hard sharing, "
                   f"{args.test} scenes)."]
+    lines += ["", "![predictions](dense/predictions.png)", "",
+              "Input, target and prediction per task on three test scenes (hard sharing, MGDA, "
+              "seed 0; `--figure-only` redraws it)."]
+    figure(train_data, test_data, args.epochs, picture)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
