@@ -146,7 +146,7 @@ def figure(train_data: DenseData, test_data: DenseData, epochs: int, path: Path)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--train", type=int, default=256)
+    ap.add_argument("--train", type=int, default=192)
     ap.add_argument("--test", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -205,6 +205,7 @@ def main() -> None:
                          statistics.pstdev(gains), params, flops(model, args.size), step))
             print(f"{arch:16s} {method:12s} Δm {rows[-1][3]:+7.2f} ± {rows[-1][4]:.2f}  "
                   f"step {step * 1e3:6.1f} ms", flush=True)
+            write_table(args, rows, reference_step, None, started)
 
     # the streaming metrics' share of evaluation time, on hard sharing: forwards and meter
     # updates timed separately over the same pass
@@ -222,6 +223,11 @@ def main() -> None:
             update_s += time.perf_counter() - start
     share = update_s / (forward_s + update_s)
 
+    write_table(args, rows, reference_step, share, started, final=True)
+    figure(train_data, test_data, args.epochs, picture)
+
+
+def write_table(args, rows, reference_step, share, started, final=False) -> None:
     lines = [
         "# Dense tasks on generated scenes",
         "",
@@ -246,15 +252,18 @@ def main() -> None:
             f"{mean['normal']:.1f} | {mean['edge']:.3f} | {gain:+.1f} ± {spread:.1f} | "
             f"{params / 1e3:.0f}k | {fl / 1e6:.1f} | "
             f"{step / reference_step if reference_step else float('nan'):.2f} |")
-    lines += ["", f"Streaming metrics: {100 * share:.1f} % of evaluation time (hard sharing, "
-                  f"{args.test} scenes)."]
+    if share is not None:
+        lines += ["", f"Streaming metrics: {100 * share:.1f} % of evaluation time (hard "
+                      f"sharing, {args.test} scenes, meter updates timed apart from forwards)."]
+    if not final:
+        lines += ["", f"(partial: {len(rows)} rows so far)"]
     lines += ["", "![predictions](dense/predictions.png)", "",
               "Input, target and prediction per task on three test scenes (hard sharing, MGDA, "
               "seed 0; `--figure-only` redraws it)."]
-    figure(train_data, test_data, args.epochs, picture)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if final:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
