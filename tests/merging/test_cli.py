@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from manytask.merging.cli import add_merge_command
+from manytask.cli.merging import add_merge_command
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,5 +37,5 @@ def test_merge_command_reports_bad_config(tmp_path: Path, capsys) -> None:
                       "{density: 1.5}}]\n")
     args = parse(["merge", str(config), str(tmp_path / "out"), "--quiet"])
     assert args.func(args) == 2
-    assert "density must be <= 1.0, got 1.5" in capsys.readouterr().err
+    assert "density must be <= 1, got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
