@@ -63,8 +63,9 @@ def registry_choices() -> dict[str, str]:
     from ..models import ARCHITECTURES
     from ..run import DATASETS
 
-    return {"data": DATASETS.choices(), "arch": ARCHITECTURES.choices(),
-            "balancer": BALANCERS.choices()}
+    # ", " and not "|": argparse wraps help on spaces and would cut a long "a|b|c" anywhere
+    return {"data": ", ".join(DATASETS.names()), "arch": ", ".join(ARCHITECTURES.names()),
+            "balancer": ", ".join(BALANCERS.names())}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
@@ -82,7 +83,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
         if f.name in names:
             text += f": {names[f.name]}"
         if typing.get_origin(hint) is typing.Literal:
-            text += ": " + "|".join(str(a) for a in typing.get_args(hint))
+            text += ": " + ", ".join(str(a) for a in typing.get_args(hint))
         help_text = f"{text} (default: {default})" if default is not None else text
         if f.name in PARAM_FLAGS:
             what = PARAM_FLAGS[f.name]

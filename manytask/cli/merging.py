@@ -17,7 +17,7 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         help="merge fine-tuned checkpoints of one base model (TIES, DARE, SLERP, ...)",
         description="Merge checkpoints as a YAML file says (see manytask.merging.config). "
         "Everything is validated before any tensor is read; the output folder appears "
-        f"only when complete. Methods: {METHODS.choices()} (`manytask merge-methods`).",
+        f"only when complete. Methods: {', '.join(METHODS.names())} (`manytask merge-methods`).",
     )
     parser.add_argument("config", help="merge configuration (YAML)")
     parser.add_argument("output_dir", help="folder to write the merged model to")

@@ -26,10 +26,10 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--config", help="a YAML file of TrainConfig keys for every cell")
     bench.add_argument("--methods", nargs="+", default=["equal", "mgda", "pcgrad", "cagrad"],
                        metavar="BALANCER",
-                       help=f"training methods of the grid ({BALANCERS.choices()}; "
+                       help=f"training methods of the grid ({', '.join(BALANCERS.names())}; "
                        "default: equal mgda pcgrad cagrad)")
     bench.add_argument("--archs", nargs="+", default=["hard_sharing"], metavar="ARCH",
-                       help=f"architectures of the grid ({ARCHITECTURES.choices()}; "
+                       help=f"architectures of the grid ({', '.join(ARCHITECTURES.names())}; "
                        "default: hard_sharing)")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                        help="seeds of the grid (default: 0 1 2)")
