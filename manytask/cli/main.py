@@ -60,9 +60,20 @@ def user_error(err: BaseException) -> bool:
 
     if isinstance(err, ModuleNotFoundError):  # an optional extra that is not installed
         return True
+    if out_of_memory(err):  # a size in the configuration too large for this machine
+        return True
     # ValueError covers RegistryError and the libraries' validation; FloatingPointError a
     # non-finite loss; OSError a missing or unwritable file, a full disk.
-    return isinstance(err, ConfigError | ValueError | FloatingPointError | OSError)
+    # OverflowError: a numeric option too large for the type it ends up in.
+    return isinstance(err, ConfigError | ValueError | FloatingPointError | OverflowError | OSError)
+
+
+def out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError)
+        and ("can't allocate memory" in text or "out of memory" in text.lower())
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if user_error(err):
             message = one_line(err)
+            if out_of_memory(err):
+                message = ("out of memory: a size in the configuration is too large for this "
+                           f"machine ({one_line(err, 200)})")
             if isinstance(err, ModuleNotFoundError):
                 extra = EXTRAS.get((err.name or "").split(".")[0])
                 how = f"pip install 'manytask[{extra}]'" if extra else "install it"

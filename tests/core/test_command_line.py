@@ -230,3 +230,22 @@ def test_the_installed_command_line_end_to_end() -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == ("manytask train: error: balancer 'cagrad': c must be >= 0, "
                                    "got -1")
+
+
+@pytest.mark.parametrize(("error", "needle"), [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 5e13 "
+                  "bytes"), "out of memory: a size in the configuration is too large"),
+    (OverflowError("cannot fit 'int' into an index-sized integer"), "cannot fit"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+])
+def test_resource_and_size_errors_are_user_errors(error: Exception, needle: str,
+                                                  monkeypatch, capsys) -> None:
+    import manytask.cli.train as train_command
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(train_command, "run_train", fails)
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "internal" not in err
