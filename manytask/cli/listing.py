@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..registry import Registry
+from ..registry import Param, Registry
 
 
 def registries() -> dict[str, tuple[Callable[[], Registry[Any]], str]]:
@@ -70,9 +70,17 @@ def run_listing(args: argparse.Namespace) -> int:
     for entry in registry.entries():
         kind = getattr(entry.target, "requires", None)
         kind = f"[{kind}] " if isinstance(kind, str) else ""
-        params = ", ".join(f"{k}={'<required>' if p.required else repr(p.default)}"
-                           for k, p in entry.params.items())
-        print(f"{entry.name:{width}s}  {kind}{entry.summary}")
-        if params:
-            print(f"{'':{width}s}    {params}")
+        summary = entry.summary  # in full in `manytask <listing> NAME` and docs/methods.md
+        if len(summary) > 100:
+            summary = summary[:99] + "…"
+        print(f"{entry.name:{width}s}  {kind}{summary}")
+        per_model = getattr(entry.target, "model_params", None)  # merge methods
+        for label, params in (("", entry.params), ("per model: ", per_model or {})):
+            if params:
+                print(f"{'':{width}s}    {label}{defaults(params)}")
     return 0
+
+
+def defaults(params: Mapping[str, Param]) -> str:
+    return ", ".join(f"{k}={'<required>' if p.required else repr(p.default)}"
+                     for k, p in params.items())
