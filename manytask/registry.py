@@ -253,6 +253,14 @@ class Registry(Generic[T]):
             self._aliases[alias] = name
         return entry
 
+    def remove(self, name: str) -> None:
+        """Forget entry ``name`` and its aliases (for tests and plugins that register
+        temporarily); an unknown name is an error."""
+        self.entry(name)
+        key = self._aliases.get(name, name)
+        del self._entries[key]
+        self._aliases = {a: n for a, n in self._aliases.items() if n != key}
+
     def register(
         self,
         name: str | None = None,
