@@ -37,19 +37,31 @@ class Prepared:
     model_factory: Callable[..., MultiTaskModel] | None = None
 
 
+@dataclass(frozen=True)
+class DataSet:
+    """A data set chosen by ``data:``: what prepares it, and its tasks when none are named."""
+
+    prepare: Callable[[TrainConfig], Prepared]
+    default_tasks: Callable[[TrainConfig], tuple[str, ...]]
+
+
 def task_names(cfg: TrainConfig) -> tuple[str, ...]:
     """The tasks a run trains: ``cfg.tasks``, or the data set's default tasks."""
     if cfg.tasks:
         return tuple(cfg.tasks)
-    if cfg.data == "text":
-        from .data.text import TEXT_TASKS
+    return DATASETS.get(cfg.data).default_tasks(cfg)
 
-        return tuple(TEXT_TASKS)
-    if cfg.data == "census":
-        from .data.census import GROUPS
 
-        return GROUPS[1 if cfg.census_group == 1 else 2]
-    return ("left", "right")  # MultiDigits
+def _text_tasks(cfg: TrainConfig) -> tuple[str, ...]:
+    from .data.text import TEXT_TASKS
+
+    return tuple(TEXT_TASKS)
+
+
+def _census_tasks(cfg: TrainConfig) -> tuple[str, ...]:
+    from .data.census import GROUPS
+
+    return GROUPS[1 if cfg.census_group == 1 else 2]
 
 
 def _multidigits(cfg: TrainConfig) -> Prepared:
@@ -163,13 +175,13 @@ def _census(cfg: TrainConfig) -> Prepared:
     )
 
 
-DATASETS: Registry[Callable[[TrainConfig], Prepared]] = Registry("data set")
-DATASETS.add("multidigits", _multidigits,
+DATASETS: Registry[DataSet] = Registry("data set")
+DATASETS.add("multidigits", DataSet(_multidigits, lambda cfg: ("left", "right")),
              summary="MultiDigits: two-digit images generated in memory (bundled, no download)")
-DATASETS.add("text", _text, summary="text classification tasks under `data_root`, over frozen "
-             "MiniLM sentence embeddings (or its fine-tuned top layers)")
-DATASETS.add("census", _census, summary="Census-Income (KDD) under `data_root`, task group 1 "
-             "or 2 (`census_group`)")
+DATASETS.add("text", DataSet(_text, _text_tasks), summary="text classification tasks under "
+             "`data_root`, over frozen MiniLM sentence embeddings (or its fine-tuned top layers)")
+DATASETS.add("census", DataSet(_census, _census_tasks), summary="Census-Income (KDD) under "
+             "`data_root`, task group 1 or 2 (`census_group`)")
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -223,7 +235,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
     ctx = init_from_env()
     seed_everything(cfg.seed)
-    data = DATASETS.get(cfg.data)(cfg)
+    data = DATASETS.get(cfg.data).prepare(cfg)
     if ctx is not None:
         data.train = ShardedBatches(data.train, ctx.rank, ctx.world_size)
     model = build_model(cfg, data)

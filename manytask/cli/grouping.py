@@ -116,7 +116,7 @@ def run_affinity_command(args: argparse.Namespace) -> int:
         raise ConfigError("manytask affinity needs --epochs >= 1")
     run_dir = Path(cfg.run_dir)
     seed_everything(cfg.seed)
-    data = DATASETS.get(cfg.data)(cfg)
+    data = DATASETS.get(cfg.data).prepare(cfg)
     if len(data.tasks) < 2:
         raise ConfigError(f"affinity needs at least two tasks, got {[t.name for t in data.tasks]}")
     model = build_model(cfg, data)
