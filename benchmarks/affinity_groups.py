@@ -56,7 +56,7 @@ from manytask.grouping import (
     task_vectors,
     write_matrices,
 )
-from manytask.grouping.cli import groups_markdown
+from manytask.grouping.markdown import groups_markdown
 from manytask.grouping.plots import plot_affinity, plot_grouping
 from manytask.models import shared_bottom
 

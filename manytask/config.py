@@ -27,7 +27,8 @@ class TrainConfig:
     missing_rate: float = 0.0
     arch: str = "hard_sharing"
     arch_params: dict[str, Any] = field(default_factory=dict)
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    # the trunk widths of architectures with a `hidden` parameter (default: their own)
+    hidden: list[int] | None = None
     balancer: str = "equal"
     balancer_params: dict[str, Any] = field(default_factory=dict)
     mode: Literal["exact", "feature"] = "exact"
@@ -84,7 +85,7 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.missing_rate < 1:
             raise ConfigError(f"missing_rate must lie in [0, 1), got {self.missing_rate}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
+        if self.hidden is not None and (not self.hidden or any(h < 1 for h in self.hidden)):
             raise ConfigError(
                 f"hidden must be a non-empty list of positive widths, got {self.hidden}"
             )

@@ -35,6 +35,11 @@ class RegistryError(ValueError):
     """A name or parameter that a registry does not accept; the message is one line."""
 
 
+class RegistryTypeError(RegistryError, TypeError):
+    """A parameter value of the wrong type (a string for a number, ...): both a
+    :class:`RegistryError` and a ``TypeError``, so either may be caught."""
+
+
 def short(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, saying how long it was: a value from a
     user's file may be huge, and an error message must stay one readable line."""
@@ -89,7 +94,7 @@ class Param:
             return None
         if self.kind in ("floats", "ints", "strs"):
             if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-                raise RegistryError(f"{where} must be a list, got {short(value)}")
+                raise RegistryTypeError(f"{where} must be a list, got {short(value)}")
             element = {"floats": "float", "ints": "int", "strs": "str"}[self.kind]
             one = Param(element, low=self.low, high=self.high, low_open=self.low_open,
                         high_open=self.high_open)
@@ -107,7 +112,7 @@ class Param:
             return value
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise RegistryError(f"{where} must be true or false, got {short(value)}")
+                raise RegistryTypeError(f"{where} must be true or false, got {short(value)}")
             return value
         if self.kind == "choice":
             if value not in self.choices:
@@ -118,11 +123,11 @@ class Param:
             return value
         if self.kind == "str":
             if not isinstance(value, str):
-                raise RegistryError(f"{where} must be a string, got {short(value)}")
+                raise RegistryTypeError(f"{where} must be a string, got {short(value)}")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             kind = "an integer" if self.kind == "int" else "a number"
-            raise RegistryError(f"{where} must be {kind}, got {short(value)}")
+            raise RegistryTypeError(f"{where} must be {kind}, got {short(value)}")
         if self.kind == "int" and not (isinstance(value, int) or float(value).is_integer()):
             raise RegistryError(f"{where} must be an integer, got {short(value)}")
         if not math.isfinite(value):
@@ -247,6 +252,14 @@ class Registry(Generic[T]):
         for alias in aliases:
             self._aliases[alias] = name
         return entry
+
+    def remove(self, name: str) -> None:
+        """Forget entry ``name`` and its aliases (for tests and plugins that register
+        temporarily); an unknown name is an error."""
+        self.entry(name)
+        key = self._aliases.get(name, name)
+        del self._entries[key]
+        self._aliases = {a: n for a, n in self._aliases.items() if n != key}
 
     def register(
         self,

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from .balancers import make_balancer
+from .balancers.registry import BALANCERS
 from .config import ConfigError, TrainConfig
-from .models import ARCHITECTURES as MODEL_REGISTRY
-from .models import HardSharing, MultiTaskModel, make_model, shared_bottom
+from .models import ARCHITECTURES, MultiTaskModel, make_model
+from .registry import Registry, RegistryError
 from .tasks import Task
 from .training import Trainer
 from .training.distributed import ShardedBatches, init_from_env
@@ -36,19 +37,31 @@ class Prepared:
     model_factory: Callable[..., MultiTaskModel] | None = None
 
 
+@dataclass(frozen=True)
+class DataSet:
+    """A data set chosen by ``data:``: what prepares it, and its tasks when none are named."""
+
+    prepare: Callable[[TrainConfig], Prepared]
+    default_tasks: Callable[[TrainConfig], tuple[str, ...]]
+
+
 def task_names(cfg: TrainConfig) -> tuple[str, ...]:
     """The tasks a run trains: ``cfg.tasks``, or the data set's default tasks."""
     if cfg.tasks:
         return tuple(cfg.tasks)
-    if cfg.data == "text":
-        from .data.text import TEXT_TASKS
+    return DATASETS.get(cfg.data).default_tasks(cfg)
 
-        return tuple(TEXT_TASKS)
-    if cfg.data == "census":
-        from .data.census import GROUPS
 
-        return GROUPS[1 if cfg.census_group == 1 else 2]
-    return ("left", "right")  # MultiDigits
+def _text_tasks(cfg: TrainConfig) -> tuple[str, ...]:
+    from .data.text import TEXT_TASKS
+
+    return tuple(TEXT_TASKS)
+
+
+def _census_tasks(cfg: TrainConfig) -> tuple[str, ...]:
+    from .data.census import GROUPS
+
+    return GROUPS[1 if cfg.census_group == 1 else 2]
 
 
 def _multidigits(cfg: TrainConfig) -> Prepared:
@@ -162,38 +175,52 @@ def _census(cfg: TrainConfig) -> Prepared:
     )
 
 
-DATASETS: dict[str, Callable[[TrainConfig], Prepared]] = {
-    "multidigits": _multidigits,
-    "text": _text,
-    "census": _census,
-}
+DATASETS: Registry[DataSet] = Registry("data set")
+DATASETS.add("multidigits", DataSet(_multidigits, lambda cfg: ("left", "right")),
+             summary="MultiDigits: two-digit images generated in memory (bundled, no download)")
+DATASETS.add("text", DataSet(_text, _text_tasks), summary="text classification tasks under "
+             "`data_root`, over frozen MiniLM sentence embeddings (or its fine-tuned top layers)")
+DATASETS.add("census", DataSet(_census, _census_tasks), summary="Census-Income (KDD) under "
+             "`data_root`, task group 1 or 2 (`census_group`)")
 
-# "hard_sharing" is the plain trunk of `hidden` widths; the others come from the model registry
-ARCHITECTURE_NAMES = ("hard_sharing", *sorted(MODEL_REGISTRY))
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check every name and parameter of ``cfg`` against its registry, before any data is
+    read: a misspelt balancer parameter is reported in a second, not after the data set has
+    been built. Errors are one-line :class:`ConfigError` naming the key."""
+    try:  # each message names the registry ("unknown balancer ...", "architecture 'mmoe': ...")
+        DATASETS.entry(cfg.data)
+        ARCHITECTURES.validate(cfg.arch, cfg.arch_params)
+        BALANCERS.validate(cfg.balancer, cfg.balancer_params)
+    except RegistryError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.hidden is not None and "hidden" in cfg.arch_params:
+        raise ConfigError("give the trunk widths once: `hidden` or arch_params.hidden, not both")
+    if cfg.finetune_layers > 0 and cfg.arch != "hard_sharing":
+        raise ConfigError(
+            f"finetune_layers: the model is MiniLM's top layers + an MLP trunk; "
+            f"arch {cfg.arch!r} is not available there"
+        )
+
+
+def arch_params(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.arch_params``, with the config's ``hidden`` as the architecture's ``hidden``
+    parameter where it has one (hard_sharing, shared_bottom, cross_stitch)."""
+    params = dict(cfg.arch_params)
+    if cfg.hidden is not None and "hidden" in ARCHITECTURES.entry(cfg.arch).params:
+        params["hidden"] = tuple(cfg.hidden)
+    return params
 
 
 def build_model(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
     """The architecture ``cfg.arch`` with ``cfg.arch_params`` for the data's tasks and input."""
-    params = dict(cfg.arch_params)
-    try:
-        if data.model_factory is not None:
-            if cfg.arch != "hard_sharing":
-                raise ConfigError(
-                    f"finetune_layers: the model is MiniLM's top layers + an MLP trunk; "
-                    f"arch {cfg.arch!r} is not available there"
-                )
-            return data.model_factory(hidden=tuple(cfg.hidden), **params)
-        if cfg.arch == "hard_sharing":
-            if data.input_layer is None:
-                return HardSharing(data.tasks, data.in_features, hidden=cfg.hidden, **params)
-            return shared_bottom(
-                data.tasks, input_layer=data.input_layer(), hidden=cfg.hidden, **params
-            )
-        if data.input_layer is None:
-            return make_model(cfg.arch, data.tasks, in_features=data.in_features, **params)
-        return make_model(cfg.arch, data.tasks, input_layer=data.input_layer(), **params)
-    except TypeError as err:  # an unknown keyword in arch_params
-        raise ConfigError(f"arch {cfg.arch!r}: bad arch_params {params}: {err}") from None
+    params = arch_params(cfg)
+    if data.model_factory is not None:  # validate_config allows hard_sharing only
+        params.setdefault("hidden", ARCHITECTURES.entry(cfg.arch).params["hidden"].default)
+        return data.model_factory(**params)
+    if data.input_layer is None:
+        return make_model(cfg.arch, data.tasks, in_features=data.in_features, **params)
+    return make_model(cfg.arch, data.tasks, input_layer=data.input_layer(), **params)
 
 
 def seed_everything(seed: int) -> None:
@@ -204,14 +231,11 @@ def seed_everything(seed: int) -> None:
 
 def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; return ``{"config", "val", "test"}`` with per-task metrics."""
-    if cfg.data not in DATASETS:
-        raise ConfigError(f"unknown data {cfg.data!r}; available: {sorted(DATASETS)}")
-    if cfg.arch not in ARCHITECTURE_NAMES:
-        raise ConfigError(f"unknown arch {cfg.arch!r}; available: {list(ARCHITECTURE_NAMES)}")
+    validate_config(cfg)
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
     ctx = init_from_env()
     seed_everything(cfg.seed)
-    data = DATASETS[cfg.data](cfg)
+    data = DATASETS.get(cfg.data).prepare(cfg)
     if ctx is not None:
         data.train = ShardedBatches(data.train, ctx.rank, ctx.world_size)
     model = build_model(cfg, data)

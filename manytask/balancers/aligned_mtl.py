@@ -19,13 +19,15 @@ Conventions: task weights ``w = 1`` (the summed loss, as LibMTL; torchjd's Align
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_choice, register
+from .registry import register
 
 SCALES = ("min", "median", "mean")
 
@@ -50,10 +52,12 @@ class AlignedMTL(Balancer):
 
     name = "aligned_mtl"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "scale": Param("choice", "min", "which singular value sets the scale", choices=SCALES),
+    }
 
     def __init__(self, scale: str = "min") -> None:
         super().__init__()
-        check_choice("aligned_mtl", "scale", scale, SCALES)
         self.scale = scale
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:

@@ -50,14 +50,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from ._qp import solve_qp
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 RESCALES = (0, 1, 2)
 
@@ -231,13 +233,14 @@ class CAGrad(Balancer):
 
     name = "cagrad"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "c": Param("float", 0.4, "radius of the ball around the mean gradient", low=0.0),
+        "rescale": Param("choice", 1, "rescaling of the update (the reference code's 0, 1, 2)",
+                         choices=RESCALES),
+    }
 
     def __init__(self, c: float = 0.4, rescale: int = 1) -> None:
         super().__init__()
-        check_number("cagrad", "c", c, low=0.0)
-        check_number("cagrad", "rescale", rescale, integer=True)
-        if rescale not in RESCALES:
-            raise ValueError(f"cagrad: rescale must be one of {list(RESCALES)}, got {rescale!r}")
         self.c = c
         self.rescale = rescale
 

@@ -13,12 +13,14 @@ Lin, Jiang, Ye, Zhang, Chen, Chen, Liu and Kwok, "Dual-Balancing for Multi-Task 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 @register
@@ -53,6 +55,12 @@ class DBMTL(Balancer):
 
     name = "dbmtl"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "beta": Param("float", 0.9, "EMA factor of the log-loss gradients", low=0.0, high=1.0,
+                      high_open=True),
+        "sigma": Param("float", 0.0, "EMA decay exponent of beta", low=0.0),
+        "eps": Param("float", 1e-8, "added inside the logarithm", low=0.0, low_open=True),
+    }
     applies_to_heads = True
 
     norm_avg: Tensor
@@ -60,9 +68,6 @@ class DBMTL(Balancer):
 
     def __init__(self, beta: float = 0.9, sigma: float = 0.0, eps: float = 1e-8) -> None:
         super().__init__()
-        check_number("dbmtl", "beta", beta, low=0.0, high=1.0, high_inclusive=False)
-        check_number("dbmtl", "sigma", sigma, low=0.0)
-        check_number("dbmtl", "eps", eps, low=0.0, low_inclusive=False)
         self.beta = beta
         self.sigma = sigma
         self.eps = eps

@@ -15,12 +15,14 @@ end of each epoch). The loss means are accumulated from the losses seen by :meth
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 @register
@@ -29,6 +31,9 @@ class DynamicWeightAverage(Balancer):
 
     name = "dwa"
     requires = "losses"
+    params: ClassVar[dict[str, Param]] = {
+        "T": Param("float", 2.0, "softmax temperature", low=0.0, low_open=True),
+    }
     # Per-task state, allocated by setup().
     loss_sum: Tensor
     loss_count: Tensor
@@ -38,7 +43,6 @@ class DynamicWeightAverage(Balancer):
 
     def __init__(self, T: float = 2.0) -> None:
         super().__init__()
-        check_number("dwa", "T", T, low=0.0, low_inclusive=False)
         self.T = T
 
     def setup(self, task_names: Sequence[str]) -> None:

@@ -27,13 +27,15 @@ present this is torchjd 0.18's ``ExcessMTL``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from ._lazy import LazyRows
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 _EPS = 1e-7
 
@@ -44,6 +46,11 @@ class ExcessMTL(LazyRows, Balancer):
 
     name = "excess_mtl"
     requires = "jacobian"
+    params: ClassVar[dict[str, Param]] = {
+        "robust_step_size": Param("float", 1.0, "step of the weight update", low=0.0,
+                                  low_open=True),
+        "n_warmup_steps": Param("int", 0, "steps that set the initial excess", low=0),
+    }
     lazy_buffers = ("sq_sum",)
     sq_sum: Tensor
     alpha: Tensor
@@ -54,10 +61,6 @@ class ExcessMTL(LazyRows, Balancer):
 
     def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0) -> None:
         super().__init__()
-        check_number(
-            "excess_mtl", "robust_step_size", robust_step_size, low=0.0, low_inclusive=False
-        )
-        check_number("excess_mtl", "n_warmup_steps", n_warmup_steps, low=0, integer=True)
         self.robust_step_size = robust_step_size
         self.n_warmup_steps = n_warmup_steps
 

@@ -20,13 +20,15 @@ weights ``1/K`` (torchjd's convention).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from ._fairness import fair_weights
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 @register
@@ -35,10 +37,12 @@ class FairGrad(Balancer):
 
     name = "fairgrad"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "alpha": Param("float", 1.0, "alpha-fairness exponent", low=0.0),
+    }
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
-        check_number("fairgrad", "alpha", alpha, low=0.0)
         self.alpha = alpha
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:

@@ -13,13 +13,14 @@ Algorithm 1. With logits ``xi`` (start at 0), ``z = softmax(xi)`` and ``D_k = L_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_choice, check_number, register
+from .registry import number_map, register
 
 Optimizer = Literal["adam", "sgd"]
 
@@ -58,6 +59,14 @@ class FAMO(Balancer):
 
     name = "famo"
     requires = "losses"
+    params: ClassVar[dict[str, Param]] = {
+        "lr": Param("float", 0.025, "step size of the logits", low=0.0),
+        "weight_decay": Param("float", 1e-3, "decay of the logits", low=0.0),
+        "optimizer": Param("choice", "adam", "optimizer of the logits", choices=("adam", "sgd")),
+        "eps": Param("float", 1e-8, "floor inside the logarithm", low=0.0, low_open=True),
+        "min_losses": Param("any", None, "{task: lower bound b_k of its loss}", nullable=True,
+                            check=number_map()),
+    }
 
     logits: Tensor
     prev_log_loss: Tensor
@@ -77,17 +86,11 @@ class FAMO(Balancer):
         min_losses: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
-        check_number("famo", "lr", lr, low=0.0)
-        check_number("famo", "weight_decay", weight_decay, low=0.0)
-        check_choice("famo", "optimizer", optimizer, ("adam", "sgd"))
-        check_number("famo", "eps", eps, low=0.0, low_inclusive=False)
         self.lr = lr
         self.weight_decay = weight_decay
         self.optimizer = optimizer
         self.eps = eps
         self.min_losses = dict(min_losses or {})
-        for task, b in self.min_losses.items():
-            check_number("famo", f"min_losses[{task!r}]", b)
 
     def setup(self, task_names: Sequence[str]) -> None:
         first = not self.task_names

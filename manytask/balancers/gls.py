@@ -9,12 +9,14 @@ mean of the task losses.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 @register
@@ -36,10 +38,12 @@ class GLS(Balancer):
 
     name = "gls"
     requires = "losses"
+    params: ClassVar[dict[str, Param]] = {
+        "eps": Param("float", 1e-8, "added to each loss before the product", low=0.0),
+    }
 
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__()
-        check_number("gls", "eps", eps, low=0.0)
         self.eps = eps
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:

@@ -23,12 +23,14 @@ torchjd 0.18, so both agree under the same seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 def graddrop_update(jacobian: Tensor, leak: float, u: Tensor) -> Tensor:
@@ -54,10 +56,12 @@ class GradDrop(Balancer):
 
     name = "graddrop"
     requires = "jacobian"
+    params: ClassVar[dict[str, Param]] = {
+        "leak": Param("float", 0.0, "share of the dropped gradient kept", low=0.0, high=1.0),
+    }
 
     def __init__(self, leak: float = 0.0) -> None:
         super().__init__()
-        check_number("graddrop", "leak", leak, low=0.0, high=1.0)
         self.leak = leak
 
     def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:

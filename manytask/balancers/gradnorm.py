@@ -27,12 +27,14 @@ as ``shared_params`` to :func:`manytask.backward` to get exactly that (``mode="e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 _FLOOR = 1e-4  # weights are kept at least this large so that they stay positive
 
@@ -43,6 +45,10 @@ class GradNorm(Balancer):
 
     name = "gradnorm"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "alpha": Param("float", 1.5, "restoring-force exponent", low=0.0),
+        "lr": Param("float", 0.025, "step size of the weights", low=0.0, low_open=True),
+    }
     applies_to_heads = True
     # Per-task state, allocated by setup().
     weights: Tensor
@@ -50,8 +56,6 @@ class GradNorm(Balancer):
 
     def __init__(self, alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__()
-        check_number("gradnorm", "alpha", alpha, low=0.0)
-        check_number("gradnorm", "lr", lr, low=0.0, low_inclusive=False)
         self.alpha = alpha
         self.lr = lr
 

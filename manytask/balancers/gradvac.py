@@ -34,12 +34,14 @@ under the same seed and the same state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 def gradvac_coefficients(
@@ -77,12 +79,14 @@ class GradVac(Balancer):
 
     name = "gradvac"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "beta": Param("float", 0.5, "EMA factor of the cosine targets", low=0.0, high=1.0),
+        "eps": Param("float", 1e-8, "floor of the norms", low=0.0),
+    }
     phi_hat: Tensor
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
         super().__init__()
-        check_number("gradvac", "beta", beta, low=0.0, high=1.0)
-        check_number("gradvac", "eps", eps, low=0.0)
         self.beta = beta
         self.eps = eps
 

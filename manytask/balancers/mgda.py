@@ -20,14 +20,16 @@ original, unnormalised gradients.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from ._qp import solve_qp
 from .base import Balancer, Decision
-from .registry import check_choice, register
+from .registry import register
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -75,10 +77,13 @@ class MGDA(Balancer):
 
     name = "mgda"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "normalization": Param("choice", "none", "normalisation before the min-norm problem",
+                               choices=NORMALIZATIONS),
+    }
 
     def __init__(self, normalization: str = "none") -> None:
         super().__init__()
-        check_choice("mgda", "normalization", normalization, NORMALIZATIONS)
         self.normalization = normalization
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:

@@ -23,15 +23,17 @@ projected onto the present tasks' share of the simplex (their total mass is kept
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from ._lazy import LazyRows
 from ._qp import _project
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 @register
@@ -40,6 +42,12 @@ class MoCo(LazyRows, Balancer):
 
     name = "moco"
     requires = "jacobian"
+    params: ClassVar[dict[str, Param]] = {
+        "beta": Param("float", 0.5, "tracking step of the gradients", low=0.0, high=1.0,
+                      low_open=True),
+        "gamma": Param("float", 0.1, "step size of the weights", low=0.0, low_open=True),
+        "rho": Param("float", 0.0, "weight regularisation", low=0.0),
+    }
     lazy_buffers = ("tracked",)
     tracked: Tensor
     seen: Tensor
@@ -47,9 +55,6 @@ class MoCo(LazyRows, Balancer):
 
     def __init__(self, beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0) -> None:
         super().__init__()
-        check_number("moco", "beta", beta, low=0.0, high=1.0, low_inclusive=False)
-        check_number("moco", "gamma", gamma, low=0.0, low_inclusive=False)
-        check_number("moco", "rho", rho, low=0.0)
         self.beta = beta
         self.gamma = gamma
         self.rho = rho

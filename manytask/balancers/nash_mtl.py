@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from ._fairness import fair_weights
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import register
 
 
 @register
@@ -40,6 +42,10 @@ class NashMTL(Balancer):
 
     name = "nash_mtl"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "max_norm": Param("float", 1.0, "clip of the update norm (0: none)", low=0.0),
+        "update_weights_every": Param("int", 1, "solve every N steps", low=1),
+    }
     # Per-task state, allocated by setup().
     last_alpha: Tensor
     last_present: Tensor
@@ -47,8 +53,6 @@ class NashMTL(Balancer):
 
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1) -> None:
         super().__init__()
-        check_number("nash_mtl", "max_norm", max_norm, low=0.0)
-        check_number("nash_mtl", "update_weights_every", update_weights_every, low=1, integer=True)
         self.max_norm = max_norm
         self.update_weights_every = update_weights_every
 

@@ -21,10 +21,12 @@ draws it; ``shuffle=False`` uses the fixed order ``j = 0..K-1`` of the present t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
 from .registry import register
 
@@ -54,11 +56,12 @@ class PCGrad(Balancer):
 
     name = "pcgrad"
     requires = "gramian"
+    params: ClassVar[dict[str, Param]] = {
+        "shuffle": Param("bool", True, "random task order per projection"),
+    }
 
     def __init__(self, shuffle: bool = True) -> None:
         super().__init__()
-        if not isinstance(shuffle, bool):
-            raise ValueError(f"pcgrad: shuffle must be a bool, got {shuffle!r}")
         self.shuffle = shuffle
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:

@@ -30,13 +30,14 @@ of every task.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param, did_you_mean
 from .base import Balancer, Decision
-from .registry import build, check_number, register
+from .registry import BALANCERS, build, register
 
 
 class _ByPhase:
@@ -57,6 +58,22 @@ def _inner(method: Periodic) -> Balancer:
     return inner
 
 
+def _base_check(value: object) -> str | None:
+    if isinstance(value, Balancer):
+        return None
+    if not isinstance(value, str):
+        return "must be a balancer name or a Balancer"
+    # the name's entry is looked up (and its parameters checked) when periodic is built
+    if value in BALANCERS:
+        return None
+    hint = did_you_mean(value, BALANCERS.names())
+    return f"is an unknown balancer{hint}; available: {', '.join(BALANCERS.names())}"
+
+
+def _params_check(value: object) -> str | None:
+    return None if isinstance(value, Mapping) else "must be a mapping of parameter names"
+
+
 @register
 class Periodic(Balancer):
     """Reuse a gradient-level method's weights for ``every - 1`` steps after each computation."""
@@ -65,6 +82,13 @@ class Periodic(Balancer):
     # The engine reads these before each call, so on reuse steps it computes no task gradient.
     requires = _ByPhase(lambda _: "gramian", "losses")
     applies_to_heads = _ByPhase(lambda m: m is not None and _inner(m).applies_to_heads, False)
+    params: ClassVar[dict[str, Param]] = {
+        "base": Param("any", "upgrad", "the Gramian-based method whose weights are reused (a "
+                      "name or a Balancer)", check=_base_check),
+        "every": Param("int", 10, "compute the weights every N steps", low=1),
+        "base_params": Param("any", None, "parameters of base, when base is a name",
+                             nullable=True, check=_params_check),
+    }
     step: Tensor
     stored: Tensor
 
@@ -75,15 +99,12 @@ class Periodic(Balancer):
         base_params: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        check_number("periodic", "every", every, low=1, integer=True)
         if isinstance(base, str):
             inner = build(base, base_params)
         elif isinstance(base, Balancer):
             if base_params:
                 raise ValueError("periodic: base_params is only used when base is a name")
             inner = base
-        else:
-            raise TypeError(f"periodic: base must be a balancer name or a Balancer, got {base!r}")
         if type(inner).requires != "gramian":
             raise ValueError(
                 f"periodic: base must be a Gramian-based method, got {inner.name!r} "

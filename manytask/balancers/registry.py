@@ -1,70 +1,110 @@
-"""A registry of training methods, picked by name with validated hyper-parameters."""
+"""The training methods by name: a thin layer over :class:`manytask.registry.Registry`.
+
+Every balancer declares its hyper-parameters once, as ``params: ClassVar[dict[str, Param]]``
+(type, range, choices, default, doc). ``@register`` adds the class to :data:`BALANCERS` and
+makes its constructor validate against that declaration, so ``CAGrad(c=-1)`` and
+``make_balancer("cagrad", c=-1)`` fail the same way, in one line, before anything is built.
+Rules between parameters that a declaration cannot express stay in the class (a ``check``).
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from ..registry import Param, Registry, resolve
 from .base import Balancer
 
-_REGISTRY: dict[str, type[Balancer]] = {}
+
+def _load_all() -> None:
+    # Importing the package imports every method module, each registering itself.
+    import manytask.balancers  # noqa: F401
+
+
+BALANCERS: Registry[type[Balancer]] = Registry("balancer", loader=_load_all)
 
 B = TypeVar("B", bound=type[Balancer])
 
 
 def register(cls: B) -> B:
-    """Class decorator adding a balancer to the registry under ``cls.name``."""
+    """Class decorator: add ``cls`` under ``cls.name`` with its declared ``params``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"balancer name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
+    spec: Mapping[str, Param] = getattr(cls, "params", {})
+    BALANCERS.add(cls.name, cls, spec)
+    _validate_on_construction(cls, spec)
     return cls
+
+
+def _validate_on_construction(cls: type[Balancer], spec: Mapping[str, Param]) -> None:
+    """Wrap ``cls.__init__`` so the arguments it receives are checked against ``spec``."""
+    init = cls.__dict__.get("__init__")
+    if init is None:  # inherited: the parent's (already wrapped) constructor checks
+        return
+    signature = inspect.signature(init)
+    where = f"balancer {cls.name!r}"
+
+    @functools.wraps(init)
+    def checked(self: Balancer, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        given = {k: v for k, v in bound.arguments.items() if k != "self"}
+        validated = resolve(spec, given, where)
+        for key in given:
+            if key in spec:
+                bound.arguments[key] = validated[key]
+        init(*bound.args, **bound.kwargs)
+
+    setattr(cls, "__init__", checked)  # noqa: B010 (mypy refuses assigning a method)
 
 
 def available() -> list[str]:
     """Names of all registered balancers, sorted."""
-    return sorted(_REGISTRY)
+    return BALANCERS.names()
 
 
 def get(name: str) -> type[Balancer]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown balancer {name!r}; available: {', '.join(available())}"
-        ) from None
+    """The balancer class called ``name``; an unknown name is a one-line error with a hint."""
+    return BALANCERS.get(name)
 
 
 def parameters(name: str) -> dict[str, Any]:
-    """The hyper-parameters of balancer ``name`` and their defaults."""
-    sig = inspect.signature(get(name).__init__)
-    return {
-        p.name: (None if p.default is inspect.Parameter.empty else p.default)
-        for p in sig.parameters.values()
-        if p.name != "self"
-    }
+    """The declared hyper-parameters of balancer ``name`` and their defaults."""
+    return {k: p.default for k, p in BALANCERS.entry(name).params.items()}
 
 
 def build(name: str, params: Mapping[str, Any] | None = None) -> Balancer:
     """Instantiate balancer ``name``; unknown or out-of-range parameters raise ``ValueError``."""
-    cls = get(name)
-    params = dict(params or {})
-    known = parameters(name)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(
-            f"balancer {name!r} has no parameter(s) {unknown}; "
-            f"its parameters are {sorted(known) or 'none'}"
-        )
-    return cls(**params)
+    built: Balancer = BALANCERS.build(name, **dict(params or {}))
+    return built
 
 
 def make_balancer(name: str, **params: Any) -> Balancer:
     """``make_balancer("cagrad", c=0.4)``: keyword form of :func:`build`."""
     return build(name, params)
+
+
+# ---------------------------------------------------------------------------- declarations
+def number_map(*, low: float | None = None, low_open: bool = False) -> Callable[[Any], str | None]:
+    """A ``Param.check`` for ``{task: number}`` mappings (``None`` allowed: no entry)."""
+
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            return "must be a mapping of task names to numbers"
+        for task, v in value.items():
+            if not isinstance(task, str):
+                return "must have task names (strings) as keys"
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                return f"[{task!r}] must be a finite number"
+            if low is not None and (v < low or (low_open and v == low)):
+                return f"[{task!r}] must be {'>' if low_open else '>='} {low:g}"
+        return None
+
+    return check
 
 
 # ---------------------------------------------------------------------------- validation helpers
@@ -79,22 +119,13 @@ def check_number(
     high_inclusive: bool = True,
     integer: bool = False,
 ) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number within the given bounds."""
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{owner}: {param} must be {kind}, got {value!r}")
-    if integer and not isinstance(value, int):
-        raise ValueError(f"{owner}: {param} must be {kind}, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{owner}: {param} must be finite, got {value!r}")
-    if low is not None and (value < low or (value == low and not low_inclusive)):
-        op = ">=" if low_inclusive else ">"
-        raise ValueError(f"{owner}: {param} must be {op} {low}, got {value!r}")
-    if high is not None and (value > high or (value == high and not high_inclusive)):
-        op = "<=" if high_inclusive else "<"
-        raise ValueError(f"{owner}: {param} must be {op} {high}, got {value!r}")
+    """Raise ``ValueError`` unless ``value`` is a finite number within the given bounds.
 
-
-def check_choice(owner: str, param: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}: {param} must be one of {list(choices)}, got {value!r}")
+    For functions that are not registered entries (e.g. the Rep-MTL regulariser)."""
+    Param(
+        "int" if integer else "float",
+        low=low,
+        high=high,
+        low_open=not low_inclusive,
+        high_open=not high_inclusive,
+    ).validate(value, f"{owner}: {param}")

@@ -9,13 +9,14 @@ distribution): at every step draw ``lambda ~ N(0, I_K)`` and weight the losses b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_choice, register
+from .registry import register
 
 Total = Literal["one", "tasks"]
 
@@ -36,10 +37,12 @@ class RLW(Balancer):
 
     name = "rlw"
     requires = "losses"
+    params: ClassVar[dict[str, Param]] = {
+        "total": Param("choice", "one", "weights sum to 1 or to K", choices=("one", "tasks")),
+    }
 
     def __init__(self, total: Total = "one") -> None:
         super().__init__()
-        check_choice("rlw", "total", total, ("one", "tasks"))
         self.total = total
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:

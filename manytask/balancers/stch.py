@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_choice, check_number, register
+from .registry import number_map, register
 
 Ideal = Literal["zero", "running_min"]
 
@@ -49,6 +50,15 @@ class STCH(Balancer):
 
     name = "stch"
     requires = "losses"
+    params: ClassVar[dict[str, Param]] = {
+        "mu": Param("float", 1.0, "smoothing temperature", low=0.0, low_open=True),
+        "warmup_steps": Param("int", 0, "steps of equal weighting that set the nadir", low=0),
+        "ideal": Param("choice", "zero", "ideal point", choices=("zero", "running_min")),
+        "log_losses": Param("bool", False, "use log losses"),
+        "preference": Param("any", None, "{task: preference weight}", nullable=True,
+                            check=number_map(low=0.0, low_open=True)),
+        "eps": Param("float", 1e-8, "floor inside the logarithm", low=0.0, low_open=True),
+    }
 
     warmup_sum: Tensor
     warmup_count: Tensor
@@ -65,19 +75,11 @@ class STCH(Balancer):
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        check_number("stch", "mu", mu, low=0.0, low_inclusive=False)
-        check_number("stch", "warmup_steps", warmup_steps, low=0, integer=True)
-        check_choice("stch", "ideal", ideal, ("zero", "running_min"))
-        if not isinstance(log_losses, bool):
-            raise ValueError(f"stch: log_losses must be a bool, got {log_losses!r}")
-        check_number("stch", "eps", eps, low=0.0, low_inclusive=False)
         self.mu = mu
         self.warmup_steps = warmup_steps
         self.ideal = ideal
         self.log_losses = log_losses
         self.preference = dict(preference or {})
-        for task, w in self.preference.items():
-            check_number("stch", f"preference[{task!r}]", w, low=0.0, low_inclusive=False)
         self.eps = eps
 
     def setup(self, task_names: Sequence[str]) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Param
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import number_map, register
 
 
 @register
@@ -32,12 +34,14 @@ class FixedWeights(Balancer):
 
     name = "fixed"
     requires = "losses"
+    params: ClassVar[dict[str, Param]] = {
+        "weights": Param("any", None, "{task: weight}; 1 for a task not named",
+                         nullable=True, check=number_map(low=0.0)),
+    }
 
     def __init__(self, weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.weights = dict(weights or {})
-        for task, w in self.weights.items():
-            check_number("fixed", f"weights[{task!r}]", w, low=0.0)
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)

@@ -8,6 +8,7 @@ from .encoders import EmbeddingCache, SentenceEncoder, load_minilm
 from .multidigits import MultiDigits, digit_task, source_split
 from .multitab_bench import MultiTabBench, multitab_bench
 from .sampling import (
+    SAMPLERS,
     EXP3Sampler,
     MultiTaskBatches,
     ProportionalSampler,
@@ -17,12 +18,14 @@ from .sampling import (
     TwoPhaseSampler,
     dataset_sizes,
     loss_drop_reward,
+    make_sampler,
 )
 from .synthetic import mmoe_synthetic
 from .tabular import TabularBatch, TabularDataset, TabularInput, TabularX
 from .text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
 
 __all__ = [
+    "SAMPLERS",
     "TEXT_TASKS",
     "CensusData",
     "EXP3Sampler",
@@ -50,6 +53,7 @@ __all__ = [
     "load_minilm",
     "load_text_task",
     "loss_drop_reward",
+    "make_sampler",
     "mmoe_synthetic",
     "multitab_bench",
     "prepare_finetune",

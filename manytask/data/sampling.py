@@ -22,6 +22,7 @@ generator when a sampler is given ``seed=`` (its state is part of ``state_dict``
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..registry import REQUIRED, Param, Registry
 
 
 def _check_tasks(tasks: Sequence[str], owner: str) -> tuple[str, ...]:
@@ -379,3 +382,39 @@ class MultiTaskBatches:
             task = self.sampler.sample()
             yield task, self._next_batch(task)
             produced += 1
+
+
+# ---------------------------------------------------------------------------- by name
+SAMPLERS: Registry[type[TaskSampler]] = Registry("task sampler")
+_SEED = Param("int", None, "seed of the draws (default: unseeded)", nullable=True)
+_TEMPERATURE = Param("float", 1.0, "p_k proportional to n_k^(1/T)", low=0.0, low_open=True)
+SAMPLERS.add("temperature", TemperatureSampler, {"temperature": _TEMPERATURE, "seed": _SEED})
+SAMPLERS.add("proportional", ProportionalSampler, {"seed": _SEED})
+SAMPLERS.add("round_robin", RoundRobinSampler, {})
+SAMPLERS.add("exp3", EXP3Sampler, {
+    "gamma": Param("float", 0.1, "exploration share", low=0.0, high=1.0, low_open=True),
+    "eta": Param("float", None, "step of the log-weights (default: gamma / K)", low=0.0,
+                 low_open=True, nullable=True),
+    "seed": _SEED,
+}, reference="Auer et al., 2002")
+SAMPLERS.add("two_phase", TwoPhaseSampler, {
+    "switch_step": Param("int", REQUIRED, "draws of the first phase", low=0),
+    "min_size": Param("int", None, "large tasks: at least this many examples", low=1,
+                      nullable=True),
+    "top_fraction": Param("float", None, "large tasks: this fraction of the largest", low=0.0,
+                          high=1.0, low_open=True, nullable=True),
+    "temperature": _TEMPERATURE,
+    "then": Param("any", None, "sampler of the second phase (default: temperature)",
+                  nullable=True),
+    "seed": _SEED,
+})
+
+
+def make_sampler(name: str, sizes: Mapping[str, int], **params: Any) -> TaskSampler:
+    """Sampler ``name`` over tasks of ``sizes`` (``{task: examples}``), parameters validated
+    against its declaration (one-line error with a hint) before it is built."""
+    SAMPLERS.validate(name, params)
+    cls = SAMPLERS.get(name)
+    first = list(inspect.signature(cls.__init__).parameters)[1]  # after self: sizes or tasks
+    data: Any = list(sizes) if first == "tasks" else sizes
+    return cls(data, **params)

@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..registry import Param, Registry
 from .matrix import AffinityMatrix
 
 Method = Literal["auto", "exhaustive", "branch_and_bound", "beam", "cluster"]
-METHODS: tuple[str, ...] = ("auto", "exhaustive", "branch_and_bound", "beam", "cluster")
 Overlap = bool | Collection[str]
 _TOL = 1e-12
 
@@ -423,6 +423,58 @@ def _overlap_tasks(matrix: AffinityMatrix, overlap: Overlap) -> tuple[str, ...]:
     return tuple(t for t in matrix.tasks if t in names)
 
 
+# A search: (matrix, values, budget, overlap tasks, **params) -> (groups, evaluated, info).
+Found = tuple[list[list[int]], int, dict[str, Any]]
+SEARCHES: Registry[Any] = Registry("group search")
+_MAX_CANDIDATES = Param("int", 200_000, "refuse (exhaustive) above this many groupings", low=1)
+_BEAM_WIDTH = Param("int", 64, "partial groupings kept per step", low=1)
+
+
+@SEARCHES.register("exhaustive", params={"max_candidates": _MAX_CANDIDATES})
+def exhaustive_search(matrix: AffinityMatrix, values: np.ndarray, budget: int,
+                      shared: tuple[str, ...], *, max_candidates: int = 200_000) -> Found:
+    """Every set partition into at most B blocks (or, with overlap, every collection of at
+    most B distinct subsets): exact, refused above ``max_candidates``."""
+    groups, evaluated = _exhaustive(matrix, values, budget, shared, max_candidates)
+    return groups, evaluated, {}
+
+
+@SEARCHES.register("beam", params={"beam_width": _BEAM_WIDTH})
+def beam_search(matrix: AffinityMatrix, values: np.ndarray, budget: int,
+                shared: tuple[str, ...], *, beam_width: int = 64) -> Found:
+    """Tasks assigned one at a time, keeping the ``beam_width`` best partial groupings."""
+    groups, evaluated, _ = _beam(matrix, values, budget, shared, beam_width)
+    return groups, evaluated, {"beam_width": beam_width}
+
+
+@SEARCHES.register("branch_and_bound", params={"beam_width": _BEAM_WIDTH})
+def branch_and_bound_search(matrix: AffinityMatrix, values: np.ndarray, budget: int,
+                            shared: tuple[str, ...], *, beam_width: int = 64) -> Found:
+    """Exact depth-first search with an upper bound (the mean of the best remaining
+    affinities onto each task), started from the beam-search solution."""
+    start_groups, seeded, start = _beam(matrix, values, budget, shared, beam_width)
+    if shared:
+        groups, evaluated = _bnb_overlap(matrix, values, budget, shared, start, start_groups)
+    else:
+        groups, evaluated = _bnb_partition(values, budget, start, start_groups)
+    return groups, evaluated + seeded, {"seeded_by_beam": start}
+
+
+@SEARCHES.register("cluster", params={
+    "seed": Param("int", 0, "seed of k-means", low=0),
+    "features": Param("any", None, "K x D task vectors (default: each task's row and column)",
+                      nullable=True)})
+def cluster_search(matrix: AffinityMatrix, values: np.ndarray, budget: int,
+                   shared: tuple[str, ...], *, seed: int = 0,
+                   features: np.ndarray | None = None) -> Found:
+    """k-means of task vectors into B clusters (STG-MTL, Sherif et al., 2023)."""
+    from .clustering import cluster_tasks
+
+    vectors = features if features is not None else np.concatenate([values, values.T], 1)
+    clustered = cluster_tasks(vectors, budget, seed=seed, overlap=[matrix.index(t) for t in shared])
+    return clustered.groups, clustered.evaluated, {"membership": clustered.membership.tolist()}
+
+
 def search_groups(
     matrix: AffinityMatrix,
     budget: int,
@@ -435,7 +487,7 @@ def search_groups(
     seed: int = 0,
 ) -> Grouping:
     """The best grouping of ``matrix``'s tasks into at most ``budget`` groups (see the module
-    docstring for the score and the methods).
+    docstring for the score and :data:`SEARCHES` for the methods).
 
     ``"auto"`` is exhaustive while it visits at most ``max_candidates`` groupings, then branch
     and bound up to 12 tasks (8 with overlap: its bound is loose, 10 tasks can take minutes),
@@ -445,12 +497,17 @@ def search_groups(
     """
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"search_groups: budget must be a positive integer, got {budget!r}")
-    if method not in METHODS:
-        raise ValueError(f"search_groups: method must be one of {list(METHODS)}, got {method!r}")
+    if method != "auto" and method not in SEARCHES:
+        try:
+            SEARCHES.entry(method)
+        except ValueError as err:  # one line with a hint, naming the argument
+            raise ValueError(f"search_groups: method: {err} (or auto)") from None
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
         raise ValueError(
             f"search_groups: beam_width must be a positive integer, got {beam_width!r}"
         )
+    given = {"beam_width": beam_width, "max_candidates": max_candidates, "seed": seed,
+             "features": features}
     began = time.perf_counter()
     values = _check_matrix(matrix)
     shared = _overlap_tasks(matrix, overlap)
@@ -462,29 +519,10 @@ def search_groups(
             method = "branch_and_bound"
         else:
             method = "beam"
-    info: dict[str, Any] = {}
-    if method == "exhaustive":
-        groups, evaluated = _exhaustive(matrix, values, budget, shared, max_candidates)
-    elif method == "beam":
-        groups, evaluated, _ = _beam(matrix, values, budget, shared, beam_width)
-        info["beam_width"] = beam_width
-    elif method == "branch_and_bound":
-        start_groups, seeded, start = _beam(matrix, values, budget, shared, beam_width)
-        if shared:
-            groups, evaluated = _bnb_overlap(matrix, values, budget, shared, start, start_groups)
-        else:
-            groups, evaluated = _bnb_partition(values, budget, start, start_groups)
-        evaluated += seeded
-        info["seeded_by_beam"] = start
-    else:
-        from .clustering import cluster_tasks
-
-        vectors = features if features is not None else np.concatenate([values, values.T], 1)
-        clustered = cluster_tasks(
-            vectors, budget, seed=seed, overlap=[matrix.index(t) for t in shared]
-        )
-        groups, evaluated = clustered.groups, clustered.evaluated
-        info["membership"] = clustered.membership.tolist()
+    entry = SEARCHES.entry(method)
+    params = {key: given[key] for key in entry.params}
+    SEARCHES.validate(method, params, where="search_groups")
+    groups, evaluated, info = entry.target(matrix, values, budget, shared, **params)
     result = _make(matrix, values, groups, method, evaluated, began, budget, shared)
     if info:
         result.info.update(info)

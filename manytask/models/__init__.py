@@ -8,7 +8,7 @@ from .dselect_k import DSelectK
 from .dtrn import DTRN
 from .esmm import AITM, ESMM
 from .experts import ExpertSet, Routed
-from .factory import ARCHITECTURES, make_model, shared_bottom
+from .factory import ARCHITECTURES, hard_sharing, make_model, shared_bottom
 from .hard_sharing import HardSharing
 from .home import HoME
 from .moe import MMoE, OMoE
@@ -44,6 +44,7 @@ __all__ = [
     "TaskRoutedMoE",
     "expert_report",
     "expert_usage",
+    "hard_sharing",
     "make_model",
     "mlp",
     "multitask_mask",

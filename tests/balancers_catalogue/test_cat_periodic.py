@@ -98,7 +98,7 @@ def test_invalid_parameters() -> None:
         Periodic("rlw")
     with pytest.raises(ValueError, match="unknown balancer"):
         Periodic("nope")
-    with pytest.raises(TypeError, match="base"):
+    with pytest.raises(ValueError, match="base"):
         Periodic(3)  # type: ignore[arg-type]
 
 

@@ -91,3 +91,161 @@ def test_shipped_config_lists_every_key_and_loads() -> None:
     values = yaml.safe_load(path.read_text())
     assert set(values) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert load_config(path).balancer == values["balancer"]
+
+
+# ------------------------------------------------------------------ names checked before data
+def test_misspelt_balancer_param_is_reported_before_any_data_is_read(tmp_path: Path,
+                                                                     capsys) -> None:
+    # data that would fail to load (no such folder): the parameter must be named first
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: text\ndata_root: {tmp_path / 'absent'}\nbalancer: cagrad\n"
+                   "balancer_params: {cc: 0.5}\n")
+    assert main(["train", "--config", str(bad), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'cc' (did you mean 'c'?)" in err and "data_root" not in err
+    assert len(err.splitlines()) == 1
+    # with the parameter fixed, the data is what is wrong
+    bad.write_text(f"data: text\ndata_root: {tmp_path / 'absent'}\nbalancer: cagrad\n"
+                   "balancer_params: {c: 0.5}\n")
+    assert main(["train", "--config", str(bad), "--no-progress"]) == 2
+    assert "data_root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--arch", "mmoe", "--arch-param", "n_expert=2"], "did you mean 'n_experts'"),
+    (["--arch", "mmoe", "--arch-param", "n_experts=0"], "n_experts must be >= 1"),
+    (["--balancer", "mgda", "--balancer-param", "normalization=loss++"], "did you mean 'loss+'"),
+    (["--balancer", "upgrade"], "unknown balancer 'upgrade' (did you mean 'upgrad'?)"),
+    (["--data", "census2"], "unknown data set 'census2'"),
+    (["--arch", "mmoe", "--arch-param", "n_experts=[1"], "is not a YAML value"),
+])
+def test_config_names_and_parameters_are_one_line_errors(flags: list[str], needle: str,
+                                                         tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--run-dir", str(run), *flags]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()  # a refused command writes nothing
+
+
+# ------------------------------------------------------------------ the parser explains itself
+def _actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {a}", h) for a, h in _actions(sub))
+        elif not isinstance(action, argparse._HelpAction):
+            yield "/".join(action.option_strings) or action.dest, action.help
+
+
+def test_every_option_of_every_command_has_a_help_text() -> None:
+    from manytask.cli import build_parser
+
+    missing = [name for name, text in _actions(build_parser()) if not text]
+    assert missing == []
+
+
+def test_help_choices_come_from_the_registries(capsys) -> None:
+    from manytask.balancers.registry import BALANCERS
+    from manytask.models import ARCHITECTURES
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("the training method: " + ", ".join(BALANCERS.names())) in out
+    assert ("the architecture: " + ", ".join(ARCHITECTURES.names())) in out
+
+
+def test_version(capsys) -> None:
+    import manytask
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"manytask {manytask.__version__}"
+
+
+@pytest.mark.parametrize("command", ["balancers", "architectures", "merge-methods", "samplers",
+                                     "group-searches", "data-sets"])
+def test_listings_show_every_registered_name(command: str, capsys) -> None:
+    from manytask.cli.listing import registries
+
+    assert main([command]) == 0
+    out = capsys.readouterr().out
+    registry = registries()[command][0]()
+    assert len(registry) > 0
+    assert all(f"{name} " in out for name in registry.names())
+    name = registry.names()[0]
+    assert main([command, name]) == 0
+    assert capsys.readouterr().out.startswith(f"{name}: ")
+
+
+def test_usage_errors_are_one_line_with_exit_2(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--epochs", "x"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--epochs" in err and "'x'" in err
+
+
+def test_an_internal_error_says_so_in_one_line(monkeypatch, capsys) -> None:
+    import manytask.cli.train as train_command
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(train_command, "run_train", broken)
+    assert main(["train", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "internal error: KeyError" in err and "MANYTASK_TRACEBACK=1" in err
+    monkeypatch.setenv("MANYTASK_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        main(["train", "--epochs", "1"])
+
+
+def test_a_missing_optional_extra_names_the_extra(monkeypatch, capsys) -> None:
+    import manytask.cli.train as train_command
+
+    def needs_text(args):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr(train_command, "run_train", needs_text)
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "manytask[text]" in err and len(err.splitlines()) == 1
+
+
+def test_the_installed_command_line_end_to_end() -> None:
+    """One subprocess (about 2 s of imports): ``python -m manytask`` exits 2 with one line."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "manytask", "train", "--balancer", "cagrad",
+                           "--balancer-param", "c=-1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("manytask train: error: balancer 'cagrad': c must be >= 0, "
+                                   "got -1")
+
+
+@pytest.mark.parametrize(("error", "needle"), [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 5e13 "
+                  "bytes"), "out of memory: a size in the configuration is too large"),
+    (OverflowError("cannot fit 'int' into an index-sized integer"), "cannot fit"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+])
+def test_resource_and_size_errors_are_user_errors(error: Exception, needle: str,
+                                                  monkeypatch, capsys) -> None:
+    import manytask.cli.train as train_command
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(train_command, "run_train", fails)
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "internal" not in err

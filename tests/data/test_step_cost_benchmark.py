@@ -54,6 +54,9 @@ def test_a_method_with_a_required_parameter_is_skipped(step_cost, monkeypatch) -
             super().__init__()
             self.scale = scale
 
-    monkeypatch.setitem(registry._REGISTRY, NeedsArgument.name, NeedsArgument)
-    balancer, why = step_cost.build_balancer(NeedsArgument.name)
+    registry.BALANCERS.add(NeedsArgument.name, NeedsArgument)
+    try:
+        balancer, why = step_cost.build_balancer(NeedsArgument.name)
+    finally:
+        registry.BALANCERS.remove(NeedsArgument.name)
     assert balancer is None and "scale" in why

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from manytask import HardSharing
+from manytask.cli.grouping import add_affinity_commands
 from manytask.data import MultiDigits, TensorBatches
 from manytask.grouping import (
     AffinityMatrix,
@@ -18,7 +19,6 @@ from manytask.grouping import (
     search_groups,
     write_matrices,
 )
-from manytask.grouping.cli import add_affinity_commands
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -72,7 +72,8 @@ def _check_valid_train(cfg: TrainConfig) -> None:
             assert math.isfinite(v), f.name
     assert cfg.epochs >= 0 and cfg.batch_size >= 1 and cfg.train_size >= 1
     assert cfg.lr > 0 and 0 <= cfg.missing_rate < 1
-    assert cfg.hidden and all(isinstance(h, int) and h >= 1 for h in cfg.hidden)
+    hidden = cfg.hidden  # None: the architecture's own widths
+    assert hidden is None or (hidden and all(isinstance(h, int) and h >= 1 for h in hidden))
     assert cfg.mode in ("exact", "feature") and cfg.head_grad in ("own", "weighted")
 
 

@@ -211,7 +211,7 @@ def test_bad_configurations_raise(build, match) -> None:
         build()
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("name", ARCHITECTURES.names())
 def test_factory_builds_every_architecture_on_a_tabular_input(name: str) -> None:
     layer = TabularInput([5, 7], n_dense=3, embedding_dim=4)
     model = make_model(name, TASKS, input_layer=layer)
@@ -227,7 +227,7 @@ def test_factory_rejects_unknown_names() -> None:
         make_model("moe", TASKS, in_features=3)
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("name", ARCHITECTURES.names())
 def test_exact_gramian_through_embeddings_matches_per_task_gradients(name: str) -> None:
     layer = TabularInput([5, 7], n_dense=3, embedding_dim=4)
     model = make_model(name, TASKS, input_layer=layer)

@@ -91,3 +91,12 @@ def test_lazy_loader_runs_once_before_lookup() -> None:
     assert calls == []
     assert reg.names() == ["x"] and reg.names() == ["x"]
     assert calls == [1]
+
+
+def test_remove_forgets_an_entry_and_its_aliases() -> None:
+    reg: Registry = Registry("widget")
+    reg.add("a", len, aliases=("alias",))
+    reg.remove("alias")
+    assert "a" not in reg and "alias" not in reg and reg.names() == []
+    with pytest.raises(RegistryError, match="unknown widget 'a'"):
+        reg.remove("a")

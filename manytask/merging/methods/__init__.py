@@ -1,9 +1,18 @@
 """Merge methods, one family per module, all registered by name."""
 
 from . import averaging, consensus, geometric, sparse
-from .base import Chunk, MergeMethod, TensorPlan, available_methods, get_method, register
+from .base import (
+    METHODS,
+    Chunk,
+    MergeMethod,
+    TensorPlan,
+    available_methods,
+    get_method,
+    register,
+)
 
 __all__ = [
+    "METHODS",
     "Chunk",
     "MergeMethod",
     "TensorPlan",

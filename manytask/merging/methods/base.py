@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...registry import Registry
 from ..params import Param, resolve
 
 # "required": the base is loaded and merged; "reference": it only supplies config files.
@@ -185,27 +186,23 @@ class MergeMethod:
 
 
 M = TypeVar("M", bound=type[MergeMethod])
-_REGISTRY: dict[str, type[MergeMethod]] = {}
+METHODS: Registry[type[MergeMethod]] = Registry("merge method")
 
 
 def register(cls: M) -> M:
+    """Class decorator: add ``cls`` under ``cls.name`` with its declared global parameters
+    (the per-model ones stay on the class, ``model_params``)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"merge method {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
+    METHODS.add(cls.name, cls, cls.global_params)
     return cls
 
 
 def available_methods() -> list[str]:
     """Names of all registered merge methods, sorted."""
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[MergeMethod]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown merge method {name!r}; available: {', '.join(available_methods())}"
-        ) from None
+    """The merge method called ``name``; an unknown name is a one-line error with a hint."""
+    return METHODS.get(name)

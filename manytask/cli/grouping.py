@@ -21,8 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .matrix import AffinityMatrix, read_matrices, write_matrices
-from .search import METHODS, Grouping, score_grouping, search_groups
+from ..grouping.markdown import groups_markdown
+from ..grouping.matrix import AffinityMatrix, read_matrices, write_matrices
+from ..grouping.search import SEARCHES, score_grouping, search_groups
+from .flags import add_config_flags, config_from_args
 
 _UNUSED_KEYS = (
     "resume",
@@ -39,8 +41,6 @@ _KIND_ORDER = ("lookahead", "cosine", "cosine_feature", "datamap", "transfer")
 
 def add_affinity_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``affinity`` and ``group`` on ``subparsers`` (handlers set as ``func``)."""
-    from ..cli import add_config_flags
-
     aff = subparsers.add_parser(
         "affinity",
         help="measure how tasks help or hurt each other in one joint run",
@@ -66,7 +66,8 @@ def add_affinity_commands(subparsers: argparse._SubParsersAction) -> None:
         help="also train every task alone and every pair (K(K+1)/2 trainings "
         "per seed) for the direct transfer matrix",
     )
-    aff.add_argument("--pairwise-seeds", type=int, nargs="+", default=[0])
+    aff.add_argument("--pairwise-seeds", type=int, nargs="+", default=[0],
+                     help="seeds of the --pairwise trainings (default: 0)")
     # the joint run writes no Trainer logs or checkpoints: those flags would do nothing
     add_config_flags(aff, _UNUSED_KEYS)
     aff.set_defaults(func=run_affinity_command)
@@ -88,8 +89,11 @@ def add_affinity_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="TASK",
         help="only these tasks may belong to several groups",
     )
-    grp.add_argument("--method", choices=METHODS, default="auto")
-    grp.add_argument("--beam-width", type=int, default=64)
+    grp.add_argument("--method", choices=["auto", *SEARCHES.names()], default="auto",
+                     help="search method (default: auto, exhaustive while cheap, then branch "
+                     "and bound, then beam)")
+    grp.add_argument("--beam-width", type=int, default=64,
+                     help="candidates kept per step of beam search (default: 64)")
     grp.add_argument("--seed", type=int, default=0, help="seed of the cluster method")
     grp.add_argument("--out", help="output folder (default: the matrix's folder)")
     grp.set_defaults(func=run_group_command)
@@ -98,25 +102,21 @@ def add_affinity_commands(subparsers: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------ affinity
 def run_affinity_command(args: argparse.Namespace) -> int:
     from ..balancers import make_balancer
-    from ..cli import config_from_args
     from ..config import ConfigError
-    from ..run import ARCHITECTURE_NAMES, DATASETS, build_model, seed_everything
-    from .driver import measure_affinity
-    from .pairwise import config_trainer, pairwise_transfer, rank_correlation
-    from .plots import plot_affinity
+    from ..grouping.driver import measure_affinity
+    from ..grouping.pairwise import config_trainer, pairwise_transfer, rank_correlation
+    from ..grouping.plots import plot_affinity
+    from ..run import DATASETS, build_model, seed_everything, validate_config
 
     cfg = config_from_args(args, _UNUSED_KEYS)
     if not cfg.run_dir:
         raise ConfigError("manytask affinity needs --run-dir (where the matrices go)")
-    if cfg.data not in DATASETS:
-        raise ConfigError(f"unknown data {cfg.data!r}; available: {sorted(DATASETS)}")
-    if cfg.arch not in ARCHITECTURE_NAMES:
-        raise ConfigError(f"unknown arch {cfg.arch!r}; available: {list(ARCHITECTURE_NAMES)}")
+    validate_config(cfg)
     if cfg.epochs < 1:
         raise ConfigError("manytask affinity needs --epochs >= 1")
     run_dir = Path(cfg.run_dir)
     seed_everything(cfg.seed)
-    data = DATASETS[cfg.data](cfg)
+    data = DATASETS.get(cfg.data).prepare(cfg)
     if len(data.tasks) < 2:
         raise ConfigError(f"affinity needs at least two tasks, got {[t.name for t in data.tasks]}")
     model = build_model(cfg, data)
@@ -191,7 +191,7 @@ def _matrix_text(m: AffinityMatrix) -> str:
 
 # ------------------------------------------------------------------------------ group
 def run_group_command(args: argparse.Namespace) -> int:
-    from .plots import plot_grouping
+    from ..grouping.plots import plot_grouping
 
     source = Path(args.matrix)
     matrices = read_matrices(source)
@@ -236,37 +236,3 @@ def run_group_command(args: argparse.Namespace) -> int:
     )
     print(text)
     return 0
-
-
-def groups_markdown(
-    grouping: Grouping, kind: str, baselines: dict[str, Grouping] | None = None
-) -> str:
-    """The chosen groups, each task's predicted gain and the search cost, as Markdown."""
-    lines = [
-        f"# Task groups from the {kind} affinity (budget {grouping.budget})",
-        "",
-        "| model | tasks | serves |",
-        "|---|---|---|",
-    ]
-    for g, members in enumerate(grouping.groups):
-        served = [t for t, s in grouping.serving.items() if s == g]
-        lines.append(f"| {g + 1} | {', '.join(members)} | {', '.join(served) or '-'} |")
-    lines += ["", "| task | predicted gain (affinity onto it) |", "|---|---|"]
-    lines += [f"| {t} | {v:+.4g} |" for t, v in grouping.gains.items()]
-    lines += [
-        "",
-        f"Predicted score (sum over tasks): **{grouping.score:+.4g}** "
-        f"(mean {grouping.mean_gain:+.4g}).",
-        f"Search: {grouping.method}, {grouping.evaluated} candidates evaluated in "
-        f"{grouping.seconds * 1e3:.1f} ms"
-        + (
-            f"; tasks allowed in several groups: {', '.join(grouping.overlap)}"
-            if grouping.overlap
-            else "; no task in two groups"
-        )
-        + ".",
-    ]
-    if baselines:
-        lines += ["", "| reference grouping | predicted score |", "|---|---|"]
-        lines += [f"| {name} | {g.score:+.4g} |" for name, g in baselines.items()]
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,7 @@
+"""``python -m manytask.cli``: the ``manytask`` command (e.g. under ``torchrun``)."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

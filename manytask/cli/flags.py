@@ -1,0 +1,159 @@
+"""The ``--flags`` of a :class:`~manytask.config.TrainConfig`: one per field, with a help text
+and, for names, the choices read from the registries. Shared by ``train``, ``bench`` and
+``affinity`` so that no subcommand imports another."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, TrainConfig, config_from_mapping, load_config
+
+# dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
+PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch"}
+
+FIELD_HELP: dict[str, str] = {
+    "data": "the data set",
+    "tasks": "the tasks to train (default: every task of the data set)",
+    "train_size": "training examples (multidigits)",
+    "missing_rate": "fraction of training labels hidden per task, in [0, 1)",
+    "arch": "the architecture",
+    "hidden": "trunk widths of architectures with a `hidden` parameter (hard_sharing, "
+    "shared_bottom, cross_stitch); default: the architecture's own",
+    "balancer": "the training method",
+    "mode": "per-task gradients w.r.t. the shared parameters (exact) or features (feature)",
+    "head_grad": "heads get their own task's gradient (own) or the weighted one (weighted)",
+    "epochs": "passes over the training data",
+    "batch_size": "examples per batch",
+    "lr": "learning rate",
+    "seed": "random seed",
+    "run_dir": "folder for checkpoints, logs and the config (default: none)",
+    "resume": "continue from the last checkpoint in --run-dir",
+    "log_format": "metrics log format",
+    "log_every": "log every N steps",
+    "skip_nonfinite": "skip a step whose loss or gradient is not finite, instead of stopping",
+    "progress": "show a progress line",
+    "cosine_every": "log the task-gradient cosines every N steps (default: never)",
+    "flat_rho": "radius of the flat-region (SAM-style) perturbation (default: off)",
+    "tensorboard": "also write TensorBoard logs into --run-dir",
+    "data_root": "folder of a data set read from disk (text, census)",
+    "census_group": "census task group, 1 or 2",
+    "cache_dir": "folder for cached sentence embeddings (text)",
+    "max_length": "token limit of the sentence encoder (text)",
+    "train_cap": "at most this many training examples per text task",
+    "val_cap": "at most this many validation examples per text task",
+    "test_cap": "at most this many test examples per text task",
+    "tasks_per_batch": "text tasks mixed into one batch",
+    "task_temperature": "temperature of the text-task sampler (1: proportional)",
+    "trec_fine": "TREC with its 50 fine classes instead of 6",
+    "finetune_layers": "fine-tune MiniLM's top N layers (text; 0: frozen embeddings)",
+    "finetune_lr": "learning rate of the fine-tuned layers (default: --lr)",
+}
+
+
+def registry_choices() -> dict[str, str]:
+    """``{field: "a|b|c"}`` for the config fields whose value is a registered name."""
+    from ..balancers.registry import BALANCERS
+    from ..models import ARCHITECTURES
+    from ..run import DATASETS
+
+    # ", " and not "|": argparse wraps help on spaces and would cut a long "a|b|c" anywhere
+    return {"data": ", ".join(DATASETS.names()), "arch": ", ".join(ARCHITECTURES.names()),
+            "balancer": ", ".join(BALANCERS.names())}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per :class:`TrainConfig` field; unset flags leave the config alone."""
+    hints = typing.get_type_hints(TrainConfig)
+    names = registry_choices()
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = strip_none(hints[f.name])
+        default = getattr(defaults, f.name)
+        text = FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        if f.name in names:
+            text += f": {names[f.name]}"
+        if typing.get_origin(hint) is typing.Literal:
+            text += ": " + ", ".join(str(a) for a in typing.get_args(hint))
+        help_text = f"{text} (default: {default})" if default is not None else text
+        if f.name in PARAM_FLAGS:
+            what = PARAM_FLAGS[f.name]
+            parser.add_argument(
+                f"--{what}-param", dest=f.name, action="append", metavar="KEY=VALUE",
+                help=f"a {what} parameter, repeatable, value read as YAML "
+                f"(`manytask {what + 's' if what == 'balancer' else 'architectures'}` lists them)",
+            )
+        elif hint is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif typing.get_origin(hint) is list:
+            (inner,) = typing.get_args(hint)
+            parser.add_argument(flag, dest=f.name, nargs="+", type=inner, help=help_text)
+        elif hint in (int, float):
+            parser.add_argument(flag, dest=f.name, type=_number(hint), help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=str, help=help_text)
+
+
+def _number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def strip_none(hint: Any) -> Any:
+    """``int | None`` -> ``int``: a flag cannot say None, it is simply not given."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def flag_values(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The config keys given as flags (``--x-param KEY=VALUE`` collected into a mapping)."""
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = None if f.name in skip else getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.name in PARAM_FLAGS:
+            params = {}
+            for item in value:
+                key, sep, raw = item.partition("=")
+                if not sep or not key:
+                    raise ConfigError(
+                        f"--{PARAM_FLAGS[f.name]}-param expects KEY=VALUE, got {item!r}"
+                    )
+                try:
+                    params[key] = yaml.safe_load(raw)
+                except yaml.YAMLError:
+                    raise ConfigError(
+                        f"--{PARAM_FLAGS[f.name]}-param {key}: {raw!r} is not a YAML value"
+                    ) from None
+            value = params
+        values[f.name] = value
+    return values
+
+
+def config_from_args(args: argparse.Namespace, skip: Sequence[str] = ()) -> TrainConfig:
+    """The config file (``--config``) with the flags on top, validated."""
+    flags = flag_values(args, skip)
+    if getattr(args, "config", None):
+        return load_config(args.config, flags)
+    return config_from_mapping(flags, source="command line")

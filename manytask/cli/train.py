@@ -1,0 +1,98 @@
+"""``manytask train``, ``bench`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .flags import add_config_flags, config_from_args
+
+# Keys a bench grid sets per cell, so they are not flags of `manytask bench`.
+GRID_KEYS = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress")
+
+
+def add_train_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``bench`` and ``report`` on ``sub``."""
+    from ..balancers.registry import BALANCERS
+    from ..models import ARCHITECTURES
+
+    train = sub.add_parser("train", help="train a multi-task model and print per-task metrics",
+                           description="Train as a config file and flags say; every name and "
+                           "parameter is checked before any data is read.")
+    train.add_argument("--config", help="a YAML file of TrainConfig keys; flags override it")
+    add_config_flags(train)
+    train.set_defaults(func=run_train)
+
+    bench = sub.add_parser("bench", help="run a resumable grid of methods x architectures x seeds")
+    bench.add_argument("--config", help="a YAML file of TrainConfig keys for every cell")
+    bench.add_argument("--methods", nargs="+", default=["equal", "mgda", "pcgrad", "cagrad"],
+                       metavar="BALANCER",
+                       help=f"training methods of the grid ({', '.join(BALANCERS.names())}; "
+                       "default: equal mgda pcgrad cagrad)")
+    bench.add_argument("--archs", nargs="+", default=["hard_sharing"], metavar="ARCH",
+                       help=f"architectures of the grid ({', '.join(ARCHITECTURES.names())}; "
+                       "default: hard_sharing)")
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                       help="seeds of the grid (default: 0 1 2)")
+    bench.add_argument("--single-task", action=argparse.BooleanOptionalAction, default=True,
+                       help="also train single-task baselines (needed for delta-m)")
+    bench.add_argument("--run-dir", required=True, help="where cells, tables and plots go")
+    add_config_flags(bench, GRID_KEYS)
+    bench.set_defaults(func=run_bench)
+
+    rep = sub.add_parser("report", help="plots, tables and an HTML page from bench runs")
+    rep.add_argument("run_dirs", nargs="+", help="run directories of `manytask bench`")
+    rep.add_argument("--out", help="output directory (default: the first run directory)")
+    rep.set_defaults(func=run_report)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..run import format_results, train_from_config, validate_config
+    from ..training.distributed import is_main_process
+
+    cfg = config_from_args(args)
+    validate_config(cfg)
+    results = train_from_config(cfg)
+    if is_main_process():  # under torchrun, one table, not one per process
+        print(format_results(results))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..balancers.registry import BALANCERS
+    from ..config import ConfigError
+    from ..evaluation.bench import grid, run_grid
+    from ..evaluation.report import report
+    from ..models import ARCHITECTURES
+    from ..registry import RegistryError
+    from ..run import task_names, validate_config
+
+    base = config_from_args(args, GRID_KEYS)
+    validate_config(base)
+    try:  # every name of the grid, before the first cell runs
+        for name in args.methods:
+            BALANCERS.entry(name)
+        for arch in args.archs:
+            ARCHITECTURES.entry(arch)
+    except RegistryError as err:
+        raise ConfigError(str(err)) from None
+    tasks = list(task_names(base))
+    cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
+    run_dir = Path(args.run_dir)
+    run_grid(base, cells, run_dir)
+    made = report([run_dir])
+    print(made["summary"].read_text())
+    print(f"report: {made['html']}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..evaluation.report import report
+
+    made = report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    for name, path in made.items():
+        print(f"{name}: {path}")
+    return 0
