@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import check_choice, register
 
 SCALES = ("min", "median", "mean")
@@ -45,19 +45,16 @@ def balance_transformation(gramian: Tensor, scale: str = "min") -> np.ndarray:
 
 
 @register
-class AlignedMTL(Balancer):
+class AlignedMTL(GramianWeighting):
     """Gradients aligned to an orthogonal, equal-norm system (Senushkin et al., 2023, Alg. 1)."""
 
     name = "aligned_mtl"
-    requires = "gramian"
 
     def __init__(self, scale: str = "min") -> None:
         super().__init__()
         check_choice("aligned_mtl", "scale", scale, SCALES)
         self.scale = scale
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("aligned_mtl needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         b = balance_transformation(gramian, self.scale)
         return Decision(weights=torch.from_numpy(b @ np.ones(len(tasks))))

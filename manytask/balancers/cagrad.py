@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from ._qp import solve_qp
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import check_number, register
 
 RESCALES = (0, 1, 2)
@@ -226,11 +226,10 @@ def cagrad_weights(gramian: Tensor, c: float, rescale: int = 1) -> Tensor:
 
 
 @register
-class CAGrad(Balancer):
+class CAGrad(GramianWeighting):
     """Best worst-task improvement near the mean gradient (Liu et al., 2021, Algorithm 1)."""
 
     name = "cagrad"
-    requires = "gramian"
 
     def __init__(self, c: float = 0.4, rescale: int = 1) -> None:
         super().__init__()
@@ -241,7 +240,5 @@ class CAGrad(Balancer):
         self.c = c
         self.rescale = rescale
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("cagrad needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         return Decision(weights=cagrad_weights(gramian, float(self.c), self.rescale))

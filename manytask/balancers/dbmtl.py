@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, GramianLossWeighting, State, declare
 from .registry import check_number, register
 
 
 @register
-class DBMTL(Balancer):
+class DBMTL(GramianLossWeighting):
     """DB-MTL with an EMA of gradient *norms* (a deviation from the paper, see below).
 
     At step ``t`` with ``n_k = ||grad log(L_k + eps)|| = sqrt(G_kk) / (L_k + eps)`` (``G`` the
@@ -52,8 +52,7 @@ class DBMTL(Balancer):
     """
 
     name = "dbmtl"
-    requires = "gramian"
-    applies_to_heads = True
+    state = declare(norm_avg=State(), count=State(dtype=torch.long))
 
     norm_avg: Tensor
     count: Tensor
@@ -67,17 +66,7 @@ class DBMTL(Balancer):
         self.sigma = sigma
         self.eps = eps
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("norm_avg", torch.zeros(k, dtype=torch.float64))
-            self.register_buffer("count", torch.zeros(k, dtype=torch.long))
-
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("dbmtl needs the Gramian of the task gradients (requires='gramian')")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         if gramian.shape != (k, k):
             raise ValueError(f"dbmtl: Gramian of shape {tuple(gramian.shape)} for {k} tasks")

@@ -25,25 +25,22 @@ import torch
 from torch import Tensor
 
 from ._fairness import fair_weights
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import check_number, register
 
 
 @register
-class FairGrad(Balancer):
+class FairGrad(GramianWeighting):
     """alpha-fair weights solving ``G w = w^(-1/alpha)`` (Ban and Ji, 2024, Algorithm 1)."""
 
     name = "fairgrad"
-    requires = "gramian"
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
         check_number("fairgrad", "alpha", alpha, low=0.0)
         self.alpha = alpha
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("fairgrad needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         if self.alpha == 0:
             return Decision(weights=torch.full((k,), 1.0 / k, dtype=torch.float64))

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting
 from .registry import check_number, register
 
 
 @register
-class GLS(Balancer):
+class GLS(LossWeighting):
     """Geometric loss strategy: minimise ``exp(mean_k log(L_k + eps))``.
 
     The product of K losses under- or overflows quickly, so the geometric mean is computed in
@@ -35,14 +35,13 @@ class GLS(Balancer):
     """
 
     name = "gls"
-    requires = "losses"
 
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__()
         check_number("gls", "eps", eps, low=0.0)
         self.eps = eps
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         self.index(tasks)  # rejects unknown task names
         if bool((losses.detach() < 0).any()):
             raise ValueError(

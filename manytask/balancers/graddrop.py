@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, JacobianAggregator
 from .registry import check_number, register
 
 
@@ -49,18 +49,17 @@ def graddrop_update(jacobian: Tensor, leak: float, u: Tensor) -> Tensor:
 
 
 @register
-class GradDrop(Balancer):
+class GradDrop(JacobianAggregator):
     """Keep, per coordinate, only the gradient components of the sign drawn by purity."""
 
     name = "graddrop"
-    requires = "jacobian"
 
     def __init__(self, leak: float = 0.0) -> None:
         super().__init__()
         check_number("graddrop", "leak", leak, low=0.0, high=1.0)
         self.leak = leak
 
-    def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
         u = torch.rand(jacobian.shape[1], dtype=jacobian.dtype, device=jacobian.device)
         update = graddrop_update(jacobian, float(self.leak), u)
         return Decision(weights=torch.ones(len(tasks), dtype=torch.float64), update=update)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._qp import solve_qp
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import check_choice, register
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -70,20 +70,17 @@ def gradient_scales(losses: Tensor, gramian: Tensor, normalization: str) -> Tens
 
 
 @register
-class MGDA(Balancer):
+class MGDA(GramianWeighting):
     """Minimum-norm convex combination of the task gradients (Sener and Koltun, 2018, eq. 3)."""
 
     name = "mgda"
-    requires = "gramian"
 
     def __init__(self, normalization: str = "none") -> None:
         super().__init__()
         check_choice("mgda", "normalization", normalization, NORMALIZATIONS)
         self.normalization = normalization
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("mgda needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         g = gramian.detach().double().cpu()
         scales = gradient_scales(losses, g, self.normalization)
         return Decision(weights=min_norm_weights(g / torch.outer(scales, scales)))

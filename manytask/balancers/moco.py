@@ -30,16 +30,20 @@ from torch import Tensor
 
 from ._lazy import LazyRows
 from ._qp import _project
-from .base import Balancer, Decision
+from .base import Decision, JacobianAggregator, State, declare
 from .registry import check_number, register
 
 
 @register
-class MoCo(LazyRows, Balancer):
+class MoCo(LazyRows, JacobianAggregator):
     """MGDA weights by one projected step per iteration on tracked gradients (Fernando et al.)."""
 
     name = "moco"
-    requires = "jacobian"
+    state = declare(
+        tracked=State(dtype=torch.float32, shape=(0,)),  # sized at the first call
+        seen=State(dtype=torch.bool),
+        lam=State(fill=lambda k: 1.0 / k),
+    )
     lazy_buffers = ("tracked",)
     tracked: Tensor
     seen: Tensor
@@ -54,16 +58,7 @@ class MoCo(LazyRows, Balancer):
         self.gamma = gamma
         self.rho = rho
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("tracked", torch.zeros(k, 0))
-            self.register_buffer("seen", torch.zeros(k, dtype=torch.bool))
-            self.register_buffer("lam", torch.full((k,), 1.0 / k, dtype=torch.float64))
-
-    def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
         j = jacobian.detach()
         self.ensure_width(j.shape[1], j.dtype, j.device)
         idx = self.index(tasks).to(self.tracked.device)

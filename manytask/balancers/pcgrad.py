@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 
@@ -49,11 +49,10 @@ def pcgrad_coefficients(gramian: Tensor, orders: Tensor) -> Tensor:
 
 
 @register
-class PCGrad(Balancer):
+class PCGrad(GramianWeighting):
     """Project away conflicting gradient components (Yu et al., 2020, Algorithm 1)."""
 
     name = "pcgrad"
-    requires = "gramian"
 
     def __init__(self, shuffle: bool = True) -> None:
         super().__init__()
@@ -61,9 +60,7 @@ class PCGrad(Balancer):
             raise ValueError(f"pcgrad: shuffle must be a bool, got {shuffle!r}")
         self.shuffle = shuffle
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("pcgrad needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         if self.shuffle:
             orders = torch.stack([torch.randperm(k) for _ in range(k)])

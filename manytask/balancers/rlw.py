@@ -14,14 +14,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting
 from .registry import check_choice, register
 
 Total = Literal["one", "tasks"]
 
 
 @register
-class RLW(Balancer):
+class RLW(LossWeighting):
     """Random loss weighting: ``w = softmax(lambda)``, ``lambda ~ N(0, I)``, redrawn every step.
 
     Convention: the weights of the present tasks sum to 1 (the paper and LibMTL; torchjd's
@@ -35,14 +35,13 @@ class RLW(Balancer):
     """
 
     name = "rlw"
-    requires = "losses"
 
     def __init__(self, total: Total = "one") -> None:
         super().__init__()
         check_choice("rlw", "total", total, ("one", "tasks"))
         self.total = total
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         self.index(tasks)  # rejects unknown task names
         draw = torch.randn(len(tasks))
         weights = torch.softmax(draw.double(), dim=0)

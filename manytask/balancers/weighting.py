@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting
 from .registry import check_number, register
 
 
 @register
-class EqualWeighting(Balancer):
+class EqualWeighting(LossWeighting):
     """Equal weighting: the plain summed loss ``sum_k L_k`` (every weight is 1).
 
     The baseline of every multi-task paper. Weights sum to K, so the update equals the one of
@@ -20,18 +20,16 @@ class EqualWeighting(Balancer):
     """
 
     name = "equal"
-    requires = "losses"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         return Decision(torch.ones(len(tasks), dtype=torch.float64))
 
 
 @register
-class FixedWeights(Balancer):
+class FixedWeights(LossWeighting):
     """Fixed weights: ``sum_k w_k L_k`` with user-given ``w_k`` (1 for a task not named)."""
 
     name = "fixed"
-    requires = "losses"
 
     def __init__(self, weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
@@ -45,7 +43,7 @@ class FixedWeights(Balancer):
         if unknown:
             raise ValueError(f"fixed: weights given for unknown task(s) {unknown}")
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         return Decision(
             torch.tensor([float(self.weights.get(t, 1.0)) for t in tasks], dtype=torch.float64)
         )

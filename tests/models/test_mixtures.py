@@ -12,7 +12,7 @@ from grad_helpers import per_task_grads
 import manytask
 from manytask import Task
 from manytask.data.tabular import TabularInput, TabularX
-from manytask.gradients import task_gradients
+from manytask.engine.gradients import task_gradients
 from manytask.models import ARCHITECTURES, make_model
 from manytask.models.adatt import AdaTT
 from manytask.models.experts import ExpertSet

@@ -1,0 +1,424 @@
+"""One call inside any training loop: ``manytask.backward(losses, method, ...)``.
+
+It fills ``.grad`` of the model's parameters (adding to what is there, as ``Tensor.backward``
+does) and returns what the method decided, for logging. One pipeline, whatever the method's
+kind and the number of processes (a single process is a process group of one):
+
+1. **check** the losses (scalars attached to the graph);
+2. **gather** them across processes (:func:`~manytask.engine.collectives.global_losses`), and
+   check that the global losses are finite;
+3. the pipeline's **parts** see the losses (Rep-MTL's regulariser, :mod:`.rep_mtl`);
+4. per-task gradient information as the method's kind needs it (:mod:`.gradients`), reduced
+   across processes; the method **decides** (unless its schedule reuses earlier weights);
+5. **apply** the decision (:mod:`.apply`), plus any part's addition to the shared update
+   (flat regions, :mod:`.flat`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from ..balancers.base import (
+    Balancer,
+    Decision,
+    GramianLossWeighting,
+    GramianWeighting,
+    JacobianAggregator,
+    LossWeighting,
+)
+from .apply import HeadGrad, apply_local, backward_objective
+from .blas import one_blas_thread
+from .collectives import (
+    DistContext,
+    all_reduce_blocks,
+    all_reduce_sum,
+    gather_columns,
+    global_losses,
+    group_of,
+)
+from .gradients import (
+    MODES,
+    Features,
+    Mode,
+    TaskGradients,
+    cosine_similarity,
+    feature_tensors,
+    gramian_of,
+    task_gradients,
+)
+from .parts import Part, StepView
+from .stepped import check_stepped, record_stepped
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task's loss is NaN or infinite; nothing was backpropagated."""
+
+    def __init__(self, task: str, value: float, step: int | None = None) -> None:
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"loss of task {task!r} is {value}{where}; no gradient was applied")
+        self.task = task
+        self.step = step
+
+
+@dataclass
+class BackwardResult:
+    """What one call of :func:`backward` decided.
+
+    ``weights`` maps each present task to its coefficient; ``cosine`` is the pairwise cosine
+    similarity of the task gradients (``None`` where none was computed: loss weightings, and
+    steps on which a schedule reused earlier weights).
+    """
+
+    tasks: tuple[str, ...]
+    weights: dict[str, float]
+    losses: dict[str, float]
+    gramian: Tensor | None = None
+
+    @property
+    def cosine(self) -> Tensor | None:
+        return None if self.gramian is None else cosine_similarity(self.gramian)
+
+
+@dataclass
+class TaskBatch:
+    """The losses after the gather: the ``tasks`` labelled on some rank (in the caller's order
+    in a single process, the method's task order across processes), ``stacked`` their global values carrying this rank's gradient, and the ``local``
+    positions with this rank's scaled losses ``local_losses`` (see :func:`gather`)."""
+
+    tasks: tuple[str, ...]
+    stacked: Tensor
+    local: list[int]
+    local_losses: list[Tensor]
+    group: DistContext
+
+    @property
+    def all_local(self) -> bool:
+        return self.group.world_size == 1
+
+
+def backward(
+    losses: Mapping[str, Tensor],
+    method: Balancer,
+    *,
+    features: Features | None = None,
+    shared_params: Iterable[Tensor] | None = None,
+    mode: Mode = "exact",
+    head_grad: HeadGrad = "own",
+    step: int | None = None,
+    counts: Mapping[str, float] | None = None,
+    process_group: Any = None,
+    parts: Sequence[Part] = (),
+) -> BackwardResult:
+    """Backpropagate the per-task ``losses`` as ``method`` decides.
+
+    Args:
+        losses: ``{task: scalar loss}`` for the tasks present in this batch (absent tasks are
+            simply left out).
+        method: a :class:`~manytask.balancers.Balancer`. It is set up with the task names of
+            the first call unless :meth:`~manytask.balancers.Balancer.setup` was called before
+            (call it yourself, or build it with ``make_balancer(name, tasks=[...])``, if a task
+            may be missing from the first batch).
+        features: the shared features the heads read (a tensor, a sequence or a mapping of
+            tensors). Needed by gradient-level methods.
+        shared_params: parameters of the shared part; needed by gradient-level methods in
+            ``mode="exact"``.
+        mode: ``"exact"`` (gradients w.r.t. ``shared_params``) or ``"feature"`` (w.r.t.
+            ``features``); ignored by loss weightings.
+        head_grad: for methods that combine gradients, whether each head gets its own task's
+            gradient unweighted (``"own"``, default) or scaled by its task's weight
+            (``"weighted"``).
+        step: only used in error messages.
+        counts: ``{task: number of labelled samples behind its loss}``. Only read in
+            distributed training, where the global loss of a task is the labelled-sample-weighted
+            mean over ranks (without it, each rank where the task is present counts once).
+        process_group: the ``torch.distributed`` group to train in (default: the default group
+            when ``torch.distributed`` is initialised with more than one process). Every rank
+            passes the losses of its shard of the global batch, the method decides on
+            global-batch information (see :mod:`manytask.engine.collectives`), and the caller
+            averages the gradients over ranks afterwards with
+            :func:`~manytask.engine.collectives.sync_gradients`. Do not wrap the model in
+            DistributedDataParallel for gradient-level methods: with
+            ``find_unused_parameters=True`` its forward hands back copies of the outputs, so
+            the features returned are not the tensors the heads read. A rank whose shard has
+            no labelled task still calls ``backward`` with ``{}``. If no rank has one, nothing
+            is backpropagated and the result has no task.
+        parts: composable additions to the pipeline (:class:`~manytask.engine.rep_mtl.RepMTL`,
+            :class:`~manytask.engine.flat.FlatRegions`).
+
+    Raises:
+        NonFiniteLossError: a loss is NaN or inf (checked before anything is backpropagated).
+        RuntimeError: the method's own parameters got gradients at the previous call but an
+            optimizer stepped without them (see :mod:`.stepped`).
+    """
+    if head_grad not in ("own", "weighted"):
+        raise ValueError(f"head_grad must be 'own' or 'weighted', got {head_grad!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    check_losses(losses)
+    check_stepped(method)
+    group = group_of(process_group)
+    batch = gather(losses, method, group, counts, step)
+    if batch is None:
+        return BackwardResult(tasks=(), weights={}, losses={})
+    for part in parts:
+        part.on_losses(losses, features)
+    result = decide_and_apply(batch, method, features, shared_params, mode, head_grad, parts)
+    record_stepped(method)
+    return result
+
+
+def check_losses(losses: Mapping[str, Tensor]) -> None:
+    """Each loss is a scalar attached to the graph."""
+    for task, value in losses.items():
+        if value.dim() != 0:
+            raise ValueError(
+                f"loss of task {task!r} must be a scalar, got shape {tuple(value.shape)}"
+            )
+        if not value.requires_grad:
+            raise ValueError(f"loss of task {task!r} does not require grad (detached?)")
+
+
+def gather(
+    losses: Mapping[str, Tensor],
+    method: Balancer,
+    group: DistContext,
+    counts: Mapping[str, float] | None,
+    step: int | None,
+) -> TaskBatch | None:
+    """The global losses of the tasks labelled on some rank (``None``: on none).
+
+    Scaling: rank ``r`` of ``R`` backpropagates ``c_kr = R n_kr / N_k * L_kr`` for each task,
+    so that averaging the gradients over ranks gives the gradient of the global-batch loss
+    ``L_k``. The method gets ``L_k`` as values, with ``c_kr``'s gradient attached. In a group
+    of one, ``c_k = L_k``.
+    """
+    single = group.world_size == 1
+    if single and not losses:
+        raise ValueError("backward() got no task loss: every task is absent from this batch")
+    if not method.task_names:
+        if not single:
+            raise ValueError(
+                "distributed backward: call method.setup(all task names) before the first "
+                "step, so that every rank agrees on the tasks"
+            )
+        method.setup(tuple(losses))
+    names = method.task_names
+    method.index(list(losses))  # unknown task names fail here, on the rank that has them
+    if counts is not None and not single:
+        missing = [t for t in losses if t not in counts]
+        if missing:
+            raise ValueError(f"counts= has no entry for task(s) {missing}")
+    present, global_loss, share = global_losses(losses, None if single else counts, names, group)
+    tasks = tuple(names[i] for i in present)
+    if not tasks:
+        return None
+    finite = torch.isfinite(global_loss)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLossError(tasks[bad], float(global_loss[bad]), step)
+    if single:  # c_k = L_k: the losses themselves, in the caller's order
+        values = list(losses.values())
+        return TaskBatch(tuple(losses), torch.stack(values), list(range(len(values))), values,
+                         group)
+    r = group.world_size
+    local = [j for j, t in enumerate(tasks) if t in losses]
+    scales = (share * r).tolist()
+    local_losses = [
+        losses[tasks[j]] if scales[j] == 1.0 else losses[tasks[j]] * scales[j] for j in local
+    ]
+    first = next(iter(losses.values()), None)
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    device = first.device if first is not None else torch.device("cpu")
+    values = global_loss.to(device=device, dtype=dtype)
+    contrib = dict(zip((tasks[j] for j in local), local_losses, strict=True))
+    # value L_k exactly (c - c == 0), gradient that of c_kr
+    stacked = torch.stack(
+        [
+            contrib[t] - contrib[t].detach() + values[j] if t in contrib else values[j]
+            for j, t in enumerate(tasks)
+        ]
+    )
+    return TaskBatch(tasks, stacked, local, local_losses, group)
+
+
+def decide_and_apply(
+    batch: TaskBatch,
+    method: Balancer,
+    features: Features | None,
+    shared_params: Iterable[Tensor] | None,
+    mode: Mode,
+    head_grad: HeadGrad,
+    parts: Sequence[Part],
+) -> BackwardResult:
+    """Steps 4 and 5 of the pipeline, dispatched on the method's kind."""
+    tasks, stacked = batch.tasks, batch.stacked
+    schedule = method.schedule
+    if method.requires == "losses":
+        with one_blas_thread():
+            decision = cast(LossWeighting, method).decide(stacked, tasks)
+        check_weights(method, decision.weights, len(tasks))
+        backward_objective(decision.objective, decision.weights, stacked)
+        return result_of(tasks, decision.weights, stacked, None)
+    if schedule is not None and not schedule.due():  # reuse: no task gradient at all
+        weights = schedule.reuse(method.index(tasks))
+        backward_objective(None, weights, stacked)
+        return result_of(tasks, weights, stacked, None)
+
+    feats, params = gradient_inputs(method, features, shared_params)
+    if mode == "exact" and not params:
+        raise ValueError("mode='exact' needs shared_params (the parameters of the shared part)")
+    extra = [p for p in parts if p.adds_update]
+    if extra and (mode != "exact" or method.requires != "gramian" or method.weights_losses):
+        raise ValueError(
+            f"{type(extra[0]).__name__} needs mode='exact' and a method combining task "
+            f"gradients from their Gramian, got {method.name!r}"
+        )
+    # Where the update replaces the features' gradient, each head's gradient is taken in the
+    # per-task passes, so only the shared part is backpropagated once more.
+    at_features = not method.weights_losses and not extra and (
+        method.requires == "gramian" or mode == "feature"
+    )
+    grads = local_gradients(batch, feats, mode, params, at_features)
+    r = batch.group.world_size
+    blocks = grads.blocks
+    if mode == "exact" and r > 1:
+        blocks = [b / r for b in all_reduce_blocks(blocks, batch.group)]
+
+    if method.requires == "jacobian":
+        width = sum(f.numel() for f in feats)
+        jac = torch.cat([b.reshape(len(tasks), -1) for b in blocks], dim=1)
+        offset = 0
+        if mode == "feature" and r > 1:
+            jac, offset = gather_columns(jac / r, batch.group)
+        gramian = grads.gramian if r == 1 else gramian_of([jac])
+        with one_blas_thread():
+            decision = cast(JacobianAggregator, method).decide(stacked, tasks, jac)
+        weights = check_weights(method, decision.weights, len(tasks))
+        if schedule is not None:
+            schedule.record(method.index(tasks), weights)
+        if decision.update is None:
+            raise RuntimeError(f"{method.name} returned no update vector")
+        if mode == "exact":  # already global: averaging identical values keeps it
+            apply_local(params or [], decision.update, batch.local_losses, weights, batch.local,
+                        head_grad, None)
+        else:
+            update = decision.update[offset: offset + width]
+            apply_local(feats, update * r if r > 1 else update, batch.local_losses, weights,
+                        batch.local, head_grad, grads.head_grads)
+        return result_of(tasks, weights, stacked, gramian)
+
+    if r == 1:
+        gramian = grads.gramian
+    elif mode == "exact":
+        gramian = gramian_of(blocks)
+    else:
+        gramian = all_reduce_sum(grads.gramian.clone(), batch.group) / (r * r)
+    with one_blas_thread():
+        decision = cast(GramianWeighting | GramianLossWeighting, method).decide(
+            stacked, tasks, gramian
+        )
+    weights = check_weights(method, decision.weights, len(tasks))
+    if schedule is not None:
+        schedule.record(method.index(tasks), weights)
+    if method.weights_losses:  # a loss weighting driven by gradient information
+        backward_objective(decision.objective, weights, stacked)
+        return result_of(tasks, weights, stacked, gramian)
+    if extra:  # applied at the parameters: sum_k w_k g_k plus each part's addition
+        jac = torch.cat([b.reshape(len(tasks), -1) for b in blocks], dim=1)
+        update = weights.to(jac.dtype) @ jac
+        view = StepView(method, tasks, stacked, jac, params or [])
+        for part in extra:
+            update = update + part.shared_update(view)
+        apply_local(params or [], update, batch.local_losses, weights, batch.local, head_grad,
+                    None)
+        return result_of(tasks, weights, stacked, gramian)
+    # The shared part gets sum_k w_k g_k: replace the gradient that reaches each feature tensor.
+    update = torch.cat(
+        [
+            torch.tensordot(weights.to(device=g.device, dtype=g.dtype), g, dims=1).reshape(-1)
+            for g in grads.feature_grads
+        ]
+    )
+    apply_local(feats, update, batch.local_losses, weights, batch.local, head_grad,
+                grads.head_grads)
+    return result_of(tasks, weights, stacked, gramian)
+
+
+def gradient_inputs(
+    method: Balancer, features: Features | None, shared_params: Iterable[Tensor] | None
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """The feature tensors and trainable shared parameters a gradient-level method works on."""
+    if features is None:
+        raise ValueError(f"{method.name} works on task gradients: pass features=")
+    feats = feature_tensors(features)
+    if not feats:
+        raise ValueError("features= holds no tensor that requires grad")
+    params = None if shared_params is None else [p for p in shared_params if p.requires_grad]
+    return feats, params
+
+
+def local_gradients(
+    batch: TaskBatch,
+    feats: list[Tensor],
+    mode: Mode,
+    params: list[Tensor] | None,
+    with_heads: bool,
+) -> TaskGradients:
+    """This rank's per-task gradients of its scaled losses, with a zero row for each task
+    labelled on another rank only (its gradient here is zero)."""
+    k = len(batch.tasks)
+    if len(batch.local) == k:
+        return task_gradients(batch.local_losses, feats, mode=mode, shared_params=params,
+                              with_heads=with_heads)
+    fgrads = [torch.zeros((k, *f.shape), dtype=f.dtype, device=f.device) for f in feats]
+    blocks = (
+        fgrads
+        if mode == "feature"
+        else [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in params or []]
+    )
+    gramian = torch.zeros((k, k), dtype=torch.float64)
+    if not batch.local:
+        return TaskGradients(gramian, fgrads, blocks, None)
+    grads = task_gradients(batch.local_losses, feats, mode=mode, shared_params=params,
+                           with_heads=with_heads)
+    rows = torch.tensor(batch.local, dtype=torch.long)
+    for full, part in zip(fgrads, grads.feature_grads, strict=True):
+        full[rows.to(full.device)] = part
+    if mode == "exact":
+        for full, part in zip(blocks, grads.blocks, strict=True):
+            full[rows.to(full.device)] = part
+    gramian = gramian.to(grads.gramian.device)
+    gramian[rows[:, None], rows[None, :]] = grads.gramian
+    return TaskGradients(gramian, fgrads, blocks, grads.head_grads)
+
+
+def check_weights(method: Balancer, weights: Tensor, k: int) -> Tensor:
+    """``weights`` if they are K finite values; a one-line error naming the method if not."""
+    if weights.shape != (k,):
+        raise RuntimeError(
+            f"{method.name} returned weights of shape {tuple(weights.shape)}, expected ({k},)"
+        )
+    if not bool(torch.isfinite(weights).all()):
+        raise FloatingPointError(f"{method.name} produced non-finite weights {weights.tolist()}")
+    return weights
+
+
+def result_of(
+    tasks: tuple[str, ...], weights: Tensor, losses: Tensor, gramian: Tensor | None
+) -> BackwardResult:
+    w = weights.detach().double().tolist()
+    lv = losses.detach().double().tolist()
+    return BackwardResult(
+        tasks=tasks,
+        weights=dict(zip(tasks, w, strict=True)),
+        losses=dict(zip(tasks, lv, strict=True)),
+        gramian=gramian,
+    )
+
+
+__all__ = ["BackwardResult", "Decision", "NonFiniteLossError", "TaskBatch", "backward"]
