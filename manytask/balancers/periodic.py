@@ -39,6 +39,7 @@ from .base import (
     GramianLossWeighting,
     GramianWeighting,
     JacobianAggregator,
+    Requirement,
 )
 from .registry import build, check_number, register
 from .schedule import EverySteps
@@ -53,7 +54,7 @@ class Periodic(Balancer):
     """
 
     name = "periodic"
-    requires = "gramian"  # for listings; an instance takes its base's kind
+    requires: Requirement = "gramian"  # for listings; an instance takes its base's kind
 
     def __init__(
         self,

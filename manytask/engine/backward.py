@@ -87,7 +87,8 @@ class BackwardResult:
 @dataclass
 class TaskBatch:
     """The losses after the gather: the ``tasks`` labelled on some rank (in the caller's order
-    in a single process, the method's task order across processes), ``stacked`` their global values carrying this rank's gradient, and the ``local``
+    in a single process, the method's task order across processes), ``stacked`` their global
+    values carrying this rank's gradient, and the ``local``
     positions with this rank's scaled losses ``local_losses`` (see :func:`gather`)."""
 
     tasks: tuple[str, ...]
@@ -222,8 +223,8 @@ def gather(
         bad = int((~finite).nonzero()[0, 0])
         raise NonFiniteLossError(tasks[bad], float(global_loss[bad]), step)
     if single:  # c_k = L_k: the losses themselves, in the caller's order
-        values = list(losses.values())
-        return TaskBatch(tuple(losses), torch.stack(values), list(range(len(values))), values,
+        given = list(losses.values())
+        return TaskBatch(tuple(losses), torch.stack(given), list(range(len(given))), given,
                          group)
     r = group.world_size
     local = [j for j, t in enumerate(tasks) if t in losses]

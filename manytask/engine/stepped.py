@@ -15,7 +15,6 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..balancers.base import Balancer
