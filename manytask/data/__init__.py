@@ -3,7 +3,6 @@ the MMoE synthetic generator, multi-task batching and task samplers."""
 
 from .batching import TensorBatches, collate_multitask
 from .census import CensusData, load_census
-from .encoder_top import EncoderTop, prepare_finetune
 from .encoders import EmbeddingCache, SentenceEncoder, load_minilm
 from .multidigits import MultiDigits, digit_task, source_split
 from .multitab_bench import MultiTabBench, multitab_bench
@@ -19,7 +18,7 @@ from .sampling import (
     loss_drop_reward,
 )
 from .synthetic import mmoe_synthetic
-from .tabular import TabularBatch, TabularDataset, TabularInput, TabularX
+from .tabular import TabularBatch, TabularDataset, TabularX
 from .text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "CensusData",
     "EXP3Sampler",
     "EmbeddingCache",
-    "EncoderTop",
     "MixedTaskBatches",
     "MultiDigits",
     "MultiTabBench",
@@ -37,7 +35,6 @@ __all__ = [
     "SentenceEncoder",
     "TabularBatch",
     "TabularDataset",
-    "TabularInput",
     "TabularX",
     "TaskSampler",
     "TemperatureSampler",
@@ -52,7 +49,6 @@ __all__ = [
     "loss_drop_reward",
     "mmoe_synthetic",
     "multitab_bench",
-    "prepare_finetune",
     "source_split",
     "stacked_batches",
 ]

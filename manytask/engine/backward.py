@@ -214,18 +214,16 @@ def gather(
         missing = [t for t in losses if t not in counts]
         if missing:
             raise ValueError(f"counts= has no entry for task(s) {missing}")
-    present, global_loss, share = global_losses(losses, None if single else counts, names, group)
+    if single:  # the all-reduce is the identity: c_k = L_k, in the caller's order
+        given = list(losses.values())
+        stacked = torch.stack(given)
+        check_finite(tuple(losses), stacked.detach(), step)
+        return TaskBatch(tuple(losses), stacked, list(range(len(given))), given, group)
+    present, global_loss, share = global_losses(losses, counts, names, group)
     tasks = tuple(names[i] for i in present)
     if not tasks:
         return None
-    finite = torch.isfinite(global_loss)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0, 0])
-        raise NonFiniteLossError(tasks[bad], float(global_loss[bad]), step)
-    if single:  # c_k = L_k: the losses themselves, in the caller's order
-        given = list(losses.values())
-        return TaskBatch(tuple(losses), torch.stack(given), list(range(len(given))), given,
-                         group)
+    check_finite(tasks, global_loss, step)
     r = group.world_size
     local = [j for j, t in enumerate(tasks) if t in losses]
     scales = (share * r).tolist()
@@ -245,6 +243,14 @@ def gather(
         ]
     )
     return TaskBatch(tasks, stacked, local, local_losses, group)
+
+
+def check_finite(tasks: tuple[str, ...], values: Tensor, step: int | None) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first task whose loss is NaN or inf."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLossError(tasks[bad], float(values[bad]), step)
 
 
 def decide_and_apply(

@@ -179,6 +179,6 @@ def global_losses(
         buf[1, cols] = n * values
     mine = buf[0].clone()
     all_reduce_sum(buf, ctx)
-    present = [i for i in range(len(names)) if buf[0, i] > 0]
+    present = (buf[0] > 0).nonzero().flatten().tolist()
     total = buf[0, present]
     return present, buf[1, present] / total, mine[present] / total
