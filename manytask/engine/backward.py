@@ -51,6 +51,7 @@ from .gradients import (
     gramian_of,
     task_gradients,
 )
+from .linear_heads import LinearHeads, linear_heads
 from .parts import Part, StepView
 from .stepped import check_stepped, record_stepped
 
@@ -290,6 +291,10 @@ def decide_and_apply(
     at_features = not method.weights_losses and not extra and (
         method.requires == "gramian" or mode == "feature"
     )
+    if (at_features and mode == "feature" and r_is_one(batch) and method.requires == "gramian"):
+        fast = linear_heads(batch.local_losses, feats)
+        if fast is not None:  # no per-task gradient at all (see .linear_heads)
+            return apply_linear_heads(batch, method, fast, feats, head_grad)
     grads = local_gradients(batch, feats, mode, params, at_features)
     r = batch.group.world_size
     blocks = grads.blocks
@@ -353,6 +358,29 @@ def decide_and_apply(
     )
     apply_local(feats, update, batch.local_losses, weights, batch.local, head_grad,
                 grads.head_grads)
+    return result_of(tasks, weights, stacked, gramian)
+
+
+def r_is_one(batch: TaskBatch) -> bool:
+    return batch.group.world_size == 1
+
+
+def apply_linear_heads(
+    batch: TaskBatch, method: Balancer, heads: LinearHeads, feats: list[Tensor],
+    head_grad: HeadGrad,
+) -> BackwardResult:
+    """Decide on the Gramian of :class:`LinearHeads` and send ``sum_k w_k g_k`` into the
+    features, each head its own gradient (or weighted)."""
+    tasks, stacked = batch.tasks, batch.stacked
+    gramian = heads.gramian()
+    with one_blas_thread():
+        decision = cast(GramianWeighting, method).decide(stacked, tasks, gramian)
+    weights = check_weights(method, decision.weights, len(tasks))
+    if method.schedule is not None:
+        method.schedule.record(method.index(tasks), weights)
+    update = heads.combine(weights).reshape(-1)
+    apply_local(feats, update, batch.local_losses, weights, batch.local, head_grad,
+                heads.head_grads)
     return result_of(tasks, weights, stacked, gramian)
 
 

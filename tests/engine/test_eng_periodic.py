@@ -74,6 +74,13 @@ def _count_gradients(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(engine, "local_gradients", counting)
+    fast = engine.linear_heads  # the linear-head path computes no per-task gradient either
+
+    def counting_fast(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return fast(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "linear_heads", counting_fast)
     return calls
 
 
