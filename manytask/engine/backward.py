@@ -8,8 +8,10 @@ kind and the number of processes (a single process is a process group of one):
 2. **gather** them across processes (:func:`~manytask.engine.collectives.global_losses`), and
    check that the global losses are finite;
 3. the pipeline's **parts** see the losses (Rep-MTL's regulariser, :mod:`.rep_mtl`);
-4. per-task gradient information as the method's kind needs it (:mod:`.gradients`), reduced
-   across processes; the method **decides** (unless its schedule reuses earlier weights);
+4. per-task gradient information as the method's kind needs it (:mod:`.gradients`; for
+   linear heads at the feature level, :mod:`.linear_heads`, with no per-task gradient formed),
+   reduced across processes; the method **decides** (unless its schedule reuses earlier
+   weights);
 5. **apply** the decision (:mod:`.apply`), plus any part's addition to the shared update
    (flat regions, :mod:`.flat`).
 """
@@ -17,7 +19,6 @@ kind and the number of processes (a single process is a process group of one):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -34,73 +35,25 @@ from ..balancers.base import (
 from .apply import HeadGrad, apply_local, backward_objective
 from .blas import one_blas_thread
 from .collectives import (
-    DistContext,
     all_reduce_blocks,
     all_reduce_sum,
     gather_columns,
-    global_losses,
     group_of,
 )
+from .gather import NonFiniteLossError, TaskBatch, check_losses, gather
 from .gradients import (
     MODES,
     Features,
     Mode,
     TaskGradients,
-    cosine_similarity,
     feature_tensors,
     gramian_of,
     task_gradients,
 )
 from .linear_heads import LinearHeads, linear_heads
 from .parts import Part, StepView
+from .result import BackwardResult, check_weights, result_of
 from .stepped import check_stepped, record_stepped
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A task's loss is NaN or infinite; nothing was backpropagated."""
-
-    def __init__(self, task: str, value: float, step: int | None = None) -> None:
-        where = f" at step {step}" if step is not None else ""
-        super().__init__(f"loss of task {task!r} is {value}{where}; no gradient was applied")
-        self.task = task
-        self.step = step
-
-
-@dataclass
-class BackwardResult:
-    """What one call of :func:`backward` decided.
-
-    ``weights`` maps each present task to its coefficient; ``cosine`` is the pairwise cosine
-    similarity of the task gradients (``None`` where none was computed: loss weightings, and
-    steps on which a schedule reused earlier weights).
-    """
-
-    tasks: tuple[str, ...]
-    weights: dict[str, float]
-    losses: dict[str, float]
-    gramian: Tensor | None = None
-
-    @property
-    def cosine(self) -> Tensor | None:
-        return None if self.gramian is None else cosine_similarity(self.gramian)
-
-
-@dataclass
-class TaskBatch:
-    """The losses after the gather: the ``tasks`` labelled on some rank (in the caller's order
-    in a single process, the method's task order across processes), ``stacked`` their global
-    values carrying this rank's gradient, and the ``local``
-    positions with this rank's scaled losses ``local_losses`` (see :func:`gather`)."""
-
-    tasks: tuple[str, ...]
-    stacked: Tensor
-    local: list[int]
-    local_losses: list[Tensor]
-    group: DistContext
-
-    @property
-    def all_local(self) -> bool:
-        return self.group.world_size == 1
 
 
 def backward(
@@ -172,86 +125,6 @@ def backward(
     result = decide_and_apply(batch, method, features, shared_params, mode, head_grad, parts)
     record_stepped(method)
     return result
-
-
-def check_losses(losses: Mapping[str, Tensor]) -> None:
-    """Each loss is a scalar attached to the graph."""
-    for task, value in losses.items():
-        if value.dim() != 0:
-            raise ValueError(
-                f"loss of task {task!r} must be a scalar, got shape {tuple(value.shape)}"
-            )
-        if not value.requires_grad:
-            raise ValueError(f"loss of task {task!r} does not require grad (detached?)")
-
-
-def gather(
-    losses: Mapping[str, Tensor],
-    method: Balancer,
-    group: DistContext,
-    counts: Mapping[str, float] | None,
-    step: int | None,
-) -> TaskBatch | None:
-    """The global losses of the tasks labelled on some rank (``None``: on none).
-
-    Scaling: rank ``r`` of ``R`` backpropagates ``c_kr = R n_kr / N_k * L_kr`` for each task,
-    so that averaging the gradients over ranks gives the gradient of the global-batch loss
-    ``L_k``. The method gets ``L_k`` as values, with ``c_kr``'s gradient attached. In a group
-    of one, ``c_k = L_k``.
-    """
-    single = group.world_size == 1
-    if single and not losses:
-        raise ValueError("backward() got no task loss: every task is absent from this batch")
-    if not method.task_names:
-        if not single:
-            raise ValueError(
-                "distributed backward: call method.setup(all task names) before the first "
-                "step, so that every rank agrees on the tasks"
-            )
-        method.setup(tuple(losses))
-    names = method.task_names
-    method.index(list(losses))  # unknown task names fail here, on the rank that has them
-    if counts is not None and not single:
-        missing = [t for t in losses if t not in counts]
-        if missing:
-            raise ValueError(f"counts= has no entry for task(s) {missing}")
-    if single:  # the all-reduce is the identity: c_k = L_k, in the caller's order
-        given = list(losses.values())
-        stacked = torch.stack(given)
-        check_finite(tuple(losses), stacked.detach(), step)
-        return TaskBatch(tuple(losses), stacked, list(range(len(given))), given, group)
-    present, global_loss, share = global_losses(losses, counts, names, group)
-    tasks = tuple(names[i] for i in present)
-    if not tasks:
-        return None
-    check_finite(tasks, global_loss, step)
-    r = group.world_size
-    local = [j for j, t in enumerate(tasks) if t in losses]
-    scales = (share * r).tolist()
-    local_losses = [
-        losses[tasks[j]] if scales[j] == 1.0 else losses[tasks[j]] * scales[j] for j in local
-    ]
-    first = next(iter(losses.values()), None)
-    dtype = first.dtype if first is not None else torch.get_default_dtype()
-    device = first.device if first is not None else torch.device("cpu")
-    values = global_loss.to(device=device, dtype=dtype)
-    contrib = dict(zip((tasks[j] for j in local), local_losses, strict=True))
-    # value L_k exactly (c - c == 0), gradient that of c_kr
-    stacked = torch.stack(
-        [
-            contrib[t] - contrib[t].detach() + values[j] if t in contrib else values[j]
-            for j, t in enumerate(tasks)
-        ]
-    )
-    return TaskBatch(tasks, stacked, local, local_losses, group)
-
-
-def check_finite(tasks: tuple[str, ...], values: Tensor, step: int | None) -> None:
-    """Raise :class:`NonFiniteLossError` naming the first task whose loss is NaN or inf."""
-    finite = torch.isfinite(values)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0, 0])
-        raise NonFiniteLossError(tasks[bad], float(values[bad]), step)
 
 
 def decide_and_apply(
@@ -432,28 +305,4 @@ def local_gradients(
     return TaskGradients(gramian, fgrads, blocks, grads.head_grads)
 
 
-def check_weights(method: Balancer, weights: Tensor, k: int) -> Tensor:
-    """``weights`` if they are K finite values; a one-line error naming the method if not."""
-    if weights.shape != (k,):
-        raise RuntimeError(
-            f"{method.name} returned weights of shape {tuple(weights.shape)}, expected ({k},)"
-        )
-    if not bool(torch.isfinite(weights).all()):
-        raise FloatingPointError(f"{method.name} produced non-finite weights {weights.tolist()}")
-    return weights
-
-
-def result_of(
-    tasks: tuple[str, ...], weights: Tensor, losses: Tensor, gramian: Tensor | None
-) -> BackwardResult:
-    w = weights.detach().double().tolist()
-    lv = losses.detach().double().tolist()
-    return BackwardResult(
-        tasks=tasks,
-        weights=dict(zip(tasks, w, strict=True)),
-        losses=dict(zip(tasks, lv, strict=True)),
-        gramian=gramian,
-    )
-
-
-__all__ = ["BackwardResult", "Decision", "NonFiniteLossError", "TaskBatch", "backward"]
+__all__ = ["BackwardResult", "Decision", "HeadGrad", "NonFiniteLossError", "TaskBatch", "backward"]
