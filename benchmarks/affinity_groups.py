@@ -160,7 +160,7 @@ def tabular_problem(
     note: str,
 ) -> Problem:
     """Binary tasks on tabular splits ``{split: (x, targets)}``: shared-bottom, AUC."""
-    from manytask.data.tabular import TabularInput
+    from manytask.models.inputs import TabularInput
 
     tasks = [Task.binary(n) for n in names]
 

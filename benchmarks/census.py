@@ -27,8 +27,9 @@ import torch
 
 import manytask
 from manytask.data.census import CensusData, load_census
-from manytask.data.tabular import TabularDataset, TabularInput
+from manytask.data.tabular import TabularDataset
 from manytask.models import make_model
+from manytask.models.inputs import TabularInput
 from manytask.tasks import AUC
 
 DEFAULT_PATH = os.path.join(

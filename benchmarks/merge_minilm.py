@@ -47,7 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from manytask.data.encoder_top import LowerEncoder, TopLayers, top_state, unpack
+from manytask.data.hidden_states import LowerEncoder, unpack
+from manytask.models.encoder_top import TopLayers, top_state
 
 TASKS = ("sst2", "mr", "cr", "subj", "mpqa", "trec")
 FROZEN = 5  # default: embeddings + layers 0..FROZEN-1 frozen and cached

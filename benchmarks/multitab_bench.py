@@ -45,9 +45,10 @@ import torch
 import manytask
 from manytask.data.census import load_census
 from manytask.data.multitab_bench import multitab_bench
-from manytask.data.tabular import TabularDataset, TabularInput
+from manytask.data.tabular import TabularDataset
 from manytask.evaluation import delta_m
 from manytask.models import make_model
+from manytask.models.inputs import TabularInput
 from manytask.tasks import AUC, Task
 
 DEFAULT_CENSUS = os.path.join(

@@ -1,7 +1,8 @@
 """Cost of one training step of each balancer, relative to equal weighting in the same process.
 
 The reference model: input 256, a shared trunk of three 512-unit ReLU layers, one linear head
-per task, batch 256, MSE on random regression targets, 2 CPU threads. A step is
+per task (``--heads linear``, default) or one two-layer head per task (``--heads mlp``: 512 ->
+64 -> ReLU -> 1), batch 256, MSE on random regression targets, 2 CPU threads. A step is
 ``zero_grad``, forward, ``manytask.backward`` and ``optimizer.step`` (plain SGD). Every method
 starts from the same initial weights; the reported time is the median over ``--steps`` timed
 steps after ``--warmup`` untimed ones, and each ratio is against equal weighting timed just
@@ -21,6 +22,7 @@ Usage::
     python benchmarks/step_cost.py --out step_cost.md            # K = 2, 10, 40; every method
     python benchmarks/step_cost.py --tasks 2 --steps 3            # smoke run
     python benchmarks/step_cost.py --methods equal mgda cagrad --tasks 10
+    python benchmarks/step_cost.py --heads mlp --methods equal mgda --tasks 40
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from manytask import HardSharing, Task
 from manytask.balancers import Balancer, registry
 
 IN_FEATURES, HIDDEN, BATCH = 256, (512, 512, 512), 256
+HEAD_HIDDEN = {"linear": (), "mlp": (64,)}
 
 # Values for parameters a balancer requires (no default); a method absent here and with a
 # required parameter is skipped, with a note.
@@ -62,11 +65,11 @@ class Problem:
     y: Tensor
 
     @classmethod
-    def build(cls, k: int, seed: int = 0) -> Problem:
+    def build(cls, k: int, seed: int = 0, heads: str = "linear") -> Problem:
         gen = torch.Generator().manual_seed(seed)
         tasks = [Task.regression(f"t{i}") for i in range(k)]
         torch.manual_seed(seed)
-        model = HardSharing(tasks, IN_FEATURES, hidden=HIDDEN)
+        model = HardSharing(tasks, IN_FEATURES, hidden=HIDDEN, head_hidden=HEAD_HIDDEN[heads])
         x = torch.randn(BATCH, IN_FEATURES, generator=gen)
         y = torch.randn(BATCH, k, generator=gen)
         return cls(k, model, x, y)
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
         raise SystemExit(f"unknown method(s) {unknown}; available: {manytask.available()}")
     use_peers = not args.no_torchjd
     for k in args.tasks:
-        problem = Problem.build(k, seed=args.seed)
+        problem = Problem.build(k, seed=args.seed, heads=args.heads)
         # Each row is timed between two timings of equal weighting, and its ratio is against
         # their mean: a drift of the machine's speed over the run (20-30 % here) then cancels.
         base_step = manytask_step(problem, manytask.make_balancer("equal"), "exact")
@@ -307,7 +310,9 @@ def table(rows: list[Row]) -> str:
 def report(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
     header = (
         "# Step cost relative to equal weighting\n\n"
-        f"Model {IN_FEATURES} → {' → '.join(map(str, HIDDEN))} (ReLU) → one linear head per task, "
+        f"Model {IN_FEATURES} → {' → '.join(map(str, HIDDEN))} (ReLU) → one "
+        f"{'linear head' if args.heads == 'linear' else 'two-layer head (64 ReLU units)'} "
+        "per task, "
         f"batch {BATCH}, MSE, SGD; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}.\n"
         f"Median of {args.steps} steps after {args.warmup} warm-up steps. `mode`: gradients "
@@ -339,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds per torchjd measurement before cutting its steps")
     parser.add_argument("--no-torchjd", action="store_true", help="do not time torchjd")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", choices=sorted(HEAD_HIDDEN), default="linear",
+                        help="one linear head per task (default) or two-layer heads")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or any(k < 1 for k in args.tasks):
         parser.error("--steps must be >= 1, --warmup >= 0 and every K >= 1")

@@ -37,8 +37,9 @@ import torch
 
 import manytask
 from manytask import Task
-from manytask.data.tabular import TabularBatch, TabularDataset, TabularInput
+from manytask.data.tabular import TabularBatch, TabularDataset
 from manytask.models import PLE, MMoE, MultiTaskModel
+from manytask.models.inputs import TabularInput
 
 N_CAT, VOCAB, EMB, N_DENSE, BATCH = 30, 10_000, 16, 10, 2048
 TASKS = [Task.binary("click"), Task.binary("convert")]

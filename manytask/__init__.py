@@ -1,9 +1,9 @@
 """manytask: multi-task learning on PyTorch."""
 
-from .backward import BackwardResult, NonFiniteLossError, backward
 from .balancers import Balancer, Decision, available, make_balancer
-from .flat import flat_backward
-from .gradients import task_gradients
+from .engine.backward import BackwardResult, NonFiniteLossError, backward
+from .engine.flat import flat_backward
+from .engine.gradients import task_gradients
 from .merging import merge, merge_state_dicts
 from .models import HardSharing, MultiTaskModel
 from .tasks import Metric, OutputError, TargetError, Task, task_losses

@@ -112,7 +112,7 @@ def _text(cfg: TrainConfig) -> Prepared:
     tasks = [t.task() for t in text_tasks]
     per_batch = min(cfg.tasks_per_batch, len(text_tasks))
     if cfg.finetune_layers > 0:
-        from .data.encoder_top import prepare_finetune
+        from .training.finetune import prepare_finetune
 
         ft = prepare_finetune(
             text_tasks, cfg.cache_dir, cfg.max_length, cfg.finetune_layers, cfg.batch_size,
@@ -146,7 +146,7 @@ def _census(cfg: TrainConfig) -> Prepared:
     (seed 0 whatever the training seed, so every run is scored on the same test rows)."""
     from .data import TensorBatches
     from .data.census import GROUPS, load_census
-    from .data.tabular import TabularInput
+    from .models.inputs import TabularInput
 
     group: Literal[1, 2] = 1 if cfg.census_group == 1 else 2
     names = task_names(cfg)

@@ -3,9 +3,9 @@ the layering rules of docs/design: methods never import the engine or training; 
 imports nothing outside itself but the bottom layer; data and models never import each
 other; no private (underscore) name is imported across packages.
 
-Edges that only the engine engineer's pending moves remove are listed in ``PENDING``, each
-with its reason; the lead deletes them at merge (a stale entry fails
-``test_pending_edges_still_exist``, so the list cannot outlive its edges).
+An edge that a planned move will remove may be listed in ``PENDING`` with its reason while
+the move is under way (a stale entry fails ``test_pending_edges_still_exist``, so the list
+cannot outlive its edges); it is empty now.
 """
 
 from __future__ import annotations
@@ -20,24 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "manytask"
 
 # (importer, imported) -> reason. Only edges whose removal is another issue's planned move.
-PENDING: dict[tuple[str, str], str] = {
-    ("manytask.backward", "manytask.training.distributed"):
-        "issue 13 item 1: the collectives move to engine/ (engine engineer)",
-    ("manytask.training.distributed", "manytask.backward"):
-        "issue 13 item 1: distributed_backward merges into engine/backward.py",
-    ("manytask.data.encoder_top", "manytask.models.base"):
-        "issue 13 item 4: EncoderTop/TopLayers move to models/encoder_top.py",
-    ("manytask.models.multitab", "manytask.data.tabular"):
-        "issue 13 item 4: TabularInput moves to models/inputs.py, TabularX below both",
-    ("manytask.flat", "manytask.backward"):
-        "issue 13 item 1: flat regions become a part of the engine pipeline (private helpers)",
-    ("manytask.balancers.rep_mtl", "manytask.gradients"):
-        "issue 13 item 1: Rep-MTL becomes a part of the engine pipeline (engine/)",
-    ("manytask.balancers.rep_mtl", "manytask.backward"):
-        "issue 13 item 1: Rep-MTL becomes a part of the engine pipeline (engine/)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 # The bottom layer every package may use.
-BOTTOM = ("manytask.registry", "manytask.files")
+BOTTOM = ("manytask.registry", "manytask.files", "manytask.finite")
 ENGINE = ("manytask.engine", "manytask.backward", "manytask.gradients", "manytask.flat",
           "manytask.training")
 

@@ -5,7 +5,15 @@ Every method is a small :class:`Balancer` subclass registered under a name; pick
 """
 
 from .aligned_mtl import AlignedMTL
-from .base import Balancer, Decision
+from .base import (
+    Balancer,
+    Decision,
+    GramianLossWeighting,
+    GramianWeighting,
+    JacobianAggregator,
+    LossWeighting,
+    State,
+)
 from .cagrad import CAGrad
 from .config_method import ConFIG
 from .dbmtl import DBMTL
@@ -25,9 +33,8 @@ from .mgda import MGDA
 from .moco import MoCo
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
-from .periodic import Periodic
+from .periodic import EverySteps, Periodic
 from .registry import available, build, make_balancer, parameters, register
-from .rep_mtl import rep_mtl_backward, rep_mtl_regularizer
 from .rlw import RLW
 from .stch import STCH
 from .uncertainty import UncertaintyWeighting
@@ -52,16 +59,22 @@ __all__ = [
     "DualProj",
     "DynamicWeightAverage",
     "EqualWeighting",
+    "EverySteps",
     "ExcessMTL",
     "FairGrad",
     "FixedWeights",
     "GradDrop",
     "GradNorm",
     "GradVac",
+    "GramianLossWeighting",
+    "GramianWeighting",
+    "JacobianAggregator",
+    "LossWeighting",
     "MoCo",
     "NashMTL",
     "PCGrad",
     "Periodic",
+    "State",
     "UPGrad",
     "UncertaintyWeighting",
     "available",
@@ -69,6 +82,4 @@ __all__ = [
     "make_balancer",
     "parameters",
     "register",
-    "rep_mtl_backward",
-    "rep_mtl_regularizer",
 ]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 SCALES = ("min", "median", "mean")
@@ -47,11 +47,10 @@ def balance_transformation(gramian: Tensor, scale: str = "min") -> np.ndarray:
 
 
 @register
-class AlignedMTL(Balancer):
+class AlignedMTL(GramianWeighting):
     """Gradients aligned to an orthogonal, equal-norm system (Senushkin et al., 2023, Alg. 1)."""
 
     name = "aligned_mtl"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "scale": Param("choice", "min", "which singular value sets the scale", choices=SCALES),
     }
@@ -60,8 +59,6 @@ class AlignedMTL(Balancer):
         super().__init__()
         self.scale = scale
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("aligned_mtl needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         b = balance_transformation(gramian, self.scale)
         return Decision(weights=torch.from_numpy(b @ np.ones(len(tasks))))

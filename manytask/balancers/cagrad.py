@@ -58,7 +58,7 @@ from torch import Tensor
 
 from ..registry import Param
 from ._qp import solve_qp
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 RESCALES = (0, 1, 2)
@@ -228,11 +228,10 @@ def cagrad_weights(gramian: Tensor, c: float, rescale: int = 1) -> Tensor:
 
 
 @register
-class CAGrad(Balancer):
+class CAGrad(GramianWeighting):
     """Best worst-task improvement near the mean gradient (Liu et al., 2021, Algorithm 1)."""
 
     name = "cagrad"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "c": Param("float", 0.4, "radius of the ball around the mean gradient", low=0.0),
         "rescale": Param("choice", 1, "rescaling of the update (the reference code's 0, 1, 2)",
@@ -244,7 +243,5 @@ class CAGrad(Balancer):
         self.c = c
         self.rescale = rescale
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("cagrad needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         return Decision(weights=cagrad_weights(gramian, float(self.c), self.rescale))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 
@@ -48,13 +48,10 @@ def config_weights(gramian: Tensor) -> Tensor:
 
 
 @register
-class ConFIG(Balancer):
+class ConFIG(GramianWeighting):
     """Equal-cosine direction with the summed projection length (Liu et al., 2024, eq. 2)."""
 
     name = "config"
-    requires = "gramian"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("config needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         return Decision(weights=config_weights(gramian))

@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, GramianLossWeighting, State, declare
 from .registry import register
 
 
 @register
-class DBMTL(Balancer):
+class DBMTL(GramianLossWeighting):
     """DB-MTL with an EMA of gradient *norms* (a deviation from the paper, see below).
 
     At step ``t`` with ``n_k = ||grad log(L_k + eps)|| = sqrt(G_kk) / (L_k + eps)`` (``G`` the
@@ -54,14 +54,13 @@ class DBMTL(Balancer):
     """
 
     name = "dbmtl"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "beta": Param("float", 0.9, "EMA factor of the log-loss gradients", low=0.0, high=1.0,
                       high_open=True),
         "sigma": Param("float", 0.0, "EMA decay exponent of beta", low=0.0),
         "eps": Param("float", 1e-8, "added inside the logarithm", low=0.0, low_open=True),
     }
-    applies_to_heads = True
+    state = declare(norm_avg=State(), count=State(dtype=torch.long))
 
     norm_avg: Tensor
     count: Tensor
@@ -72,17 +71,7 @@ class DBMTL(Balancer):
         self.sigma = sigma
         self.eps = eps
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("norm_avg", torch.zeros(k, dtype=torch.float64))
-            self.register_buffer("count", torch.zeros(k, dtype=torch.long))
-
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("dbmtl needs the Gramian of the task gradients (requires='gramian')")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         if gramian.shape != (k, k):
             raise ValueError(f"dbmtl: Gramian of shape {tuple(gramian.shape)} for {k} tasks")

@@ -21,20 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 from .upgrad import dual_cone_weights
 
 
 @register
-class DualProj(Balancer):
+class DualProj(GramianWeighting):
     """Projection of the mean gradient onto the dual cone (GEM eq. 11; Quinton and Rey, 2024)."""
 
     name = "dualproj"
-    requires = "gramian"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("dualproj needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         return Decision(weights=torch.from_numpy(dual_cone_weights(gramian, np.full(k, 1.0 / k))))

@@ -14,6 +14,7 @@ end of each epoch). The loss means are accumulated from the losses seen by :meth
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -21,19 +22,25 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting, State, declare
 from .registry import register
 
 
 @register
-class DynamicWeightAverage(Balancer):
+class DynamicWeightAverage(LossWeighting):
     """Weights from the ratio of each task's last two epoch-mean losses (Liu et al., 2019, DWA)."""
 
     name = "dwa"
-    requires = "losses"
     params: ClassVar[dict[str, Param]] = {
         "T": Param("float", 2.0, "softmax temperature", low=0.0, low_open=True),
     }
+    state = declare(
+        loss_sum=State(),
+        loss_count=State(dtype=torch.long),
+        mean_prev=State(fill=math.nan),  # Lbar(t-1)
+        mean_prev2=State(fill=math.nan),  # Lbar(t-2)
+        epochs=State(dtype=torch.long, per="run"),
+    )
     # Per-task state, allocated by setup().
     loss_sum: Tensor
     loss_count: Tensor
@@ -45,18 +52,6 @@ class DynamicWeightAverage(Balancer):
         super().__init__()
         self.T = T
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            nan = torch.full((k,), float("nan"), dtype=torch.float64)
-            self.register_buffer("loss_sum", torch.zeros(k, dtype=torch.float64))
-            self.register_buffer("loss_count", torch.zeros(k, dtype=torch.long))
-            self.register_buffer("mean_prev", nan.clone())  # Lbar(t-1)
-            self.register_buffer("mean_prev2", nan.clone())  # Lbar(t-2)
-            self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
-
     def ratios(self, tasks: Sequence[str]) -> Tensor:
         """``r_k = Lbar_k(t-1) / Lbar_k(t-2)`` for ``tasks`` (1 where undefined)."""
         idx = self.index(tasks)
@@ -64,7 +59,7 @@ class DynamicWeightAverage(Balancer):
         defined = torch.isfinite(last) & torch.isfinite(before) & (before > 0)
         return torch.where(defined, last / torch.where(defined, before, 1.0), 1.0)
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         idx = self.index(tasks).to(self.loss_sum.device)
         self.loss_sum.index_add_(0, idx, losses.detach().double().to(self.loss_sum.device))
         self.loss_count.index_add_(0, idx, torch.ones_like(idx))

@@ -26,6 +26,7 @@ present this is torchjd 0.18's ``ExcessMTL``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -34,23 +35,30 @@ from torch import Tensor
 
 from ..registry import Param
 from ._lazy import LazyRows
-from .base import Balancer, Decision
+from .base import Decision, JacobianAggregator, State, declare
 from .registry import register
 
 _EPS = 1e-7
 
 
 @register
-class ExcessMTL(LazyRows, Balancer):
+class ExcessMTL(LazyRows, JacobianAggregator):
     """Exponentiated-gradient task weights driven by estimated excess risks (He et al., 2024)."""
 
     name = "excess_mtl"
-    requires = "jacobian"
     params: ClassVar[dict[str, Param]] = {
         "robust_step_size": Param("float", 1.0, "step of the weight update", low=0.0,
                                   low_open=True),
         "n_warmup_steps": Param("int", 0, "steps that set the initial excess", low=0),
     }
+    state = declare(
+        sq_sum=State(dtype=torch.float32, shape=(0,)),  # sized at the first call
+        alpha=State(fill=lambda k: 1.0 / k),
+        initial=State(fill=math.nan),
+        warmup_sum=State(),
+        warmup_count=State(dtype=torch.long),
+        steps=State(dtype=torch.long, per="run"),
+    )
     lazy_buffers = ("sq_sum",)
     sq_sum: Tensor
     alpha: Tensor
@@ -64,19 +72,7 @@ class ExcessMTL(LazyRows, Balancer):
         self.robust_step_size = robust_step_size
         self.n_warmup_steps = n_warmup_steps
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("sq_sum", torch.zeros(k, 0))
-            self.register_buffer("alpha", torch.full((k,), 1.0 / k, dtype=torch.float64))
-            self.register_buffer("initial", torch.full((k,), float("nan"), dtype=torch.float64))
-            self.register_buffer("warmup_sum", torch.zeros(k, dtype=torch.float64))
-            self.register_buffer("warmup_count", torch.zeros(k, dtype=torch.long))
-            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
         j = jacobian.detach()
         self.ensure_width(j.shape[1], j.dtype, j.device)
         idx = self.index(tasks).to(self.alpha.device)

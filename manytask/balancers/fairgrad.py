@@ -27,16 +27,15 @@ from torch import Tensor
 
 from ..registry import Param
 from ._fairness import fair_weights
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 
 @register
-class FairGrad(Balancer):
+class FairGrad(GramianWeighting):
     """alpha-fair weights solving ``G w = w^(-1/alpha)`` (Ban and Ji, 2024, Algorithm 1)."""
 
     name = "fairgrad"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "alpha": Param("float", 1.0, "alpha-fairness exponent", low=0.0),
     }
@@ -45,9 +44,7 @@ class FairGrad(Balancer):
         super().__init__()
         self.alpha = alpha
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("fairgrad needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         if self.alpha == 0:
             return Decision(weights=torch.full((k,), 1.0 / k, dtype=torch.float64))

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting, State, declare
 from .registry import number_map, register
 
 Optimizer = Literal["adam", "sgd"]
@@ -28,7 +28,7 @@ _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as 
 
 
 @register
-class FAMO(Balancer):
+class FAMO(LossWeighting):
     """FAMO (Algorithm 1 of the paper), with its learning rate and weight decay on the logits.
 
     **When the logits move.** The paper measures ``delta`` on the same batch before and after
@@ -58,7 +58,6 @@ class FAMO(Balancer):
     """
 
     name = "famo"
-    requires = "losses"
     params: ClassVar[dict[str, Param]] = {
         "lr": Param("float", 0.025, "step size of the logits", low=0.0),
         "weight_decay": Param("float", 1e-3, "decay of the logits", low=0.0),
@@ -67,6 +66,15 @@ class FAMO(Balancer):
         "min_losses": Param("any", None, "{task: lower bound b_k of its loss}", nullable=True,
                             check=number_map()),
     }
+    state = declare(
+        logits=State(),
+        prev_log_loss=State(),
+        last_step=State(fill=-1, dtype=torch.long),
+        adam_m=State(),
+        adam_v=State(),
+        adam_t=State(dtype=torch.long),
+        step=State(dtype=torch.long, per="run"),
+    )
 
     logits: Tensor
     prev_log_loss: Tensor
@@ -100,19 +108,10 @@ class FAMO(Balancer):
             raise ValueError(f"famo: min_losses given for unknown task(s) {unknown}")
         if not first:
             return
-        k = len(self.task_names)
-        f64 = torch.float64
-        self.register_buffer("logits", torch.zeros(k, dtype=f64))
-        self.register_buffer("prev_log_loss", torch.zeros(k, dtype=f64))
-        self.register_buffer("last_step", torch.full((k,), -1, dtype=torch.long))
-        self.register_buffer("adam_m", torch.zeros(k, dtype=f64))
-        self.register_buffer("adam_v", torch.zeros(k, dtype=f64))
-        self.register_buffer("adam_t", torch.zeros(k, dtype=torch.long))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         bounds = [float(self.min_losses.get(t, 0.0)) for t in self.task_names]
-        self.register_buffer("lower", torch.tensor(bounds, dtype=f64), persistent=False)
+        self.register_buffer("lower", torch.tensor(bounds, dtype=torch.float64), persistent=False)
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         idx = self.index(tasks).to(self.logits.device)
         step = int(self.step) + 1
         shift = self.lower[idx].to(device=losses.device, dtype=losses.dtype)

@@ -15,12 +15,12 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting
 from .registry import register
 
 
 @register
-class GLS(Balancer):
+class GLS(LossWeighting):
     """Geometric loss strategy: minimise ``exp(mean_k log(L_k + eps))``.
 
     The product of K losses under- or overflows quickly, so the geometric mean is computed in
@@ -37,7 +37,6 @@ class GLS(Balancer):
     """
 
     name = "gls"
-    requires = "losses"
     params: ClassVar[dict[str, Param]] = {
         "eps": Param("float", 1e-8, "added to each loss before the product", low=0.0),
     }
@@ -46,7 +45,7 @@ class GLS(Balancer):
         super().__init__()
         self.eps = eps
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         self.index(tasks)  # rejects unknown task names
         if bool((losses.detach() < 0).any()):
             raise ValueError(

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, JacobianAggregator
 from .registry import register
 
 
@@ -51,11 +51,10 @@ def graddrop_update(jacobian: Tensor, leak: float, u: Tensor) -> Tensor:
 
 
 @register
-class GradDrop(Balancer):
+class GradDrop(JacobianAggregator):
     """Keep, per coordinate, only the gradient components of the sign drawn by purity."""
 
     name = "graddrop"
-    requires = "jacobian"
     params: ClassVar[dict[str, Param]] = {
         "leak": Param("float", 0.0, "share of the dropped gradient kept", low=0.0, high=1.0),
     }
@@ -64,7 +63,7 @@ class GradDrop(Balancer):
         super().__init__()
         self.leak = leak
 
-    def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
         u = torch.rand(jacobian.shape[1], dtype=jacobian.dtype, device=jacobian.device)
         update = graddrop_update(jacobian, float(self.leak), u)
         return Decision(weights=torch.ones(len(tasks), dtype=torch.float64), update=update)

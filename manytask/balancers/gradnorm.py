@@ -26,6 +26,7 @@ as ``shared_params`` to :func:`manytask.backward` to get exactly that (``mode="e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -33,23 +34,22 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, GramianLossWeighting, State, declare
 from .registry import register
 
 _FLOOR = 1e-4  # weights are kept at least this large so that they stay positive
 
 
 @register
-class GradNorm(Balancer):
+class GradNorm(GramianLossWeighting):
     """Loss weights that equalise the tasks' training rates (Chen et al., 2018, Algorithm 1)."""
 
     name = "gradnorm"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "alpha": Param("float", 1.5, "restoring-force exponent", low=0.0),
         "lr": Param("float", 0.025, "step size of the weights", low=0.0, low_open=True),
     }
-    applies_to_heads = True
+    state = declare(weights=State(fill=1.0), initial_losses=State(fill=math.nan))
     # Per-task state, allocated by setup().
     weights: Tensor
     initial_losses: Tensor
@@ -58,15 +58,6 @@ class GradNorm(Balancer):
         super().__init__()
         self.alpha = alpha
         self.lr = lr
-
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("weights", torch.ones(k, dtype=torch.float64))
-            nan = torch.full((k,), float("nan"), dtype=torch.float64)
-            self.register_buffer("initial_losses", nan)
 
     def _record_initial(self, losses: Tensor, idx: Tensor) -> None:
         first = torch.isnan(self.initial_losses[idx])
@@ -89,9 +80,7 @@ class GradNorm(Balancer):
         norms = self.weights[idx] * gramian.diagonal().clamp_min(0).sqrt()
         return norms.mean() * r.pow(self.alpha)
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("gradnorm needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         idx = self.index(tasks).to(self.weights.device)
         losses = losses.detach().double().to(self.weights.device)
         gramian = gramian.detach().double().to(self.weights.device)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting, State, declare
 from .registry import register
 
 
@@ -74,15 +74,15 @@ def gradvac_coefficients(
 
 
 @register
-class GradVac(Balancer):
+class GradVac(GramianWeighting):
     """Steer pairwise gradient cosines towards their running averages (Wang et al., 2021)."""
 
     name = "gradvac"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "beta": Param("float", 0.5, "EMA factor of the cosine targets", low=0.0, high=1.0),
         "eps": Param("float", 1e-8, "floor of the norms", low=0.0),
     }
+    state = declare(phi_hat=State(per="pair"))
     phi_hat: Tensor
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
@@ -90,16 +90,7 @@ class GradVac(Balancer):
         self.beta = beta
         self.eps = eps
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("phi_hat", torch.zeros(k, k, dtype=torch.float64))
-
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("gradvac needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         idx = self.index(tasks)
         orders = torch.empty((k, max(k - 1, 0)), dtype=torch.long)

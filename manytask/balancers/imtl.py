@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 
@@ -44,13 +44,10 @@ def imtl_g_weights(gramian: Tensor) -> Tensor:
 
 
 @register
-class IMTLG(Balancer):
+class IMTLG(GramianWeighting):
     """Equal projection of the update on every task direction (Liu et al., 2021, IMTL-G)."""
 
     name = "imtl_g"
-    requires = "gramian"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("imtl_g needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         return Decision(weights=imtl_g_weights(gramian))

@@ -14,7 +14,7 @@ over the original gradients, are ``w_k = a_k e^{s_k}``. (The direction does not 
 ``s``: IMTL-G is invariant to the scale of each gradient, as the paper notes; ``s`` sets the
 update's length and, through ``head_grad="weighted"``, the heads' gradients.)
 
-How it runs through the engine: it is a gradient-level method (``requires = "gramian"``), so the
+How it runs through the engine: it is a Gramian weighting (a gradient-level method), so the
 shared update is ``sum_k w_k g_k`` as above. The scales' own gradient,
 ``d/ds_k (e^{s_k} L_k - s_k) = e^{s_k} L_k - 1``, does not involve the model, so
 :meth:`IMTL.decide` accumulates it into ``s.grad`` itself (a backward of the detached scale
@@ -33,22 +33,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Decision
+from .base import Decision, GramianWeighting
 from .imtl import imtl_g_weights
 from .imtl_l import LogScales
 from .registry import register
 
 
 @register
-class IMTL(LogScales):
+class IMTL(LogScales, GramianWeighting):
     """IMTL-G weights on the IMTL-L-scaled losses (Liu et al., 2021, Algorithm 1)."""
 
     name = "imtl"
-    requires = "gramian"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("imtl needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         params = [self.log_scales[i] for i in self.index(tasks).tolist()]
         s = torch.stack(params)
         # Loss balance: the gradient of sum_k (e^{s_k} L_k - s_k) w.r.t. s only.

@@ -12,25 +12,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Balancer, Decision
+from .base import Balancer, Decision, LossWeighting, State, declare
 from .registry import register
 
 
 class LogScales(Balancer):
     """A balancer with one learnable log-scale ``s_k`` per task (IMTL-L and full IMTL)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        # One scalar parameter per task: an absent task's scale gets no gradient at all
-        # (``.grad`` stays ``None``), so optimisers with momentum or weight decay skip it.
-        self.log_scales = nn.ParameterList()
-
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            for _ in self.task_names:
-                self.log_scales.append(nn.Parameter(torch.zeros((), dtype=torch.float32)))
+    # One scalar parameter per task: an absent task's scale gets no gradient at all
+    # (``.grad`` stays ``None``), so optimisers with momentum or weight decay skip it.
+    state = declare(log_scales=State(dtype=torch.float32, learnable=True))
+    log_scales: nn.ParameterList
 
     def scales(self) -> Tensor:
         """The current ``s_k`` of all tasks, detached, in the order given to :meth:`setup`."""
@@ -38,17 +30,17 @@ class LogScales(Balancer):
 
 
 @register
-class IMTLL(LogScales):
+class IMTLL(LogScales, LossWeighting):
     """IMTL-L: minimise ``sum_k (e^{s_k} L_k - s_k)`` jointly over the model and ``s``.
 
     For a fixed loss, the optimum in ``s_k`` satisfies ``e^{s_k} L_k = 1``: the scaled losses
     are driven to a common value, whatever the raw scale of each task (the paper's scale
     invariance). ``s`` starts at 0, so the first step is the plain summed loss.
 
-    ``s`` are parameters (one scalar per task) created by :meth:`setup`: **call**
-    ``setup(task_names)`` **before building the optimizer and give it**
-    ``balancer.parameters()`` (the Trainer does both). Otherwise the scales never move and
-    the method silently reduces to equal weighting.
+    ``s`` are parameters (one scalar per task) created by :meth:`setup`, which
+    ``make_balancer("imtl_l", tasks=[...])`` calls: give the optimizer
+    ``balancer.parameters()`` too (the Trainer does); :func:`manytask.backward` raises if an
+    optimizer steps without them.
 
     Reported weights are ``e^{s_k}`` (the coefficient of ``L_k`` in the gradient; they do not
     sum to a constant). No logarithm is taken and nothing is clamped, so the objective
@@ -58,9 +50,8 @@ class IMTLL(LogScales):
     """
 
     name = "imtl_l"
-    requires = "losses"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         positions = self.index(tasks).tolist()
         s = torch.stack([self.log_scales[i] for i in positions]).to(losses.dtype)
         objective = (torch.exp(s) * losses - s).sum()

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..registry import Param
 from ._qp import solve_qp
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -72,11 +72,10 @@ def gradient_scales(losses: Tensor, gramian: Tensor, normalization: str) -> Tens
 
 
 @register
-class MGDA(Balancer):
+class MGDA(GramianWeighting):
     """Minimum-norm convex combination of the task gradients (Sener and Koltun, 2018, eq. 3)."""
 
     name = "mgda"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "normalization": Param("choice", "none", "normalisation before the min-norm problem",
                                choices=NORMALIZATIONS),
@@ -86,9 +85,7 @@ class MGDA(Balancer):
         super().__init__()
         self.normalization = normalization
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("mgda needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         g = gramian.detach().double().cpu()
         scales = gradient_scales(losses, g, self.normalization)
         return Decision(weights=min_norm_weights(g / torch.outer(scales, scales)))

@@ -32,22 +32,26 @@ from torch import Tensor
 from ..registry import Param
 from ._lazy import LazyRows
 from ._qp import _project
-from .base import Balancer, Decision
+from .base import Decision, JacobianAggregator, State, declare
 from .registry import register
 
 
 @register
-class MoCo(LazyRows, Balancer):
+class MoCo(LazyRows, JacobianAggregator):
     """MGDA weights by one projected step per iteration on tracked gradients (Fernando et al.)."""
 
     name = "moco"
-    requires = "jacobian"
     params: ClassVar[dict[str, Param]] = {
         "beta": Param("float", 0.5, "tracking step of the gradients", low=0.0, high=1.0,
                       low_open=True),
         "gamma": Param("float", 0.1, "step size of the weights", low=0.0, low_open=True),
         "rho": Param("float", 0.0, "weight regularisation", low=0.0),
     }
+    state = declare(
+        tracked=State(dtype=torch.float32, shape=(0,)),  # sized at the first call
+        seen=State(dtype=torch.bool),
+        lam=State(fill=lambda k: 1.0 / k),
+    )
     lazy_buffers = ("tracked",)
     tracked: Tensor
     seen: Tensor
@@ -59,16 +63,7 @@ class MoCo(LazyRows, Balancer):
         self.gamma = gamma
         self.rho = rho
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("tracked", torch.zeros(k, 0))
-            self.register_buffer("seen", torch.zeros(k, dtype=torch.bool))
-            self.register_buffer("lam", torch.full((k,), 1.0 / k, dtype=torch.float64))
-
-    def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
         j = jacobian.detach()
         self.ensure_width(j.shape[1], j.dtype, j.device)
         idx = self.index(tasks).to(self.tracked.device)

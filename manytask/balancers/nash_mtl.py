@@ -32,20 +32,24 @@ from torch import Tensor
 
 from ..registry import Param
 from ._fairness import fair_weights
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting, State, declare
 from .registry import register
 
 
 @register
-class NashMTL(Balancer):
+class NashMTL(GramianWeighting):
     """The Nash bargaining solution ``G alpha = 1/alpha`` (Navon et al., 2022, Algorithm 1)."""
 
     name = "nash_mtl"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "max_norm": Param("float", 1.0, "clip of the update norm (0: none)", low=0.0),
         "update_weights_every": Param("int", 1, "solve every N steps", low=1),
     }
+    state = declare(
+        last_alpha=State(),
+        last_present=State(dtype=torch.bool),
+        steps=State(dtype=torch.long, per="run"),
+    )
     # Per-task state, allocated by setup().
     last_alpha: Tensor
     last_present: Tensor
@@ -56,22 +60,11 @@ class NashMTL(Balancer):
         self.max_norm = max_norm
         self.update_weights_every = update_weights_every
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            k = len(self.task_names)
-            self.register_buffer("last_alpha", torch.zeros(k, dtype=torch.float64))
-            self.register_buffer("last_present", torch.zeros(k, dtype=torch.bool))
-            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
     def alpha(self, gramian: Tensor) -> Tensor:
         """The solution of ``G alpha = 1 / alpha`` (before clipping; 0 for a zero gradient)."""
         return torch.from_numpy(fair_weights(gramian.detach().double().cpu().numpy(), 1.0))
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("nash_mtl needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         idx = self.index(tasks)
         present = torch.zeros(len(self.task_names), dtype=torch.bool)
         present[idx] = True

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 
@@ -51,11 +51,10 @@ def pcgrad_coefficients(gramian: Tensor, orders: Tensor) -> Tensor:
 
 
 @register
-class PCGrad(Balancer):
+class PCGrad(GramianWeighting):
     """Project away conflicting gradient components (Yu et al., 2020, Algorithm 1)."""
 
     name = "pcgrad"
-    requires = "gramian"
     params: ClassVar[dict[str, Param]] = {
         "shuffle": Param("bool", True, "random task order per projection"),
     }
@@ -64,9 +63,7 @@ class PCGrad(Balancer):
         super().__init__()
         self.shuffle = shuffle
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("pcgrad needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         if self.shuffle:
             orders = torch.stack([torch.randperm(k) for _ in range(k)])

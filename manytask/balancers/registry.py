@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..registry import Param, Registry, resolve
@@ -81,9 +81,14 @@ def build(name: str, params: Mapping[str, Any] | None = None) -> Balancer:
     return built
 
 
-def make_balancer(name: str, **params: Any) -> Balancer:
-    """``make_balancer("cagrad", c=0.4)``: keyword form of :func:`build`."""
-    return build(name, params)
+def make_balancer(name: str, tasks: Sequence[str] | None = None, **params: Any) -> Balancer:
+    """``make_balancer("cagrad", c=0.4)``: keyword form of :func:`build`. With ``tasks``, the
+    method is set up for them at once, so its per-task state and learnable parameters exist
+    before an optimizer is built (``make_balancer("uncertainty", tasks=["a", "b"])``)."""
+    method = build(name, params)
+    if tasks is not None:
+        method.setup(tasks)
+    return method
 
 
 # ---------------------------------------------------------------------------- declarations

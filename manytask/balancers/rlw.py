@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting
 from .registry import register
 
 Total = Literal["one", "tasks"]
 
 
 @register
-class RLW(Balancer):
+class RLW(LossWeighting):
     """Random loss weighting: ``w = softmax(lambda)``, ``lambda ~ N(0, I)``, redrawn every step.
 
     Convention: the weights of the present tasks sum to 1 (the paper and LibMTL; torchjd's
@@ -36,7 +36,6 @@ class RLW(Balancer):
     """
 
     name = "rlw"
-    requires = "losses"
     params: ClassVar[dict[str, Param]] = {
         "total": Param("choice", "one", "weights sum to 1 or to K", choices=("one", "tasks")),
     }
@@ -45,7 +44,7 @@ class RLW(Balancer):
         super().__init__()
         self.total = total
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         self.index(tasks)  # rejects unknown task names
         draw = torch.randn(len(tasks))
         weights = torch.softmax(draw.double(), dim=0)

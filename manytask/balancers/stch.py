@@ -17,14 +17,14 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting, State, declare
 from .registry import number_map, register
 
 Ideal = Literal["zero", "running_min"]
 
 
 @register
-class STCH(Balancer):
+class STCH(LossWeighting):
     """Smooth Tchebycheff scalarisation of the task losses.
 
     Objectives ``f_k``: the losses, divided by their warm-up mean when ``warmup_steps > 0``,
@@ -49,7 +49,6 @@ class STCH(Balancer):
     """
 
     name = "stch"
-    requires = "losses"
     params: ClassVar[dict[str, Param]] = {
         "mu": Param("float", 1.0, "smoothing temperature", low=0.0, low_open=True),
         "warmup_steps": Param("int", 0, "steps of equal weighting that set the nadir", low=0),
@@ -59,6 +58,12 @@ class STCH(Balancer):
                             check=number_map(low=0.0, low_open=True)),
         "eps": Param("float", 1e-8, "floor inside the logarithm", low=0.0, low_open=True),
     }
+    state = declare(
+        warmup_sum=State(),
+        warmup_count=State(dtype=torch.long),
+        ideal_point=State(fill=math.inf),
+        step=State(dtype=torch.long, per="run"),
+    )
 
     warmup_sum: Tensor
     warmup_count: Tensor
@@ -83,20 +88,12 @@ class STCH(Balancer):
         self.eps = eps
 
     def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
         super().setup(task_names)
         unknown = sorted(set(self.preference) - set(self.task_names))
         if unknown:
             raise ValueError(f"stch: preference given for unknown task(s) {unknown}")
-        if not first:
-            return
-        k = len(self.task_names)
-        self.register_buffer("warmup_sum", torch.zeros(k, dtype=torch.float64))
-        self.register_buffer("warmup_count", torch.zeros(k, dtype=torch.long))
-        self.register_buffer("ideal_point", torch.full((k,), math.inf, dtype=torch.float64))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         idx = self.index(tasks).to(self.step.device)
         step = int(self.step) + 1
         self.step.fill_(step)

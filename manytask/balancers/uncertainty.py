@@ -20,12 +20,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting, State, declare
 from .registry import register
 
 
 @register
-class UncertaintyWeighting(Balancer):
+class UncertaintyWeighting(LossWeighting):
     """Learned homoscedastic-uncertainty weights ``0.5 exp(-s_k)`` (Kendall et al., 2018, eq. 7).
 
     One scalar parameter per task, so an absent task's ``s_k`` gets no gradient at all (its
@@ -33,20 +33,13 @@ class UncertaintyWeighting(Balancer):
     """
 
     name = "uncertainty"
-    requires = "losses"
+    state = declare(log_vars=State(dtype=torch.float32, learnable=True))
 
     def __init__(self) -> None:
         super().__init__()
         self.log_vars = nn.ParameterList()
 
-    def setup(self, task_names: Sequence[str]) -> None:
-        first = not self.task_names
-        super().setup(task_names)
-        if first:
-            for _ in self.task_names:
-                self.log_vars.append(nn.Parameter(torch.zeros((), dtype=torch.float32)))
-
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         idx = self.index(tasks).tolist()
         # Moving the parameters to the losses' device is differentiable: .grad lands on them.
         s = torch.stack([self.log_vars[i] for i in idx]).to(

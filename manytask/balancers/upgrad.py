@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._dual_cone import dual_cone_solve
-from .base import Balancer, Decision
+from .base import Decision, GramianWeighting
 from .registry import register
 
 
@@ -42,15 +42,12 @@ def dual_cone_weights(gramian: Tensor, u: np.ndarray) -> np.ndarray:
 
 
 @register
-class UPGrad(Balancer):
+class UPGrad(GramianWeighting):
     """Mean of the projections of each gradient onto the dual cone (Quinton and Rey, 2024)."""
 
     name = "upgrad"
-    requires = "gramian"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
-        if gramian is None:
-            raise ValueError("upgrad needs the Gramian of the task gradients")
+    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
         # Row i is u_i = e_i / K; the K projections are solved in one batch.
         v = dual_cone_weights(gramian, np.eye(k) / k)

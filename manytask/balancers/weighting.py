@@ -9,12 +9,12 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
-from .base import Balancer, Decision
+from .base import Decision, LossWeighting
 from .registry import number_map, register
 
 
 @register
-class EqualWeighting(Balancer):
+class EqualWeighting(LossWeighting):
     """Equal weighting: the plain summed loss ``sum_k L_k`` (every weight is 1).
 
     The baseline of every multi-task paper. Weights sum to K, so the update equals the one of
@@ -22,18 +22,16 @@ class EqualWeighting(Balancer):
     """
 
     name = "equal"
-    requires = "losses"
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         return Decision(torch.ones(len(tasks), dtype=torch.float64))
 
 
 @register
-class FixedWeights(Balancer):
+class FixedWeights(LossWeighting):
     """Fixed weights: ``sum_k w_k L_k`` with user-given ``w_k`` (1 for a task not named)."""
 
     name = "fixed"
-    requires = "losses"
     params: ClassVar[dict[str, Param]] = {
         "weights": Param("any", None, "{task: weight}; 1 for a task not named",
                          nullable=True, check=number_map(low=0.0)),
@@ -49,7 +47,7 @@ class FixedWeights(Balancer):
         if unknown:
             raise ValueError(f"fixed: weights given for unknown task(s) {unknown}")
 
-    def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
+    def decide(self, losses: Tensor, tasks: Sequence[str]) -> Decision:
         return Decision(
             torch.tensor([float(self.weights.get(t, 1.0)) for t in tasks], dtype=torch.float64)
         )

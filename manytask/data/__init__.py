@@ -3,7 +3,6 @@ the MMoE synthetic generator, multi-task batching and task samplers."""
 
 from .batching import TensorBatches, collate_multitask
 from .census import CensusData, load_census
-from .encoder_top import EncoderTop, prepare_finetune
 from .encoders import EmbeddingCache, SentenceEncoder, load_minilm
 from .multidigits import MultiDigits, digit_task, source_split
 from .multitab_bench import MultiTabBench, multitab_bench
@@ -21,7 +20,7 @@ from .sampling import (
     make_sampler,
 )
 from .synthetic import mmoe_synthetic
-from .tabular import TabularBatch, TabularDataset, TabularInput, TabularX
+from .tabular import TabularBatch, TabularDataset, TabularX
 from .text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "CensusData",
     "EXP3Sampler",
     "EmbeddingCache",
-    "EncoderTop",
     "MixedTaskBatches",
     "MultiDigits",
     "MultiTabBench",
@@ -40,7 +38,6 @@ __all__ = [
     "SentenceEncoder",
     "TabularBatch",
     "TabularDataset",
-    "TabularInput",
     "TabularX",
     "TaskSampler",
     "TemperatureSampler",
@@ -56,7 +53,6 @@ __all__ = [
     "make_sampler",
     "mmoe_synthetic",
     "multitab_bench",
-    "prepare_finetune",
     "source_split",
     "stacked_batches",
 ]

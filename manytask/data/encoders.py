@@ -24,21 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..transformer_layers import mean_pool
 from .text import Text
 
 MINILM = "all-MiniLM-L6-v2"
-
-
-def mean_pool(hidden: Tensor, mask: Tensor, normalize: bool = True) -> Tensor:
-    """Mean of ``hidden`` (B, L, D) over the positions where ``mask`` (B, L) is 1, then L2
-    normalised when ``normalize``. A row with no unmasked token pools to zeros."""
-    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
-        raise ValueError(f"mean_pool: hidden must be (B, L, D) and mask (B, L), got "
-                         f"{tuple(hidden.shape)} and {tuple(mask.shape)}")
-    weights = mask.to(hidden.dtype).unsqueeze(-1)
-    # clamp: an all-padding row divides 0 by a tiny number instead of by 0
-    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-    return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 
 def load_minilm() -> tuple[Any, Any]:

@@ -3,28 +3,21 @@
 A data set is three things held as whole tensors: categorical codes ``(N, C)`` (int64), dense
 features ``(N, D)`` (float32) and targets ``{task: (N, ...)}``. An epoch permutes them once
 (one gather per tensor) and then yields contiguous slices, so the hot path has no per-sample
-Python object at all. Inputs travel as :class:`TabularX`, a named pair of tensors that every
-model with a :class:`TabularInput` layer accepts.
+Python object at all. Inputs travel as :class:`~manytask.tabular_types.TabularX`, a named pair
+of tensors that every model with a :class:`~manytask.models.inputs.TabularInput` layer accepts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+from ..tabular_types import INT_DTYPES, TabularX, check_codes
 
-
-class TabularX(NamedTuple):
-    """Model input: categorical codes ``(batch, C)`` and dense features ``(batch, D)``."""
-
-    categorical: Tensor
-    dense: Tensor
-
+__all__ = ["TabularBatch", "TabularDataset", "TabularX", "check_codes"]
 
 @dataclass
 class TabularBatch:
@@ -60,7 +53,7 @@ class TabularDataset:
             categorical = torch.zeros(n, 0, dtype=torch.long)
         if dense is None:
             dense = torch.zeros(n, 0)
-        if categorical.dim() != 2 or categorical.dtype not in _INT_DTYPES:
+        if categorical.dim() != 2 or categorical.dtype not in INT_DTYPES:
             raise TypeError(
                 f"TabularDataset: categorical must be a 2-D integer tensor, got "
                 f"{categorical.dtype} of shape {tuple(categorical.shape)}"
@@ -149,133 +142,3 @@ def _rows(categorical: Tensor | None, dense: Tensor | None, targets: Mapping[str
                 raise ValueError("TabularDataset: tensors need a leading row axis")
             return int(tensor.shape[0])
     raise ValueError("TabularDataset: give categorical, dense or targets")
-
-
-def check_codes(categorical: Tensor, cardinalities: Sequence[int], where: str) -> None:
-    """Raise ``ValueError`` naming the first column whose codes fall outside its vocabulary."""
-    if categorical.shape[1] != len(cardinalities):
-        raise ValueError(
-            f"{where}: {categorical.shape[1]} categorical columns but "
-            f"{len(cardinalities)} cardinalities"
-        )
-    if categorical.numel() == 0:
-        return
-    cards = torch.as_tensor(cardinalities, dtype=categorical.dtype, device=categorical.device)
-    bad = ((categorical < 0) | (categorical >= cards)).any(0)
-    if bool(bad.any()):
-        col = int(bad.nonzero()[0, 0])
-        lo, hi = int(categorical[:, col].min()), int(categorical[:, col].max())
-        raise ValueError(
-            f"{where}: categorical column {col} has codes in [{lo}, {hi}], outside "
-            f"[0, {cardinalities[col]})"
-        )
-
-
-class TabularInput(nn.Module):
-    """Embeddings of the categorical columns, concatenated with the dense features.
-
-    All columns with the same embedding width share one table (rows offset per column), so a
-    batch is embedded with one lookup per distinct width. Output: ``(batch, out_features)`` with
-    the embeddings (grouped by width, in column order within a width) followed by the dense
-    features. Reused by every tabular architecture.
-
-    Args:
-        cardinalities: vocabulary size of each categorical column.
-        n_dense: number of dense features.
-        embedding_dim: one width for every column, or one per column.
-        check: verify on each forward that codes lie in range (a misplaced code would otherwise
-            silently read another column's rows of the shared table).
-    """
-
-    def __init__(
-        self,
-        cardinalities: Sequence[int],
-        n_dense: int,
-        embedding_dim: int | Sequence[int] = 16,
-        *,
-        check: bool = True,
-    ) -> None:
-        super().__init__()
-        cards = [int(c) for c in cardinalities]
-        if any(c < 1 for c in cards):
-            raise ValueError(f"TabularInput: cardinalities must be positive, got {cards}")
-        if isinstance(n_dense, bool) or not isinstance(n_dense, int) or n_dense < 0:
-            raise ValueError(
-                f"TabularInput: n_dense must be a non-negative integer, got {n_dense!r}"
-            )
-        dims = (
-            [embedding_dim] * len(cards) if isinstance(embedding_dim, int) else list(embedding_dim)
-        )
-        if len(dims) != len(cards) or any(d < 1 for d in dims):
-            raise ValueError(
-                f"TabularInput: need one positive embedding width per column "
-                f"({len(cards)}), got {dims}"
-            )
-        if not cards and n_dense == 0:
-            raise ValueError("TabularInput: no categorical and no dense feature")
-        self.cardinalities = tuple(cards)
-        self.n_dense = n_dense
-        self.embedding_dims = tuple(dims)
-        self.check = check
-        self.widths = tuple(sorted(set(dims)))
-        self.tables = nn.ModuleList()
-        for w in self.widths:
-            cols = [i for i, d in enumerate(dims) if d == w]
-            sizes = [cards[i] for i in cols]
-            offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
-            table = nn.Embedding(sum(sizes), w)
-            nn.init.normal_(table.weight, std=0.01)
-            self.tables.append(table)
-            self.register_buffer(f"cols_{w}", torch.tensor(cols, dtype=torch.long))
-            self.register_buffer(f"offsets_{w}", offsets)
-        self.register_buffer("cards", torch.tensor(cards, dtype=torch.long))
-        self.out_features = sum(dims) + n_dense
-
-    def _check(self, x: TabularX) -> None:
-        cat, dense = x
-        if (
-            cat.dim() != 2
-            or cat.shape[1] != len(self.cardinalities)
-            or cat.dtype not in _INT_DTYPES
-        ):
-            raise ValueError(
-                f"TabularInput: expected integer categorical codes of shape (batch, "
-                f"{len(self.cardinalities)}), got {cat.dtype} {tuple(cat.shape)}"
-            )
-        if dense.dim() != 2 or dense.shape[1] != self.n_dense:
-            raise ValueError(
-                f"TabularInput: expected dense features of shape (batch, {self.n_dense}), "
-                f"got {tuple(dense.shape)}"
-            )
-        if self.check:
-            check_codes(cat, self.cardinalities, "TabularInput")
-
-    def embed(self, categorical: Tensor) -> list[Tensor]:
-        """Embeddings ``(batch, C_w, w)`` for each distinct width ``w`` (see ``widths``)."""
-        out = []
-        for w, table in zip(self.widths, self.tables, strict=True):
-            cols: Tensor = getattr(self, f"cols_{w}")
-            offsets: Tensor = getattr(self, f"offsets_{w}")
-            codes = categorical if cols.numel() == categorical.shape[1] else categorical[:, cols]
-            out.append(table(codes.long() + offsets))
-        return out
-
-    def forward(self, x: TabularX | tuple[Tensor, Tensor] | Mapping[str, Tensor]) -> Tensor:
-        """Embed ``x``: a :class:`TabularX`, a ``(categorical, dense)`` pair, or a mapping with
-        keys ``"categorical"`` and ``"dense"`` (what :class:`manytask.data.TensorBatches` yields
-        for ``x={"categorical": ..., "dense": ...}``)."""
-        if isinstance(x, Mapping):
-            if set(x) != {"categorical", "dense"}:
-                raise TypeError(
-                    f"TabularInput expects keys 'categorical' and 'dense', got {sorted(x)}"
-                )
-            x = TabularX(x["categorical"], x["dense"])
-        elif not isinstance(x, tuple) or len(x) != 2:
-            raise TypeError(
-                f"TabularInput expects a TabularX (categorical, dense), got {type(x).__name__}"
-            )
-        x = TabularX(*x)
-        self._check(x)
-        parts = [e.flatten(1) for e in self.embed(x.categorical)]
-        parts.append(x.dense.to(parts[0].dtype) if parts else x.dense)
-        return torch.cat(parts, dim=1)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..balancers import make_balancer
+from ..balancers import GramianLossWeighting, GramianWeighting, LossWeighting, make_balancer
 from .measures import pareto_front
 
 STARTS: tuple[tuple[float, float], ...] = (
@@ -112,10 +112,12 @@ def run(
         update = torch.empty_like(x)
         for i, balancer in enumerate(balancers):
             loss_i = values[i].detach()
-            if balancer.requires == "gramian":
+            if isinstance(balancer, GramianWeighting | GramianLossWeighting):
                 w = balancer.decide(loss_i, ("f1", "f2"), gramians[i]).weights
+            elif isinstance(balancer, LossWeighting):
+                w = balancer.decide(loss_i, ("f1", "f2")).weights
             else:
-                w = balancer.decide(loss_i, ("f1", "f2"), None).weights
+                raise ValueError(f"toy: {balancer.name} needs the Jacobian, not a Gramian")
             update[i] = w.to(grads.dtype) @ grads[i]
         x.grad = update
         optimizer.step()

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..gradients import Mode, cosine_similarity, feature_tensors, task_gradients
+from ..engine.gradients import Mode, cosine_similarity, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..tasks import Task, task_losses
 from .matrix import AffinityMatrix

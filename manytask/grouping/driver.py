@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from ..backward import backward
 from ..balancers import Balancer, make_balancer
-from ..gradients import Mode, feature_tensors, task_gradients
+from ..engine.backward import backward
+from ..engine.gradients import Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..tasks import Task, task_losses
 from .affinity import GradientCosine, LookaheadAffinity

@@ -6,11 +6,13 @@ from .base import MultiTaskModel, mlp
 from .cross_stitch import CrossStitch
 from .dselect_k import DSelectK
 from .dtrn import DTRN
+from .encoder_top import EncoderTop, TopLayers
 from .esmm import AITM, ESMM
 from .experts import ExpertSet, Routed
 from .factory import ARCHITECTURES, hard_sharing, make_model, shared_bottom
 from .hard_sharing import HardSharing
 from .home import HoME
+from .inputs import TabularInput
 from .moe import MMoE, OMoE
 from .mtan import MTAN
 from .multitab import MultiTabNet, multitask_mask
@@ -31,6 +33,7 @@ __all__ = [
     "AdaTT",
     "CrossStitch",
     "DSelectK",
+    "EncoderTop",
     "ExpertReport",
     "ExpertSet",
     "HardSharing",
@@ -41,7 +44,9 @@ __all__ = [
     "OMoE",
     "PerTaskModel",
     "Routed",
+    "TabularInput",
     "TaskRoutedMoE",
+    "TopLayers",
     "expert_report",
     "expert_usage",
     "hard_sharing",

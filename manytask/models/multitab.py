@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.tabular import TabularInput, TabularX, check_codes
+from ..tabular_types import TabularX, check_codes
 from ..tasks import Task
 from .experts import check_positive
+from .inputs import TabularInput
 from .per_task import PerTaskModel, towers
 
 MaskVariant = Literal["none", "txt", "fxt", "fxt_txt"]

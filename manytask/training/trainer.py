@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
 from ..balancers import Balancer, make_balancer
 from ..config import check_run_dir
-from ..flat import check_flat_method, flat_backward
-from ..gradients import MODES, Mode, feature_tensors, task_gradients
+from ..engine.backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
+from ..engine.flat import check_flat_method, flat_backward
+from ..engine.gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..models.experts import ExpertSet
 from ..models.routing import expert_report

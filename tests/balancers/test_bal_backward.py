@@ -10,7 +10,7 @@ from torch import nn
 
 import manytask
 from manytask.balancers import make_balancer
-from manytask.gradients import Mode
+from manytask.engine.gradients import Mode
 
 GRADIENT_LEVEL: list[tuple[str, dict[str, object]]] = [
     ("mgda", {}),

@@ -16,7 +16,7 @@ from torch import nn
 
 import manytask
 from manytask.balancers import make_balancer
-from manytask.gradients import head_leaves
+from manytask.engine.gradients import head_leaves
 
 
 class Tied(nn.Module):

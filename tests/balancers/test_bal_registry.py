@@ -57,7 +57,8 @@ def _run(method: torch.nn.Module, steps: range) -> list[torch.Tensor]:
     for step in steps:
         J = random_jacobian(3, 5, seed=step)
         losses = torch.tensor([1.0 + step, 2.0 / (step + 1), 0.5 + 0.1 * step])
-        d = method.decide(losses, names, J @ J.T)  # type: ignore[operator]
+        info = () if method.requires == "losses" else (J @ J.T,)
+        d = method.decide(losses, names, *info)  # type: ignore[operator]
         out.append(d.weights)
         if step % 2 == 1:
             method.end_epoch()  # type: ignore[operator]

@@ -13,7 +13,7 @@ from manytask.balancers.graddrop import graddrop_update
 
 def _jd(method: object, J: torch.Tensor, tasks: list[str] | None = None) -> torch.Tensor:
     tasks = tasks or names(J.shape[0])
-    d = method.decide_jacobian(torch.ones(len(tasks)), tasks, J)  # type: ignore[attr-defined]
+    d = method.decide(torch.ones(len(tasks)), tasks, J)  # type: ignore[attr-defined]
     assert d.update is not None
     return d.update
 

@@ -53,8 +53,10 @@ def test_absent_task(name: str, params: dict) -> None:
         assert all(torch.isfinite(torch.tensor(list(res.weights.values()))))
 
 
-def test_periodic_lists_as_a_gramian_method() -> None:
+def test_periodic_takes_the_kind_of_its_base() -> None:
     # Read on the class (as `manytask methods` does), requires is a plain string.
     assert Periodic.requires == "gramian" and isinstance(Periodic.requires, str)
-    assert Periodic.applies_to_heads is False
-    assert make_balancer("periodic", base="gradnorm").applies_to_heads is True
+    assert make_balancer("periodic", base="upgrad").weights_losses is False
+    gradnorm = make_balancer("periodic", base="gradnorm")
+    assert gradnorm.requires == "gramian" and gradnorm.weights_losses is True
+    assert make_balancer("periodic", base="graddrop").requires == "jacobian"

@@ -33,9 +33,11 @@ def decide(
     """One decision on leaf losses; returns it and the losses (to take gradients)."""
     names = tuple(tasks) if tasks is not None else method.task_names[: len(values)]
     losses = torch.tensor(list(values), dtype=torch.float64, requires_grad=True)
-    if method.requires == "gramian" and gramian is None:
+    if method.requires == "losses":
+        return method.decide(losses, names), losses  # type: ignore[operator]
+    if gramian is None:
         gramian = torch.eye(len(names), dtype=torch.float64)
-    return method.decide(losses, names, gramian), losses
+    return method.decide(losses, names, gramian), losses  # type: ignore[operator]
 
 
 def objective_of(decision: Decision, losses: Tensor) -> Tensor:

@@ -53,7 +53,7 @@ def test_flat_rho_refuses_what_it_cannot_do() -> None:
 
 
 def test_flat_backward_is_exported() -> None:
-    assert manytask.flat_backward is manytask.flat.flat_backward
+    assert manytask.flat_backward is manytask.engine.flat.flat_backward
 
 
 @pytest.mark.parametrize("arch", ["mmoe", "ple", "cross_stitch"])

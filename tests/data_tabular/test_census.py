@@ -11,7 +11,7 @@ import torch
 
 import manytask
 from manytask.data.census import COLUMNS, FILE_NAME, load_census
-from manytask.data.tabular import TabularInput
+from manytask.models.inputs import TabularInput
 from manytask.models.moe import MMoE
 from manytask.tasks import AUC
 

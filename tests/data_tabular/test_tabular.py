@@ -7,7 +7,9 @@ from typing import Any, cast
 import pytest
 import torch
 
-from manytask.data.tabular import TabularDataset, TabularInput, TabularX
+from manytask.data.tabular import TabularDataset
+from manytask.models.inputs import TabularInput
+from manytask.tabular_types import TabularX
 
 
 def test_input_layer_is_the_concatenation_of_per_column_embeddings() -> None:

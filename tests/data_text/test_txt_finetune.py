@@ -11,18 +11,12 @@ import pytest
 import torch
 
 import manytask
-from manytask.data.encoder_top import (
-    EncoderTop,
-    HiddenStateCache,
-    LowerEncoder,
-    TopLayers,
-    prepare_finetune,
-    top_state,
-    unpack,
-)
 from manytask.data.encoders import SentenceEncoder
+from manytask.data.hidden_states import HiddenStateCache, LowerEncoder, unpack
 from manytask.data.text import MixedTaskBatches, Text, TextSplit, TextTask, stacked_batches
+from manytask.models.encoder_top import EncoderTop, TopLayers, top_state
 from manytask.tasks import Task
+from manytask.training.finetune import prepare_finetune
 
 WORDS = ["the", "a", "movie", "was", "good", "bad", "great", "plot", "what", "is", "who", "?", "."]
 LAYERS = 3

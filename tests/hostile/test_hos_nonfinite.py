@@ -28,9 +28,9 @@ from hos_helpers import (
 )
 
 from manytask import backward
-from manytask.backward import NonFiniteLossError
 from manytask.balancers import make_balancer
 from manytask.data import TensorBatches
+from manytask.engine.backward import NonFiniteLossError
 from manytask.merging import NonFiniteTensorError, merge, merge_state_dicts
 from manytask.models import HardSharing
 from manytask.tasks import Task, task_losses

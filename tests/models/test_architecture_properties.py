@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_model, save_model
 
 import manytask
-from manytask.data import TabularInput, TabularX
+from manytask.data import TabularX
 from manytask.models import ARCHITECTURES, make_model
+from manytask.models.inputs import TabularInput
 from manytask.tasks import Task
 
 TASKS = [Task.binary("click"), Task.regression("time", 2), Task.classification("kind", 3)]

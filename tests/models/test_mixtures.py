@@ -11,14 +11,15 @@ from grad_helpers import per_task_grads
 
 import manytask
 from manytask import Task
-from manytask.data.tabular import TabularInput, TabularX
-from manytask.gradients import task_gradients
+from manytask.engine.gradients import task_gradients
 from manytask.models import ARCHITECTURES, make_model
 from manytask.models.adatt import AdaTT
 from manytask.models.experts import ExpertSet
+from manytask.models.inputs import TabularInput
 from manytask.models.moe import MMoE, OMoE
 from manytask.models.ple import CGC, PLE
 from manytask.models.routing import expert_report
+from manytask.tabular_types import TabularX
 
 TASKS = [Task.binary("click"), Task.regression("time", 2), Task.classification("kind", 3)]
 ARCHS = [

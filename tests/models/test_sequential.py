@@ -10,9 +10,10 @@ from torch import nn
 
 import manytask
 from manytask import Task
-from manytask.data.tabular import TabularInput, TabularX
 from manytask.models.esmm import AITM, ESMM, logit_of_product
+from manytask.models.inputs import TabularInput
 from manytask.models.mtan import MTAN
+from manytask.tabular_types import TabularX
 
 FUNNEL = [Task.binary("click"), Task.binary("buy")]
 

@@ -10,12 +10,13 @@ from grad_helpers import per_task_grads
 
 import manytask
 from manytask import Task
-from manytask.data.tabular import TabularInput, TabularX
-from manytask.gradients import task_gradients
+from manytask.engine.gradients import task_gradients
 from manytask.models import make_model
 from manytask.models.apem import APEM
 from manytask.models.dtrn import DTRN
+from manytask.models.inputs import TabularInput
 from manytask.models.ple import SHARED
+from manytask.tabular_types import TabularX
 
 TASKS = [Task.binary("click"), Task.regression("time"), Task.classification("kind", 3)]
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from manytask import Task
-from manytask.data.tabular import TabularInput, TabularX
 from manytask.models import make_model
+from manytask.models.inputs import TabularInput
 from manytask.models.multitab import MASK_VARIANTS, MultiTabNet, multitask_mask
+from manytask.tabular_types import TabularX
 
 TASKS = [Task.regression("a"), Task.binary("b"), Task.classification("c", 3)]
 

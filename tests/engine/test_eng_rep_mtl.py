@@ -10,7 +10,7 @@ from torch import nn
 
 import manytask
 from manytask.balancers import make_balancer
-from manytask.balancers.rep_mtl import (
+from manytask.engine.rep_mtl import (
     rep_mtl_backward,
     rep_mtl_regularizer,
     saliency_alignment,

@@ -8,7 +8,7 @@ from torch import nn
 
 import manytask
 from manytask.balancers import make_balancer
-from manytask.flat import flat_backward
+from manytask.engine.flat import flat_backward
 
 NAMES = ("a", "b")
 

@@ -1,4 +1,5 @@
-"""Periodic: recomputes every N steps, computes no task gradient in between, checkpoints."""
+"""The periodic engine schedule: recomputes every N steps, computes no task gradient in
+between, checkpoints; usable with every gradient-level method."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import sys
 
 import pytest
 import torch
-from cat_helpers import jac
 from torch import nn
 
 import manytask
-from manytask.balancers import Periodic, make_balancer
+from manytask.balancers import EverySteps, Periodic, make_balancer
 
 NAMES = ("a", "b", "c")
 
@@ -31,7 +31,7 @@ def _losses(shared: nn.Module, heads: dict[str, nn.Module], seed: int):
 
 def test_reuse_steps_compute_no_gradient_and_backprop_weighted_sum(monkeypatch) -> None:
     shared, heads = _model()
-    engine = sys.modules["manytask.backward"]  # the module (the package exports the function)
+    engine = sys.modules["manytask.engine.backward"]  # the module, not the function
     calls: list[int] = []
     original = engine.task_gradients
 
@@ -64,38 +64,80 @@ def test_reuse_steps_compute_no_gradient_and_backprop_weighted_sum(monkeypatch) 
             assert g is not None and torch.allclose(g, e, atol=1e-6)
 
 
+def _count_gradients(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    engine = sys.modules["manytask.engine.backward"]
+    calls: list[int] = []
+    original = engine.local_gradients
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "local_gradients", counting)
+    fast = engine.linear_heads  # the linear-head path computes no per-task gradient either
+
+    def counting_fast(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return fast(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "linear_heads", counting_fast)
+    return calls
+
+
+@pytest.mark.parametrize(("name", "mode"), [("graddrop", "exact"), ("moco", "feature"),
+                                            ("gradnorm", "exact"), ("imtl", "feature")])
+def test_schedule_serves_every_gradient_level_kind(monkeypatch, name: str, mode: str) -> None:
+    calls = _count_gradients(monkeypatch)
+    shared, heads = _model()
+    method = make_balancer(name).recompute_every(2)
+    weights = []
+    for step in range(4):
+        losses, z = _losses(shared, heads, step)
+        res = manytask.backward(losses, method, features=z, shared_params=shared.parameters(),
+                                mode=mode)
+        weights.append([res.weights[n] for n in NAMES])
+        assert (res.gramian is None) == (step % 2 == 1)
+    assert len(calls) == 2  # steps 0 and 2 only
+    assert weights[1] == weights[0] and weights[3] == weights[2]
+
+
 def test_compute_steps_equal_the_base_method() -> None:
-    J = jac(3, 6, seed=1)
-    m = Periodic("cagrad", every=2, base_params={"c": 0.5})
-    m.setup(NAMES)
-    base = make_balancer("cagrad", c=0.5)
-    base.setup(NAMES)
-    w0 = m.decide(torch.ones(3), NAMES, J @ J.T).weights
-    assert torch.equal(w0, base.decide(torch.ones(3), NAMES, J @ J.T).weights)
-    assert m.requires == "losses" and not m.computing
-    assert torch.equal(m.decide(torch.ones(3), NAMES, None).weights, w0)
-    assert m.requires == "gramian"
+    grads = []
+    for method in (Periodic("cagrad", every=2, base_params={"c": 0.5}),
+                   make_balancer("cagrad", c=0.5)):
+        shared, heads = _model()
+        losses, z = _losses(shared, heads, 0)
+        manytask.backward(losses, method, features=z, shared_params=shared.parameters())
+        grads.append([p.grad for p in shared.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert a is not None and b is not None and torch.equal(a, b)
 
 
 def test_absent_task_gets_mean_of_stored_weights_and_state_round_trip() -> None:
-    J = jac(2, 6, seed=2)
     m = Periodic("imtl_g", every=5)
     m.setup(NAMES)
-    w = m.decide(torch.ones(2), ["a", "c"], J @ J.T).weights
-    reused = m.decide(torch.ones(3), list(NAMES), None).weights
+    schedule = m.schedule
+    assert isinstance(schedule, EverySteps) and schedule.due()
+    w = torch.tensor([0.25, 2.0], dtype=torch.float64)
+    schedule.record(m.index(["a", "c"]), w)
+    assert not schedule.due()
+    reused = schedule.reuse(m.index(list(NAMES)))
     assert torch.allclose(reused, torch.stack([w[0], w.mean(), w[1]]))
     other = Periodic("imtl_g", every=5)
     other.setup(NAMES)
     other.load_state_dict(m.state_dict())
-    assert int(other.step) == 2
-    assert torch.allclose(other.stored, m.stored, equal_nan=True)
+    assert isinstance(other.schedule, EverySteps)
+    assert int(other.schedule.step) == 2
+    assert torch.allclose(other.schedule.stored, schedule.stored, equal_nan=True)
 
 
 def test_invalid_parameters() -> None:
     with pytest.raises(ValueError, match="every"):
         Periodic("upgrad", every=0)
-    with pytest.raises(ValueError, match="Gramian-based"):
+    with pytest.raises(ValueError, match="gradient-level"):
         Periodic("rlw")
+    with pytest.raises(ValueError, match="loss weighting"):
+        make_balancer("uncertainty").recompute_every(3)
     with pytest.raises(ValueError, match="unknown balancer"):
         Periodic("nope")
     with pytest.raises(ValueError, match="base"):

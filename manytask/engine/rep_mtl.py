@@ -25,9 +25,11 @@ head backwards with graph, one extra backward through them, and ``O(K^2 B^2)`` s
 CSA. This is our reading of the mechanism as the paper describes it; the normalisation choices
 (task-wise L1 for TSR, cosine InfoNCE for CSA) are stated above.
 
-Use :func:`rep_mtl_backward` (it backpropagates the regulariser, then calls
-:func:`manytask.backward` with any method), or add :func:`rep_mtl_regularizer` to your own
-objective (backpropagate it with ``retain_graph=True`` *before* the losses' own backward).
+A part of the pipeline of :func:`manytask.backward`: ``backward(losses, method,
+features=..., parts=[RepMTL()])`` backpropagates the regulariser once the losses are checked,
+before the method decides, with any method. :func:`rep_mtl_backward` is that call;
+:func:`rep_mtl_regularizer` gives the regulariser to add to your own objective (backpropagate it
+with ``retain_graph=True`` *before* the losses' own backward).
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..gradients import Features, feature_tensors
-from .registry import check_number
+from ..balancers.base import Balancer
+from ..balancers.registry import check_number
+from .backward import BackwardResult, backward
+from .gradients import Features, feature_tensors
+from .parts import Part
 
 _EPS = 1e-12
 
@@ -110,9 +115,31 @@ def rep_mtl_regularizer(
     return total
 
 
+class RepMTL(Part):
+    """The pipeline part: backpropagates :func:`rep_mtl_regularizer` of the checked losses
+    (keeping the forward graph for the method's own backward)."""
+
+    def __init__(
+        self, tsr_weight: float = 1.0, csa_weight: float = 1.0, temperature: float = 0.1
+    ) -> None:
+        check_number("rep_mtl", "tsr_weight", tsr_weight, low=0.0)
+        check_number("rep_mtl", "csa_weight", csa_weight, low=0.0)
+        check_number("rep_mtl", "temperature", temperature, low=0.0, low_inclusive=False)
+        self.tsr_weight, self.csa_weight, self.temperature = tsr_weight, csa_weight, temperature
+
+    def on_losses(self, losses: Mapping[str, Tensor], features: Features | None) -> None:
+        if features is None:
+            raise ValueError("rep_mtl: pass features= (the shared representation)")
+        reg = rep_mtl_regularizer(
+            losses, features, tsr_weight=self.tsr_weight, csa_weight=self.csa_weight,
+            temperature=self.temperature,
+        )
+        reg.backward(retain_graph=True)
+
+
 def rep_mtl_backward(
     losses: Mapping[str, Tensor],
-    method: Any,
+    method: Balancer,
     *,
     features: Features,
     tsr_weight: float = 1.0,
@@ -120,16 +147,10 @@ def rep_mtl_backward(
     temperature: float = 0.1,
     shared_params: Iterable[Tensor] | None = None,
     **backward_kwargs: Any,
-) -> Any:
-    """Backpropagate the Rep-MTL regulariser, then ``manytask.backward(losses, method, ...)``.
-
-    Gradients add up in ``.grad``; returns what :func:`manytask.backward` returns.
-    """
-    from ..backward import backward  # local: the engine imports the balancers package
-
+) -> BackwardResult:
+    """``manytask.backward(losses, method, ..., parts=[RepMTL(...)])``: the regulariser, then
+    the method's decision. Gradients add up in ``.grad``."""
+    part = RepMTL(tsr_weight, csa_weight, temperature)
     params = None if shared_params is None else list(shared_params)
-    reg = rep_mtl_regularizer(
-        losses, features, tsr_weight=tsr_weight, csa_weight=csa_weight, temperature=temperature
-    )
-    reg.backward(retain_graph=True)  # keep the forward graph for the method's own backward
-    return backward(losses, method, features=features, shared_params=params, **backward_kwargs)
+    return backward(losses, method, features=features, shared_params=params,
+                    parts=[part], **backward_kwargs)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from manytask.balancers.blas import one_blas_thread
+from manytask.engine.blas import one_blas_thread
 
 
 def _blas_threads() -> list[int]:

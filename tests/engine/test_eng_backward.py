@@ -8,15 +8,19 @@ import pytest
 import torch
 
 import manytask
-from manytask import Balancer, Decision, HardSharing, NonFiniteLossError, Task, task_losses
-from manytask.balancers import EqualWeighting, FixedWeights
+from manytask import Decision, HardSharing, NonFiniteLossError, Task, task_losses
+from manytask.balancers import (
+    EqualWeighting,
+    FixedWeights,
+    GramianWeighting,
+    JacobianAggregator,
+)
 
 
-class FixedCoefficients(Balancer):
+class FixedCoefficients(GramianWeighting):
     """A gradient-level test double: returns preset coefficients (not registered)."""
 
     name = "test-fixed-coefficients"
-    requires = "gramian"
 
     def __init__(self, coefficients: dict[str, float]) -> None:
         super().__init__()
@@ -24,9 +28,8 @@ class FixedCoefficients(Balancer):
         self.seen: list[torch.Tensor] = []
 
     def decide(
-        self, losses: torch.Tensor, tasks: Sequence[str], gramian: torch.Tensor | None
+        self, losses: torch.Tensor, tasks: Sequence[str], gramian: torch.Tensor
     ) -> Decision:
-        assert gramian is not None
         self.seen.append(gramian)
         return Decision(torch.tensor([self.coefficients[t] for t in tasks], dtype=torch.float64))
 
@@ -155,13 +158,12 @@ def test_bad_calls_have_clear_errors() -> None:
         manytask.backward(losses, EqualWeighting(), head_grad="all")  # type: ignore[arg-type]
 
 
-class ElementwiseMax(Balancer):
+class ElementwiseMax(JacobianAggregator):
     """A Jacobian-level test double: per coordinate, the largest task gradient (not linear)."""
 
     name = "test-elementwise-max"
-    requires = "jacobian"
 
-    def decide_jacobian(self, losses, tasks, jacobian):
+    def decide(self, losses, tasks, jacobian):
         return Decision(torch.ones(len(tasks), dtype=torch.float64), update=jacobian.max(0).values)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from manytask import HardSharing, Task, task_losses
-from manytask.gradients import cosine_similarity, task_gradients
+from manytask.engine.gradients import cosine_similarity, task_gradients
 
 
 def _setup(k: int = 3, batch: int = 16):

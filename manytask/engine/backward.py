@@ -1,0 +1,308 @@
+"""One call inside any training loop: ``manytask.backward(losses, method, ...)``.
+
+It fills ``.grad`` of the model's parameters (adding to what is there, as ``Tensor.backward``
+does) and returns what the method decided, for logging. One pipeline, whatever the method's
+kind and the number of processes (a single process is a process group of one):
+
+1. **check** the losses (scalars attached to the graph);
+2. **gather** them across processes (:func:`~manytask.engine.collectives.global_losses`), and
+   check that the global losses are finite;
+3. the pipeline's **parts** see the losses (Rep-MTL's regulariser, :mod:`.rep_mtl`);
+4. per-task gradient information as the method's kind needs it (:mod:`.gradients`; for
+   linear heads at the feature level, :mod:`.linear_heads`, with no per-task gradient formed),
+   reduced across processes; the method **decides** (unless its schedule reuses earlier
+   weights);
+5. **apply** the decision (:mod:`.apply`), plus any part's addition to the shared update
+   (flat regions, :mod:`.flat`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from ..balancers.base import (
+    Balancer,
+    Decision,
+    GramianLossWeighting,
+    GramianWeighting,
+    JacobianAggregator,
+    LossWeighting,
+)
+from .apply import HeadGrad, apply_local, backward_objective
+from .blas import one_blas_thread
+from .collectives import (
+    all_reduce_blocks,
+    all_reduce_sum,
+    gather_columns,
+    group_of,
+)
+from .gather import NonFiniteLossError, TaskBatch, check_losses, gather
+from .gradients import (
+    MODES,
+    Features,
+    Mode,
+    TaskGradients,
+    feature_tensors,
+    gramian_of,
+    task_gradients,
+)
+from .linear_heads import LinearHeads, linear_heads
+from .parts import Part, StepView
+from .result import BackwardResult, check_weights, result_of
+from .stepped import check_stepped, record_stepped
+
+
+def backward(
+    losses: Mapping[str, Tensor],
+    method: Balancer,
+    *,
+    features: Features | None = None,
+    shared_params: Iterable[Tensor] | None = None,
+    mode: Mode = "exact",
+    head_grad: HeadGrad = "own",
+    step: int | None = None,
+    counts: Mapping[str, float] | None = None,
+    process_group: Any = None,
+    parts: Sequence[Part] = (),
+) -> BackwardResult:
+    """Backpropagate the per-task ``losses`` as ``method`` decides.
+
+    Args:
+        losses: ``{task: scalar loss}`` for the tasks present in this batch (absent tasks are
+            simply left out).
+        method: a :class:`~manytask.balancers.Balancer`. It is set up with the task names of
+            the first call unless :meth:`~manytask.balancers.Balancer.setup` was called before
+            (call it yourself, or build it with ``make_balancer(name, tasks=[...])``, if a task
+            may be missing from the first batch).
+        features: the shared features the heads read (a tensor, a sequence or a mapping of
+            tensors). Needed by gradient-level methods.
+        shared_params: parameters of the shared part; needed by gradient-level methods in
+            ``mode="exact"``.
+        mode: ``"exact"`` (gradients w.r.t. ``shared_params``) or ``"feature"`` (w.r.t.
+            ``features``); ignored by loss weightings.
+        head_grad: for methods that combine gradients, whether each head gets its own task's
+            gradient unweighted (``"own"``, default) or scaled by its task's weight
+            (``"weighted"``).
+        step: only used in error messages.
+        counts: ``{task: number of labelled samples behind its loss}``. Only read in
+            distributed training, where the global loss of a task is the labelled-sample-weighted
+            mean over ranks (without it, each rank where the task is present counts once).
+        process_group: the ``torch.distributed`` group to train in (default: the default group
+            when ``torch.distributed`` is initialised with more than one process). Every rank
+            passes the losses of its shard of the global batch, the method decides on
+            global-batch information (see :mod:`manytask.engine.collectives`), and the caller
+            averages the gradients over ranks afterwards with
+            :func:`~manytask.engine.collectives.sync_gradients`. Do not wrap the model in
+            DistributedDataParallel for gradient-level methods: with
+            ``find_unused_parameters=True`` its forward hands back copies of the outputs, so
+            the features returned are not the tensors the heads read. A rank whose shard has
+            no labelled task still calls ``backward`` with ``{}``. If no rank has one, nothing
+            is backpropagated and the result has no task.
+        parts: composable additions to the pipeline (:class:`~manytask.engine.rep_mtl.RepMTL`,
+            :class:`~manytask.engine.flat.FlatRegions`).
+
+    Raises:
+        NonFiniteLossError: a loss is NaN or inf (checked before anything is backpropagated).
+        RuntimeError: the method's own parameters got gradients at the previous call but an
+            optimizer stepped without them (see :mod:`.stepped`).
+    """
+    if head_grad not in ("own", "weighted"):
+        raise ValueError(f"head_grad must be 'own' or 'weighted', got {head_grad!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    check_losses(losses)
+    check_stepped(method)
+    group = group_of(process_group)
+    batch = gather(losses, method, group, counts, step)
+    if batch is None:
+        return BackwardResult(tasks=(), weights={}, losses={})
+    for part in parts:
+        part.on_losses(losses, features)
+    result = decide_and_apply(batch, method, features, shared_params, mode, head_grad, parts)
+    record_stepped(method)
+    return result
+
+
+def decide_and_apply(
+    batch: TaskBatch,
+    method: Balancer,
+    features: Features | None,
+    shared_params: Iterable[Tensor] | None,
+    mode: Mode,
+    head_grad: HeadGrad,
+    parts: Sequence[Part],
+) -> BackwardResult:
+    """Steps 4 and 5 of the pipeline, dispatched on the method's kind."""
+    tasks, stacked = batch.tasks, batch.stacked
+    schedule = method.schedule
+    if method.requires == "losses":
+        with one_blas_thread():
+            decision = cast(LossWeighting, method).decide(stacked, tasks)
+        check_weights(method, decision.weights, len(tasks))
+        backward_objective(decision.objective, decision.weights, stacked)
+        return result_of(tasks, decision.weights, stacked, None)
+    if schedule is not None and not schedule.due():  # reuse: no task gradient at all
+        weights = schedule.reuse(method.index(tasks))
+        backward_objective(None, weights, stacked)
+        return result_of(tasks, weights, stacked, None)
+
+    feats, params = gradient_inputs(method, features, shared_params)
+    if mode == "exact" and not params:
+        raise ValueError("mode='exact' needs shared_params (the parameters of the shared part)")
+    extra = [p for p in parts if p.adds_update]
+    if extra and (mode != "exact" or method.requires != "gramian" or method.weights_losses):
+        raise ValueError(
+            f"{type(extra[0]).__name__} needs mode='exact' and a method combining task "
+            f"gradients from their Gramian, got {method.name!r}"
+        )
+    # Where the update replaces the features' gradient, each head's gradient is taken in the
+    # per-task passes, so only the shared part is backpropagated once more.
+    at_features = not method.weights_losses and not extra and (
+        method.requires == "gramian" or mode == "feature"
+    )
+    if (at_features and mode == "feature" and r_is_one(batch) and method.requires == "gramian"):
+        fast = linear_heads(batch.local_losses, feats)
+        if fast is not None:  # no per-task gradient at all (see .linear_heads)
+            return apply_linear_heads(batch, method, fast, feats, head_grad)
+    grads = local_gradients(batch, feats, mode, params, at_features)
+    r = batch.group.world_size
+    blocks = grads.blocks
+    if mode == "exact" and r > 1:
+        blocks = [b / r for b in all_reduce_blocks(blocks, batch.group)]
+
+    if method.requires == "jacobian":
+        width = sum(f.numel() for f in feats)
+        jac = torch.cat([b.reshape(len(tasks), -1) for b in blocks], dim=1)
+        offset = 0
+        if mode == "feature" and r > 1:
+            jac, offset = gather_columns(jac / r, batch.group)
+        gramian = grads.gramian if r == 1 else gramian_of([jac])
+        with one_blas_thread():
+            decision = cast(JacobianAggregator, method).decide(stacked, tasks, jac)
+        weights = check_weights(method, decision.weights, len(tasks))
+        if schedule is not None:
+            schedule.record(method.index(tasks), weights)
+        if decision.update is None:
+            raise RuntimeError(f"{method.name} returned no update vector")
+        if mode == "exact":  # already global: averaging identical values keeps it
+            apply_local(params or [], decision.update, batch.local_losses, weights, batch.local,
+                        head_grad, None)
+        else:
+            update = decision.update[offset: offset + width]
+            apply_local(feats, update * r if r > 1 else update, batch.local_losses, weights,
+                        batch.local, head_grad, grads.head_grads)
+        return result_of(tasks, weights, stacked, gramian)
+
+    if r == 1:
+        gramian = grads.gramian
+    elif mode == "exact":
+        gramian = gramian_of(blocks)
+    else:
+        gramian = all_reduce_sum(grads.gramian.clone(), batch.group) / (r * r)
+    with one_blas_thread():
+        decision = cast(GramianWeighting | GramianLossWeighting, method).decide(
+            stacked, tasks, gramian
+        )
+    weights = check_weights(method, decision.weights, len(tasks))
+    if schedule is not None:
+        schedule.record(method.index(tasks), weights)
+    if method.weights_losses:  # a loss weighting driven by gradient information
+        backward_objective(decision.objective, weights, stacked)
+        return result_of(tasks, weights, stacked, gramian)
+    if extra:  # applied at the parameters: sum_k w_k g_k plus each part's addition
+        jac = torch.cat([b.reshape(len(tasks), -1) for b in blocks], dim=1)
+        update = weights.to(jac.dtype) @ jac
+        view = StepView(method, tasks, stacked, jac, params or [])
+        for part in extra:
+            update = update + part.shared_update(view)
+        apply_local(params or [], update, batch.local_losses, weights, batch.local, head_grad,
+                    None)
+        return result_of(tasks, weights, stacked, gramian)
+    # The shared part gets sum_k w_k g_k: replace the gradient that reaches each feature tensor.
+    update = torch.cat(
+        [
+            torch.tensordot(weights.to(device=g.device, dtype=g.dtype), g, dims=1).reshape(-1)
+            for g in grads.feature_grads
+        ]
+    )
+    apply_local(feats, update, batch.local_losses, weights, batch.local, head_grad,
+                grads.head_grads)
+    return result_of(tasks, weights, stacked, gramian)
+
+
+def r_is_one(batch: TaskBatch) -> bool:
+    return batch.group.world_size == 1
+
+
+def apply_linear_heads(
+    batch: TaskBatch, method: Balancer, heads: LinearHeads, feats: list[Tensor],
+    head_grad: HeadGrad,
+) -> BackwardResult:
+    """Decide on the Gramian of :class:`LinearHeads` and send ``sum_k w_k g_k`` into the
+    features, each head its own gradient (or weighted)."""
+    tasks, stacked = batch.tasks, batch.stacked
+    gramian = heads.gramian()
+    with one_blas_thread():
+        decision = cast(GramianWeighting, method).decide(stacked, tasks, gramian)
+    weights = check_weights(method, decision.weights, len(tasks))
+    if method.schedule is not None:
+        method.schedule.record(method.index(tasks), weights)
+    update = heads.combine(weights).reshape(-1)
+    apply_local(feats, update, batch.local_losses, weights, batch.local, head_grad,
+                heads.head_grads)
+    return result_of(tasks, weights, stacked, gramian)
+
+
+def gradient_inputs(
+    method: Balancer, features: Features | None, shared_params: Iterable[Tensor] | None
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """The feature tensors and trainable shared parameters a gradient-level method works on."""
+    if features is None:
+        raise ValueError(f"{method.name} works on task gradients: pass features=")
+    feats = feature_tensors(features)
+    if not feats:
+        raise ValueError("features= holds no tensor that requires grad")
+    params = None if shared_params is None else [p for p in shared_params if p.requires_grad]
+    return feats, params
+
+
+def local_gradients(
+    batch: TaskBatch,
+    feats: list[Tensor],
+    mode: Mode,
+    params: list[Tensor] | None,
+    with_heads: bool,
+) -> TaskGradients:
+    """This rank's per-task gradients of its scaled losses, with a zero row for each task
+    labelled on another rank only (its gradient here is zero)."""
+    k = len(batch.tasks)
+    if len(batch.local) == k:
+        return task_gradients(batch.local_losses, feats, mode=mode, shared_params=params,
+                              with_heads=with_heads)
+    fgrads = [torch.zeros((k, *f.shape), dtype=f.dtype, device=f.device) for f in feats]
+    blocks = (
+        fgrads
+        if mode == "feature"
+        else [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in params or []]
+    )
+    gramian = torch.zeros((k, k), dtype=torch.float64)
+    if not batch.local:
+        return TaskGradients(gramian, fgrads, blocks, None)
+    grads = task_gradients(batch.local_losses, feats, mode=mode, shared_params=params,
+                           with_heads=with_heads)
+    rows = torch.tensor(batch.local, dtype=torch.long)
+    for full, part in zip(fgrads, grads.feature_grads, strict=True):
+        full[rows.to(full.device)] = part
+    if mode == "exact":
+        for full, part in zip(blocks, grads.blocks, strict=True):
+            full[rows.to(full.device)] = part
+    gramian = gramian.to(grads.gramian.device)
+    gramian[rows[:, None], rows[None, :]] = grads.gramian
+    return TaskGradients(gramian, fgrads, blocks, grads.head_grads)
+
+
+__all__ = ["BackwardResult", "Decision", "HeadGrad", "NonFiniteLossError", "TaskBatch", "backward"]
