@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Balancer, Decision
 from .registry import check_choice, register
 
@@ -59,5 +60,6 @@ class AlignedMTL(Balancer):
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:
             raise ValueError("aligned_mtl needs the Gramian of the task gradients")
-        b = balance_transformation(gramian, self.scale)
-        return Decision(weights=torch.from_numpy(b @ np.ones(len(tasks))))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        b = balance_transformation(g, self.scale)
+        return Decision(weights=checked(b @ np.ones(len(tasks)), self.name))

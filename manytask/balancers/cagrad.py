@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from ._qp import solve_qp
 from .base import Balancer, Decision
 from .registry import check_number, register
@@ -244,4 +245,5 @@ class CAGrad(Balancer):
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:
             raise ValueError("cagrad needs the Gramian of the task gradients")
-        return Decision(weights=cagrad_weights(gramian, float(self.c), self.rescale))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        return Decision(weights=checked(cagrad_weights(g, float(self.c), self.rescale), self.name))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Balancer, Decision
 from .registry import register
 
@@ -57,4 +58,5 @@ class ConFIG(Balancer):
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:
             raise ValueError("config needs the Gramian of the task gradients")
-        return Decision(weights=config_weights(gramian))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        return Decision(weights=checked(config_weights(g), self.name))

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._gramian import require_finite
 from .base import Balancer, Decision
 from .registry import check_number, register
 
@@ -81,6 +82,7 @@ class DBMTL(Balancer):
         k = len(tasks)
         if gramian.shape != (k, k):
             raise ValueError(f"dbmtl: Gramian of shape {tuple(gramian.shape)} for {k} tasks")
+        require_finite(gramian, self.name)
         idx = self.index(tasks).to(self.norm_avg.device)
         shifted = losses.detach().double().to(self.norm_avg.device) + self.eps
         with torch.no_grad():

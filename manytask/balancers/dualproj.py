@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from ._gramian import checked
 from .base import Balancer, Decision
 from .registry import register
 from .upgrad import dual_cone_weights
@@ -37,4 +37,5 @@ class DualProj(Balancer):
         if gramian is None:
             raise ValueError("dualproj needs the Gramian of the task gradients")
         k = len(tasks)
-        return Decision(weights=torch.from_numpy(dual_cone_weights(gramian, np.full(k, 1.0 / k))))
+        v = dual_cone_weights(gramian, np.full(k, 1.0 / k), self.name)
+        return Decision(weights=checked(v, self.name))

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ._fairness import fair_weights
+from ._gramian import checked, prepared
 from .base import Balancer, Decision
 from .registry import check_number, register
 
@@ -45,7 +46,7 @@ class FairGrad(Balancer):
         if gramian is None:
             raise ValueError("fairgrad needs the Gramian of the task gradients")
         k = len(tasks)
+        g = prepared(gramian, self.name)
         if self.alpha == 0:
             return Decision(weights=torch.full((k,), 1.0 / k, dtype=torch.float64))
-        g = gramian.detach().double().cpu().numpy()
-        return Decision(weights=torch.from_numpy(fair_weights(g, 1.0 / self.alpha)))
+        return Decision(weights=checked(fair_weights(g, 1.0 / self.alpha), self.name))

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._gramian import require_finite
 from .base import Balancer, Decision
 from .registry import check_number, register
 
@@ -88,6 +89,7 @@ class GradNorm(Balancer):
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:
             raise ValueError("gradnorm needs the Gramian of the task gradients")
+        require_finite(gramian, self.name)
         idx = self.index(tasks).to(self.weights.device)
         losses = losses.detach().double().to(self.weights.device)
         gramian = gramian.detach().double().to(self.weights.device)

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Balancer, Decision
 from .registry import check_number, register
 
@@ -104,7 +105,8 @@ class GradVac(Balancer):
             orders[i] = others[torch.randperm(k - 1)]
         state = self.phi_hat[idx[:, None], idx[None, :]].cpu()
         coef, new = gradvac_coefficients(
-            gramian.detach().double().cpu(), state, orders, float(self.beta), float(self.eps)
+            torch.from_numpy(prepared(gramian, self.name)), state, orders, float(self.beta),
+            float(self.eps),
         )
         self.phi_hat[idx[:, None], idx[None, :]] = new.to(self.phi_hat.device)
-        return Decision(weights=coef.sum(dim=0))
+        return Decision(weights=checked(coef.sum(dim=0), self.name))

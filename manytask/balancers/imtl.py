@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Balancer, Decision
 from .registry import register
 
@@ -53,4 +54,5 @@ class IMTLG(Balancer):
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:
             raise ValueError("imtl_g needs the Gramian of the task gradients")
-        return Decision(weights=imtl_g_weights(gramian))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        return Decision(weights=checked(imtl_g_weights(g), self.name))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from ._qp import solve_qp
 from .base import Balancer, Decision
 from .registry import check_choice, register
@@ -84,6 +85,7 @@ class MGDA(Balancer):
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:
             raise ValueError("mgda needs the Gramian of the task gradients")
-        g = gramian.detach().double().cpu()
+        g = torch.from_numpy(prepared(gramian, self.name))
         scales = gradient_scales(losses, g, self.normalization)
-        return Decision(weights=min_norm_weights(g / torch.outer(scales, scales)))
+        weights = min_norm_weights(g / torch.outer(scales, scales))
+        return Decision(weights=checked(weights, self.name))

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._fairness import fair_weights
+from ._gramian import checked, prepared
 from .base import Balancer, Decision
 from .registry import check_number, register
 
@@ -68,6 +69,7 @@ class NashMTL(Balancer):
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor | None) -> Decision:
         if gramian is None:
             raise ValueError("nash_mtl needs the Gramian of the task gradients")
+        gramian = torch.from_numpy(prepared(gramian, self.name))
         idx = self.index(tasks)
         present = torch.zeros(len(self.task_names), dtype=torch.bool)
         present[idx] = True
@@ -86,4 +88,4 @@ class NashMTL(Balancer):
             norm = math.sqrt(max(float(alpha @ gramian.detach().double().cpu() @ alpha), 0.0))
             if norm > self.max_norm:
                 alpha = alpha * (self.max_norm / norm)
-        return Decision(weights=alpha)
+        return Decision(weights=checked(alpha, self.name))

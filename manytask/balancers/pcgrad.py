@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Balancer, Decision
 from .registry import register
 
@@ -69,5 +70,6 @@ class PCGrad(Balancer):
             orders = torch.stack([torch.randperm(k) for _ in range(k)])
         else:
             orders = torch.arange(k).expand(k, k)
-        coef = pcgrad_coefficients(gramian.double().cpu(), orders)
-        return Decision(weights=coef.sum(dim=0))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        coef = pcgrad_coefficients(g, orders)
+        return Decision(weights=checked(coef.sum(dim=0), self.name))
