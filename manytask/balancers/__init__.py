@@ -23,12 +23,14 @@ from .imtl_full import IMTL
 from .imtl_l import IMTLL
 from .mgda import MGDA
 from .moco import MoCo
+from .modo import MoDo
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .periodic import Periodic
 from .registry import available, build, make_balancer, parameters, register
 from .rep_mtl import rep_mtl_backward, rep_mtl_regularizer
 from .rlw import RLW
+from .sdmgrad import SDMGrad
 from .stch import STCH
 from .uncertainty import UncertaintyWeighting
 from .upgrad import UPGrad
@@ -59,9 +61,11 @@ __all__ = [
     "GradNorm",
     "GradVac",
     "MoCo",
+    "MoDo",
     "NashMTL",
     "PCGrad",
     "Periodic",
+    "SDMGrad",
     "UPGrad",
     "UncertaintyWeighting",
     "available",

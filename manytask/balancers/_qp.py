@@ -295,3 +295,11 @@ def _fista(Q: Array, c: Array, lo: Array, total: float | None, x0: Array) -> tup
         if it % 25 == 0 and kkt_residual(Q, c, x, lower=lo, total=total) < 1e-12:
             break
     return x, it
+
+
+def simplex_projection(y: ArrayLike, total: float = 1.0) -> Array:
+    """Euclidean projection of ``y`` onto ``{x >= 0, sum x = total}`` (exact, O(n^2))."""
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(ya)):
+        raise ValueError("simplex_projection: y contains NaN or inf")
+    return np.maximum(_project(ya, np.zeros(ya.size), total), 0.0)
