@@ -4,6 +4,7 @@ Every method is a small :class:`Balancer` subclass registered under a name; pick
 :func:`make_balancer` (``manytask.make_balancer("mgda")``) or instantiate the class.
 """
 
+from ._gramian import NonFiniteGradientError
 from .aligned_mtl import AlignedMTL
 from .base import Balancer, Decision
 from .cagrad import CAGrad
@@ -63,6 +64,7 @@ __all__ = [
     "MoCo",
     "MoDo",
     "NashMTL",
+    "NonFiniteGradientError",
     "PCGrad",
     "Periodic",
     "SDMGrad",

@@ -4,10 +4,12 @@ Every Gramian-level method starts from :func:`prepared` and ends with :func:`che
 they all behave alike on degenerate inputs:
 
 * **Not finite** (gradients that overflowed even the float64 Gramian, or NaN): a
-  :class:`GramianError`, a ``FloatingPointError`` whose one-line message names the method. A
-  finite Gramian of any scale (gradients of 1e-20 or 1e19 included: the Gramian is accumulated
-  in float64, see :func:`manytask.gradients.gramian_of`) gets a finite answer: every solver
-  rescales internally, and the weights are checked before they are returned.
+  :class:`NonFiniteGradientError`, a ``FloatingPointError`` whose one-line message names the
+  method. A finite Gramian of any scale (gradients of 1e-20 or 1e19 included: the Gramian is
+  accumulated in float64, see :func:`manytask.gradients.gramian_of`) gets a finite answer:
+  every solver rescales internally, and the weights are checked before they are returned.
+  Jacobian methods raise the same error when their statistics overflow (ExcessMTL keeps sums
+  of squared gradients in the gradients' dtype).
 * **Not exactly PSD**: ``G = J J^T`` is PSD, but rounding leaves eigenvalues like -5e-19 that
   make a QP unbounded below. :func:`prepared` symmetrises ``G`` and, if its smallest eigenvalue
   is negative, replaces it by ``V max(Lambda, 0) V^T``, its nearest PSD matrix in the Frobenius
@@ -25,18 +27,19 @@ from torch import Tensor
 Array = NDArray[np.float64]
 
 
-class GramianError(FloatingPointError):
-    """A Gramian (or a result) that is not finite; the message names the method."""
+class NonFiniteGradientError(FloatingPointError):
+    """Per-task gradient information (the Gramian, a Jacobian method's statistics) or the
+    weights computed from it that is not finite; the one-line message names the method."""
 
 
 def require_finite(gramian: Tensor, method: str) -> None:
-    """Raise :class:`GramianError` naming ``method`` unless every entry of ``gramian`` is finite.
+    """Raise :class:`NonFiniteGradientError` naming ``method`` unless ``gramian`` is finite.
 
     For the methods that read only the diagonal (the gradients' norms), which need nothing else
     of :func:`prepared`.
     """
     if not bool(torch.isfinite(gramian.detach()).all()):
-        raise GramianError(
+        raise NonFiniteGradientError(
             f"{method}: the Gramian of the task gradients is not finite (the gradients overflow "
             "float64 or contain NaN); lower the learning rate or scale the losses"
         )
@@ -61,9 +64,12 @@ def prepared(gramian: Tensor | Array, method: str) -> Array:
 
 
 def checked(weights: Tensor | Array, method: str) -> Tensor:
-    """``weights`` as a float64 tensor, or a :class:`GramianError` if any is not finite."""
+    """``weights`` as a float64 tensor; a :class:`NonFiniteGradientError` if any is not finite."""
     w = torch.as_tensor(np.asarray(weights) if not isinstance(weights, Tensor) else weights)
     w = w.to(torch.float64)
     if not bool(torch.isfinite(w).all()):
-        raise GramianError(f"{method}: the weights computed from the Gramian are not finite")
+        raise NonFiniteGradientError(
+            f"{method}: the update computed from the task gradients is not finite (they overflow "
+            "their dtype); lower the learning rate or scale the losses"
+        )
     return w

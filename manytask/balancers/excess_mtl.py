@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._gramian import checked
 from ._lazy import LazyRows
 from .base import Balancer, Decision
 from .registry import check_number, register
@@ -106,6 +107,7 @@ class ExcessMTL(LazyRows, Balancer):
             mass = alpha.sum()
             logits = torch.log(alpha) + float(self.robust_step_size) * risk
             self.alpha[idx] = mass * torch.softmax(logits, dim=0)
-        weights = self.alpha[idx].cpu()
+        weights = checked(self.alpha[idx].cpu(), self.name)
         update = weights.to(dtype=j.dtype, device=j.device) @ j
+        checked(update, self.name)
         return Decision(weights=weights, update=update)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._gramian import checked
 from .base import Balancer, Decision
 from .registry import check_number, register
 
@@ -62,5 +63,5 @@ class GradDrop(Balancer):
 
     def decide_jacobian(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
         u = torch.rand(jacobian.shape[1], dtype=jacobian.dtype, device=jacobian.device)
-        update = graddrop_update(jacobian, float(self.leak), u)
+        update = checked(graddrop_update(jacobian, float(self.leak), u), self.name)
         return Decision(weights=torch.ones(len(tasks), dtype=torch.float64), update=update)
