@@ -11,10 +11,14 @@ they all behave alike on degenerate inputs:
   Jacobian methods raise the same error when their statistics overflow (ExcessMTL keeps sums
   of squared gradients in the gradients' dtype).
 * **Not exactly PSD**: ``G = J J^T`` is PSD, but rounding leaves eigenvalues like -5e-19 that
-  make a QP unbounded below. :func:`prepared` symmetrises ``G`` and, if its smallest eigenvalue
-  is negative, replaces it by ``V max(Lambda, 0) V^T``, its nearest PSD matrix in the Frobenius
-  norm (Higham, "Computing a nearest symmetric positive semidefinite matrix", 1988, Theorem 2.1).
-  The change is at most the magnitude of the negative eigenvalue.
+  make a QP unbounded below. :func:`prepared` symmetrises ``G`` and works on its cosine matrix
+  ``C = S^-1 G S^-1`` (``S = diag(||g_k||)``; zero gradients keep zero rows): if the smallest
+  eigenvalue of ``C`` is negative, ``C`` is replaced by ``V max(Lambda, 0) V^T``, its nearest
+  PSD matrix in the Frobenius norm (Higham, "Computing a nearest symmetric positive
+  semidefinite matrix", 1988, Theorem 2.1), and ``G = S C S``. Working on ``C`` keeps the
+  repair relative to each task's own scale: entry ``(i, j)`` moves by at most
+  ``|lambda_min(C)| ||g_i|| ||g_j||``, so a task whose gradient is 1e-13 of the largest keeps
+  its direction (a repair of ``G`` itself would move it by rounding of the largest).
 """
 
 from __future__ import annotations
@@ -53,14 +57,20 @@ def prepared(gramian: Tensor | Array, method: str) -> Array:
         g = np.asarray(gramian, dtype=np.float64)
     require_finite(torch.from_numpy(g), method)
     g = 0.5 * (g + g.T)
-    if g.size == 0 or not np.any(g):
-        return g
+    norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
+    live = norms > 0
+    if not live.any():
+        return np.zeros_like(g)
+    inv = np.where(live, 1.0 / np.where(live, norms, 1.0), 0.0)
+    cos = g * inv[:, None] * inv[None, :]
+    cos[np.diag_indices_from(cos)] = live.astype(np.float64)
     # The smallest eigenvalue decides; eigvalsh costs K^3 / 3, nothing beside the solvers.
-    lam = np.linalg.eigvalsh(g)
+    lam = np.linalg.eigvalsh(cos)
     if lam[0] >= 0:
-        return g
-    lam, vec = np.linalg.eigh(g)
-    return np.asarray((vec * np.maximum(lam, 0.0)) @ vec.T)
+        return np.asarray(cos * norms[:, None] * norms[None, :])
+    lam, vec = np.linalg.eigh(cos)
+    cos = (vec * np.maximum(lam, 0.0)) @ vec.T
+    return np.asarray(cos * norms[:, None] * norms[None, :])
 
 
 def checked(weights: Tensor | Array, method: str) -> Tensor:
