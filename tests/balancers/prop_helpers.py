@@ -132,4 +132,5 @@ def torchjd_like() -> dict[str, list[Tensor]]:
         "typical": [j.float() for j in typical],
         "scaled": [(s * j).float() for s in scales for j in plain],
         "not_strong": [j.float() for j in free],
+        "plain": [j.float() for j in plain],
     }

@@ -119,13 +119,6 @@ def test_vanishing_combination_issue_example() -> None:
     assert torch.allclose(J @ d, torch.tensor([0.0, 0.0, 1 / 3], dtype=torch.float64), atol=1e-12)
 
 
-def test_permuting_tasks_permutes_weights() -> None:
-    J = random_jacobian(5, 8, seed=9)
-    perm = torch.tensor([3, 1, 4, 0, 2])
-    w = _decide(J @ J.T)
-    assert torch.allclose(_decide(J[perm] @ J[perm].T), w[perm], atol=1e-7)
-
-
 @pytest.mark.parametrize("k", [2, 3, 5, 10])
 def test_agrees_with_torchjd(k: int) -> None:
     aggregation = pytest.importorskip("torchjd.aggregation")
