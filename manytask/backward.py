@@ -174,7 +174,8 @@ def backward(
             for g in grads.feature_grads
         ]
     )
-    _apply_update(feats, update, stacked, weights, head_grad, grads.head_grads)
+    heads = weights if decision.head_weights is None else decision.head_weights
+    _apply_update(feats, update, stacked, heads, head_grad, grads.head_grads)
     return _result(tasks, weights, stacked, grads.gramian)
 
 

@@ -48,6 +48,16 @@ class DBMTL(Balancer):
     ``alpha_k >= 1`` acts as a per-head learning-rate factor (absorbed by Adam, the optimizer
     of the paper's experiments).
 
+    **First step, relative to LibMTL.** Both start the average at 0. LibMTL applies the
+    averaged *vectors*, which after step t carry the factor ``1 - beta^t`` of an unwarmed EMA
+    (no bias correction): its first update is ``(1 - beta) max_j ||grad log L_j||`` per task,
+    0.1 of the full scale at ``beta = 0.9``. Here ``alpha`` is a ratio of averaged norms, in
+    which that factor cancels, and it scales this step's gradients: the first update is
+    ``max_j ||grad log L_j||`` per task, ``1 / (1 - beta)`` times LibMTL's (10x at the default
+    ``beta``). The two scales meet as ``beta^t`` vanishes (within 5% after 29 steps at
+    ``beta = 0.9``, ``sigma = 0``). With Adam the difference is mostly absorbed; with SGD it acts
+    as a learning-rate warm-up that LibMTL has and this implementation does not.
+
     A task whose averaged norm is 0 has no gradient to rescale and gets ``alpha = 1``.
     Defaults: ``beta=0.9``, ``sigma=0`` (LibMTL's), ``eps=1e-8`` (the paper's code).
     """

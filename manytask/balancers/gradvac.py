@@ -26,9 +26,10 @@ corrects only negative cosines, as PCGrad with a partial projection) is a buffer
 state dict; an absent task's pairs are left untouched. ``eps`` is added to the denominators as
 in torchjd (default ``1e-8``; it only matters for (near-)zero gradients).
 
-Order: the permutation of the other tasks is drawn for each task ``i`` in turn with
-``torch.randperm(K - 1)`` from the global RNG, which is how torchjd 0.18 draws it, so both agree
-under the same seed and the same state.
+Order: with ``shuffle=True`` (default) the permutation of the other tasks is drawn for each task
+``i`` in turn with ``torch.randperm(K - 1)`` from the global RNG, which is how torchjd 0.18 draws
+it, so both agree under the same seed and the same state; ``shuffle=False`` visits the other
+present tasks in their fixed order ``0..K-1``, as :class:`~manytask.balancers.PCGrad`'s option.
 """
 
 from __future__ import annotations
@@ -80,12 +81,15 @@ class GradVac(Balancer):
     requires = "gramian"
     phi_hat: Tensor
 
-    def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
+    def __init__(self, beta: float = 0.5, eps: float = 1e-8, shuffle: bool = True) -> None:
         super().__init__()
         check_number("gradvac", "beta", beta, low=0.0, high=1.0)
         check_number("gradvac", "eps", eps, low=0.0)
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"gradvac: shuffle must be a bool, got {shuffle!r}")
         self.beta = beta
         self.eps = eps
+        self.shuffle = shuffle
 
     def setup(self, task_names: Sequence[str]) -> None:
         first = not self.task_names
@@ -102,7 +106,7 @@ class GradVac(Balancer):
         orders = torch.empty((k, max(k - 1, 0)), dtype=torch.long)
         for i in range(k):  # one draw per task, in task order (torchjd's order of RNG calls)
             others = torch.cat([torch.arange(i), torch.arange(i + 1, k)])
-            orders[i] = others[torch.randperm(k - 1)]
+            orders[i] = others[torch.randperm(k - 1)] if self.shuffle else others
         state = self.phi_hat[idx[:, None], idx[None, :]].cpu()
         coef, new = gradvac_coefficients(
             torch.from_numpy(prepared(gramian, self.name)), state, orders, float(self.beta),

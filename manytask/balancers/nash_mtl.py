@@ -16,6 +16,14 @@ itself (the reference code divides ``G`` by its Frobenius norm only for conditio
 it in its constraints; :mod:`._fairness` likewise rescales internally), so the unclipped update
 has ``||d||^2 = alpha^T G alpha = K`` whatever the scale of the gradients; it is then clipped to
 norm ``max_norm`` (``0`` disables clipping; default 1.0, as the reference code and torchjd).
+
+Clipping and the heads (``head_grad="weighted"`` in :func:`manytask.backward`; by default
+heads get their own unweighted gradient and this does not matter). ``clip="weights"``
+(default): ``alpha`` itself is scaled, so the heads are weighted by the clipped ``alpha``, as
+torchjd (whose aggregator sees only the shared part). ``clip="shared"``: only the shared
+update is clipped, and the heads are weighted by the unclipped ``alpha``, as the reference code
+and LibMTL, which backpropagate ``sum_k alpha_k L_k`` through everything and then clip the
+shared parameters' gradient norm. The shared update is the same under both.
 ``update_weights_every = n`` recomputes the weights only every n-th step and reuses them in
 between, as the reference code's option (only while the same tasks are present; otherwise they
 are recomputed).
@@ -32,7 +40,9 @@ from torch import Tensor
 from ._fairness import fair_weights
 from ._gramian import checked, prepared
 from .base import Balancer, Decision
-from .registry import check_number, register
+from .registry import check_choice, check_number, register
+
+CLIPS = ("weights", "shared")
 
 
 @register
@@ -46,12 +56,16 @@ class NashMTL(Balancer):
     last_present: Tensor
     steps: Tensor
 
-    def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1) -> None:
+    def __init__(
+        self, max_norm: float = 1.0, update_weights_every: int = 1, clip: str = "weights"
+    ) -> None:
         super().__init__()
         check_number("nash_mtl", "max_norm", max_norm, low=0.0)
         check_number("nash_mtl", "update_weights_every", update_weights_every, low=1, integer=True)
+        check_choice("nash_mtl", "clip", clip, CLIPS)
         self.max_norm = max_norm
         self.update_weights_every = update_weights_every
+        self.clip = clip
 
     def setup(self, task_names: Sequence[str]) -> None:
         first = not self.task_names
@@ -84,8 +98,10 @@ class NashMTL(Balancer):
             self.last_alpha[idx] = alpha.to(self.last_alpha.device)
             self.last_present.copy_(present.to(self.last_present.device))
         self.steps += 1
+        unclipped = alpha
         if self.max_norm > 0:
-            norm = math.sqrt(max(float(alpha @ gramian.detach().double().cpu() @ alpha), 0.0))
+            norm = math.sqrt(max(float(alpha @ gramian @ alpha), 0.0))
             if norm > self.max_norm:
                 alpha = alpha * (self.max_norm / norm)
-        return Decision(weights=checked(alpha, self.name))
+        heads = checked(unclipped, self.name) if self.clip == "shared" else None
+        return Decision(weights=checked(alpha, self.name), head_weights=heads)

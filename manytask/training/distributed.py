@@ -349,7 +349,8 @@ def distributed_backward(
             for g in fgrads
         ]
     )
-    _apply_local(feats, update, local_losses, weights, local, head_grad)
+    heads = weights if decision.head_weights is None else decision.head_weights
+    _apply_local(feats, update, local_losses, heads, local, head_grad)
     return _result(tasks, weights, stacked, gramian)
 
 
