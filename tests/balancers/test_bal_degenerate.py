@@ -136,8 +136,8 @@ def test_rank_deficient_20_by_10_is_quick(name: str, noisy: bool) -> None:
         best = min(best, time.perf_counter() - start)
         assert bool(torch.isfinite(w).all())
     # torchjd takes 1-13 ms; Nash-MTL and FairGrad's Newton loop, 100 iterations at most where
-    # no solution exists (a ridge then makes one), stays under about 0.15 s.
-    assert best < (0.3 if name in ("nash_mtl", "fairgrad") else 0.05), f"{name}: {best:.3f} s"
+    # no solution exists (a ridge then makes one), takes about 0.04 s (bounds leave room for load).
+    assert best < (0.3 if name in ("nash_mtl", "fairgrad") else 0.1), f"{name}: {best:.3f} s"
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if make_balancer(m).requires == "gramian"])
