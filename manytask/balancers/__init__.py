@@ -4,6 +4,7 @@ Every method is a small :class:`Balancer` subclass registered under a name; pick
 :func:`make_balancer` (``manytask.make_balancer("mgda")``) or instantiate the class.
 """
 
+from ._gramian import NonFiniteGradientError
 from .aligned_mtl import AlignedMTL
 from .base import (
     Balancer,
@@ -31,11 +32,13 @@ from .imtl_full import IMTL
 from .imtl_l import IMTLL
 from .mgda import MGDA
 from .moco import MoCo
+from .modo import MoDo
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .periodic import EverySteps, Periodic
 from .registry import available, build, make_balancer, parameters, register
 from .rlw import RLW
+from .sdmgrad import SDMGrad
 from .stch import STCH
 from .uncertainty import UncertaintyWeighting
 from .upgrad import UPGrad
@@ -71,9 +74,12 @@ __all__ = [
     "JacobianAggregator",
     "LossWeighting",
     "MoCo",
+    "MoDo",
     "NashMTL",
+    "NonFiniteGradientError",
     "PCGrad",
     "Periodic",
+    "SDMGrad",
     "State",
     "UPGrad",
     "UncertaintyWeighting",

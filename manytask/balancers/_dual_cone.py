@@ -19,12 +19,18 @@ only the violating coordinate of largest index (Murty's rule, which terminates).
 one batched LU solve over all rows, so a step costs a few batched solves instead of K
 sequential active-set loops in Python.
 
-Fallback: when ``G`` is numerically singular (smallest eigenvalue below ``1e-12`` times the
-largest: linearly dependent gradients, e.g. more tasks than dimensions), pivoting is ill-posed
-and every row goes to the exact active-set QP solver of :mod:`._qp` (the cost of the former
-one-QP-per-row code). Otherwise any row whose pivoting does not end within ``3K + 10``
-rounds, hits a singular block, or whose final KKT residual exceeds ``1e-10`` (relative) is
-solved again by that solver, warm-started. The result is always a finite ``v >= u``.
+When ``G`` is numerically singular (smallest eigenvalue below ``1e-12`` times the largest:
+linearly dependent gradients, e.g. more tasks than dimensions), pivoting is ill-posed. Then,
+with ``G = L L^T`` from its eigendecomposition (``L^T`` has one row per positive eigenvalue),
+each row is the non-negative least-squares problem
+
+    z = argmin_{z >= 0} || L^T z + L^T u ||^2,
+
+solved by Lawson and Hanson's active-set algorithm ("Solving Least Squares Problems", 1974,
+Chapter 23; ``scipy.optimize.nnls``, compiled), which needs no invertible block and stops in
+at most ``3K`` iterations. Any row whose pivoting or NNLS does not end, hits a singular
+block, or whose final KKT residual exceeds ``1e-10`` (relative) is solved again by the exact
+active-set QP solver of :mod:`._qp`, warm-started. The result is always a finite ``v >= u``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from scipy.optimize import nnls
 
 from ._qp import solve_qp
 
@@ -52,11 +59,11 @@ def dual_cone_solve(gramian: Array, U: Array) -> Array:
         return U.copy()
     G = G / scale  # the solution is invariant to the scale of G; tolerances become relative
     Q = U @ G  # rows: G u_b (G symmetric)
-    eig = np.linalg.eigvalsh(G)
+    eig, vec = np.linalg.eigh(G)
     if eig[0] > _MIN_EIG * eig[-1]:
         z, ok = _pivot(G, Q)
-    else:  # numerically singular G (dependent gradients): pivoting is ill-posed, go exact
-        z, ok = np.zeros_like(U), np.zeros(U.shape[0], dtype=bool)
+    else:  # numerically singular G (dependent gradients): pivoting is ill-posed
+        z, ok = _least_squares(eig, vec, U)
     V = U + z
     # Projected-gradient KKT residual of every row (see _qp.kkt_residual), vectorised.
     residual = np.abs(V - np.maximum(V - V @ G, U)).max(axis=1)
@@ -65,6 +72,20 @@ def dual_cone_solve(gramian: Array, U: Array) -> Array:
         V[b] = solve_qp(G, lower=U[b], start=V[b] if ok[b] else None).x
     # Remove rounding below the bounds; zero columns of G leave their z at 0.
     return np.maximum(V, U) if n else V
+
+
+def _least_squares(eig: Array, vec: Array, U: Array) -> tuple[Array, NDArray[np.bool_]]:
+    """Each row as an NNLS problem on the factor ``L^T`` of ``G`` (module docstring)."""
+    positive = eig > 0
+    lt = np.sqrt(eig[positive])[:, None] * vec[:, positive].T  # L^T, G = L L^T
+    z = np.zeros_like(U)
+    ok = np.ones(U.shape[0], dtype=bool)
+    for b in range(U.shape[0]):
+        try:
+            z[b] = nnls(lt, -(lt @ U[b]), maxiter=3 * U.shape[1] + 10)[0]
+        except RuntimeError:  # iteration limit: the QP solver below takes the row over
+            ok[b] = False
+    return z, ok
 
 
 def _pivot(G: Array, Q: Array) -> tuple[Array, NDArray[np.bool_]]:

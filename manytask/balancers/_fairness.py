@@ -8,9 +8,10 @@ semi-definite and ``p > 0``)
 
 so we minimise ``f`` by damped Newton's method (Hessian ``G + p diag(w^(-p-1))``, positive
 definite on ``w > 0``), with a fraction-to-the-boundary rule that keeps ``w > 0`` and a
-backtracking (Armijo) line search. Newton converges quadratically near the solution; the loop is
-capped at 100 iterations and returns the iterate with the smallest residual found, so the result
-is always finite and positive.
+backtracking (Armijo) line search, each Newton step preceded by the exact minimisation of ``f``
+along ``w`` itself (a rescaling, in closed form). Newton converges quadratically near the
+solution; the loop is capped at 100 iterations and returns the iterate with the smallest
+residual found, so the result is always finite and positive.
 
 Existence needs care: if a non-negative combination of the gradients vanishes (``G v = 0`` for
 some ``v >= 0``), ``f`` is unbounded below along ``v`` and no solution exists. We therefore solve
@@ -56,6 +57,12 @@ def _newton(g: NDArray[np.float64], p: float) -> NDArray[np.float64]:
     w = np.diag(g) ** (-1.0 / (1.0 + p))  # exact when the gradients are orthogonal
     best, best_res = w.copy(), np.inf
     for _ in range(_MAX_ITER):
+        # Exact minimisation of f along w itself (t w, t > 0: t = (sum w^(1-p) / w^T G w)^(1/(1+p)))
+        # first: it lowers f, and where the solution is far out in scale (the ridge case, w of
+        # 1e5) it gets there in one step instead of dozens of damped Newton steps.
+        quad = float(w @ g @ w)
+        if quad > 0:
+            w = w * (float(np.sum(w ** (1.0 - p))) / quad) ** (1.0 / (1.0 + p))
         target = w ** (-p)
         grad = g @ w - target
         res = float(np.linalg.norm(grad) / np.linalg.norm(target))

@@ -52,11 +52,14 @@ class Decision:
     ``update``: for a :class:`JacobianAggregator`, the combined shared gradient itself, a flat
     vector over the Jacobian's columns (then ``weights`` are only reported, and scale the
     heads' gradients under ``head_grad="weighted"``).
+    ``head_weights``: where the heads' weights under ``head_grad="weighted"`` differ from
+    ``weights`` (Nash-MTL's peer convention: heads weighted before the shared part is clipped).
     """
 
     weights: Tensor
     objective: Tensor | None = None
     update: Tensor | None = None
+    head_weights: Tensor | None = None
 
 
 @dataclass(frozen=True)

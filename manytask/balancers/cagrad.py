@@ -35,11 +35,18 @@ direction ``d`` is unique even when ``w*`` is not (the objective depends on ``w`
 
 Conventions:
 
-* ``c = 0`` gives exactly the mean gradient (coefficients ``1/K``). If ``||g_w*|| = 0`` (a
-  convex combination of the gradients vanishes, so no direction improves every task) the mean
-  gradient is returned too (the centre of the ball; torchjd returns zero there), and so it is
-  when ``||g0||`` is below 1e-6 of the gradients' scale (tasks in direct opposition: the dual's
-  data is then rounding noise).
+* ``c = 0`` gives exactly the mean gradient (coefficients ``1/K``), and so does ``||g0||``
+  below 1e-6 of the gradients' scale (tasks in direct opposition: the dual's data is then
+  rounding noise).
+* If ``||g_w*|| = 0`` (a convex combination of the gradients vanishes, so ``min_k g_k . d``
+  is at most 0 for every d), the dual's value is 0 and, by strong duality, the primal's
+  optima are the points of the ball with ``J d >= 0``: a whole set, since the dual no longer
+  determines d. We return the one nearest the mean gradient, the centre of the ball: the
+  projection of ``g0`` onto the dual cone ``{d : J d >= 0}`` (DualProj's direction, computed by
+  :mod:`._dual_cone`), which lies in the ball because the set is not empty. With
+  ``J = [[1, 0], [-1, 0], [2, 1]]`` and ``c = 1`` this gives ``J d = (0, 0, 1/3)``. (torchjd
+  returns zero there, a point of the set only when ``c >= 1``; the former code returned the
+  mean gradient, which is not in the set.)
 * ``rescale`` as in the reference code: 0 none, 1 divide by ``1 + c^2`` (default, the reference
   code's default), 2 divide by ``1 + c``. torchjd's CAGrad is ``rescale=0``. The reference code
   multiplies by K once more "to match the sum loss"; we do not: the coefficients are built
@@ -57,6 +64,8 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._dual_cone import dual_cone_solve
+from ._gramian import checked, prepared
 from ._qp import solve_qp
 from .base import Decision, GramianWeighting
 from .registry import register
@@ -223,6 +232,8 @@ def cagrad_weights(gramian: Tensor, c: float, rescale: int = 1) -> Tensor:
         w, gw_norm = cagrad_dual(gn, c)
         if gw_norm > 1e-8 * math.sqrt(float(np.max(np.diag(gn)))):
             weights = weights + (phi / gw_norm) * w
+        else:  # the dual's value is 0: the optimum nearest g0 (module docstring)
+            weights = dual_cone_solve(gn, weights[None, :])[0]
     factor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
     return torch.from_numpy(weights / factor)
 
@@ -244,4 +255,5 @@ class CAGrad(GramianWeighting):
         self.rescale = rescale
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
-        return Decision(weights=cagrad_weights(gramian, float(self.c), self.rescale))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        return Decision(weights=checked(cagrad_weights(g, float(self.c), self.rescale), self.name))

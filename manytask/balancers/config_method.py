@@ -15,7 +15,9 @@ From the Gramian: ``U^+ 1 = U^T (U U^T)^+ 1``, so ``g_v = sum_k beta_k g_k`` wit
 Conventions: the "sum of projections" length (the paper's default; torchjd's ConFIG is the
 same, so weights are directly comparable), equal task preferences. A zero gradient has no
 direction: it is left out of ``U`` (weight 0 in ``beta``) but still counts in the length, as in
-the reference code (whose unit vectors of zero gradients are zero).
+the reference code (whose unit vectors of zero gradients are zero). Only an exactly zero
+gradient is left out: one of 1e-13 of the largest norm keeps its direction (the former
+cut-off at 1e-12 of the largest dropped it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Decision, GramianWeighting
 from .registry import register
 
@@ -35,7 +38,9 @@ def config_weights(gramian: Tensor) -> Tensor:
     g = gramian.detach().double().cpu().numpy()
     k = g.shape[0]
     norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
-    live = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)
+    # Every non-zero gradient has a direction, however small (the Gramian is float64 and made
+    # PSD relative to each task's scale, so its cosines are accurate at any ratio of norms).
+    live = norms > 0
     inv = np.where(live, 1.0 / np.where(live, norms, 1.0), 0.0)
     cosine = g * inv[:, None] * inv[None, :]
     ones = live.astype(np.float64)
@@ -54,4 +59,5 @@ class ConFIG(GramianWeighting):
     name = "config"
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
-        return Decision(weights=config_weights(gramian))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        return Decision(weights=checked(config_weights(g), self.name))

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import require_finite
 from .base import Decision, GramianLossWeighting, State, declare
 from .registry import register
 
@@ -40,7 +41,7 @@ class DBMTL(GramianLossWeighting):
     average is over the norms, and the direction is this step's gradient: the scaling factors
     match the paper when successive gradients are aligned; the update no longer carries
     momentum. In exchange, no per-parameter state is kept and the per-task gradients come from
-    :mod:`manytask.gradients` (``mode="exact"`` is the paper's setting, gradients w.r.t. the
+    :mod:`manytask.engine.gradients` (``mode="exact"`` is the paper's setting, gradients w.r.t. the
     shared parameters; ``mode="feature"`` is a cheaper approximation).
 
     **Heads.** The weighted objective ``sum_k alpha_k log(L_k + eps)`` is backpropagated
@@ -48,6 +49,16 @@ class DBMTL(GramianLossWeighting):
     heads the unscaled ``grad log(L_k + eps)``. The direction per head is the paper's; the scale
     ``alpha_k >= 1`` acts as a per-head learning-rate factor (absorbed by Adam, the optimizer
     of the paper's experiments).
+
+    **First step, relative to LibMTL.** Both start the average at 0. LibMTL applies the
+    averaged *vectors*, which after step t carry the factor ``1 - beta^t`` of an unwarmed EMA
+    (no bias correction): its first update is ``(1 - beta) max_j ||grad log L_j||`` per task,
+    0.1 of the full scale at ``beta = 0.9``. Here ``alpha`` is a ratio of averaged norms, in
+    which that factor cancels, and it scales this step's gradients: the first update is
+    ``max_j ||grad log L_j||`` per task, ``1 / (1 - beta)`` times LibMTL's (10x at the default
+    ``beta``). The two scales meet as ``beta^t`` vanishes (within 5% after 29 steps at
+    ``beta = 0.9``, ``sigma = 0``). With Adam the difference is mostly absorbed; with SGD it acts
+    as a learning-rate warm-up that LibMTL has and this implementation does not.
 
     A task whose averaged norm is 0 has no gradient to rescale and gets ``alpha = 1``.
     Defaults: ``beta=0.9``, ``sigma=0`` (LibMTL's), ``eps=1e-8`` (the paper's code).
@@ -75,6 +86,7 @@ class DBMTL(GramianLossWeighting):
         k = len(tasks)
         if gramian.shape != (k, k):
             raise ValueError(f"dbmtl: Gramian of shape {tuple(gramian.shape)} for {k} tasks")
+        require_finite(gramian, self.name)
         idx = self.index(tasks).to(self.norm_avg.device)
         shifted = losses.detach().double().to(self.norm_avg.device) + self.eps
         with torch.no_grad():

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from ._gramian import checked
 from .base import Decision, GramianWeighting
 from .registry import register
 from .upgrad import dual_cone_weights
@@ -34,4 +34,5 @@ class DualProj(GramianWeighting):
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
-        return Decision(weights=torch.from_numpy(dual_cone_weights(gramian, np.full(k, 1.0 / k))))
+        v = dual_cone_weights(gramian, np.full(k, 1.0 / k), self.name)
+        return Decision(weights=checked(v, self.name))

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import checked
 from ._lazy import LazyRows
 from .base import Decision, JacobianAggregator, State, declare
 from .registry import register
@@ -105,6 +106,7 @@ class ExcessMTL(LazyRows, JacobianAggregator):
             mass = alpha.sum()
             logits = torch.log(alpha) + float(self.robust_step_size) * risk
             self.alpha[idx] = mass * torch.softmax(logits, dim=0)
-        weights = self.alpha[idx].cpu()
+        weights = checked(self.alpha[idx].cpu(), self.name)
         update = weights.to(dtype=j.dtype, device=j.device) @ j
+        checked(update, self.name)
         return Decision(weights=weights, update=update)

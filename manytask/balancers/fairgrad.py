@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..registry import Param
 from ._fairness import fair_weights
+from ._gramian import checked, prepared
 from .base import Decision, GramianWeighting
 from .registry import register
 
@@ -46,7 +47,7 @@ class FairGrad(GramianWeighting):
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
+        g = prepared(gramian, self.name)
         if self.alpha == 0:
             return Decision(weights=torch.full((k,), 1.0 / k, dtype=torch.float64))
-        g = gramian.detach().double().cpu().numpy()
-        return Decision(weights=torch.from_numpy(fair_weights(g, 1.0 / self.alpha)))
+        return Decision(weights=checked(fair_weights(g, 1.0 / self.alpha), self.name))

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import checked
 from .base import Decision, JacobianAggregator
 from .registry import register
 
@@ -65,5 +66,5 @@ class GradDrop(JacobianAggregator):
 
     def decide(self, losses: Tensor, tasks: Sequence[str], jacobian: Tensor) -> Decision:
         u = torch.rand(jacobian.shape[1], dtype=jacobian.dtype, device=jacobian.device)
-        update = graddrop_update(jacobian, float(self.leak), u)
+        update = checked(graddrop_update(jacobian, float(self.leak), u), self.name)
         return Decision(weights=torch.ones(len(tasks), dtype=torch.float64), update=update)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import require_finite
 from .base import Decision, GramianLossWeighting, State, declare
 from .registry import register
 
@@ -81,6 +82,7 @@ class GradNorm(GramianLossWeighting):
         return norms.mean() * r.pow(self.alpha)
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
+        require_finite(gramian, self.name)
         idx = self.index(tasks).to(self.weights.device)
         losses = losses.detach().double().to(self.weights.device)
         gramian = gramian.detach().double().to(self.weights.device)

@@ -26,9 +26,10 @@ corrects only negative cosines, as PCGrad with a partial projection) is a buffer
 state dict; an absent task's pairs are left untouched. ``eps`` is added to the denominators as
 in torchjd (default ``1e-8``; it only matters for (near-)zero gradients).
 
-Order: the permutation of the other tasks is drawn for each task ``i`` in turn with
-``torch.randperm(K - 1)`` from the global RNG, which is how torchjd 0.18 draws it, so both agree
-under the same seed and the same state.
+Order: with ``shuffle=True`` (default) the permutation of the other tasks is drawn for each task
+``i`` in turn with ``torch.randperm(K - 1)`` from the global RNG, which is how torchjd 0.18 draws
+it, so both agree under the same seed and the same state; ``shuffle=False`` visits the other
+present tasks in their fixed order ``0..K-1``, as :class:`~manytask.balancers.PCGrad`'s option.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import checked, prepared
 from .base import Decision, GramianWeighting, State, declare
 from .registry import register
 
@@ -81,14 +83,17 @@ class GradVac(GramianWeighting):
     params: ClassVar[dict[str, Param]] = {
         "beta": Param("float", 0.5, "EMA factor of the cosine targets", low=0.0, high=1.0),
         "eps": Param("float", 1e-8, "floor of the norms", low=0.0),
+        "shuffle": Param("bool", True, "visit the tasks in a random order each step (as "
+                         "PCGrad); false: their given order"),
     }
     state = declare(phi_hat=State(per="pair"))
     phi_hat: Tensor
 
-    def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
+    def __init__(self, beta: float = 0.5, eps: float = 1e-8, shuffle: bool = True) -> None:
         super().__init__()
         self.beta = beta
         self.eps = eps
+        self.shuffle = shuffle
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
         k = len(tasks)
@@ -96,10 +101,11 @@ class GradVac(GramianWeighting):
         orders = torch.empty((k, max(k - 1, 0)), dtype=torch.long)
         for i in range(k):  # one draw per task, in task order (torchjd's order of RNG calls)
             others = torch.cat([torch.arange(i), torch.arange(i + 1, k)])
-            orders[i] = others[torch.randperm(k - 1)]
+            orders[i] = others[torch.randperm(k - 1)] if self.shuffle else others
         state = self.phi_hat[idx[:, None], idx[None, :]].cpu()
         coef, new = gradvac_coefficients(
-            gramian.detach().double().cpu(), state, orders, float(self.beta), float(self.eps)
+            torch.from_numpy(prepared(gramian, self.name)), state, orders, float(self.beta),
+            float(self.eps),
         )
         self.phi_hat[idx[:, None], idx[None, :]] = new.to(self.phi_hat.device)
-        return Decision(weights=coef.sum(dim=0))
+        return Decision(weights=checked(coef.sum(dim=0), self.name))

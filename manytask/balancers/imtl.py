@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Decision, GramianWeighting
 from .registry import register
 
@@ -50,4 +51,5 @@ class IMTLG(GramianWeighting):
     name = "imtl_g"
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
-        return Decision(weights=imtl_g_weights(gramian))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        return Decision(weights=checked(imtl_g_weights(g), self.name))

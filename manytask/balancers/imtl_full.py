@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._gramian import checked, prepared
 from .base import Decision, GramianWeighting
 from .imtl import imtl_g_weights
 from .imtl_l import LogScales
@@ -52,5 +53,6 @@ class IMTL(LogScales, GramianWeighting):
         scale_objective = (torch.exp(s) * losses.detach().to(s.dtype) - s).sum()
         torch.autograd.backward(scale_objective, inputs=params)
         e = torch.exp(s.detach().double()).cpu()
-        scaled = e[:, None] * gramian.detach().double().cpu() * e[None, :]  # D G D
-        return Decision(weights=imtl_g_weights(scaled) * e)
+        g = torch.from_numpy(prepared(gramian, self.name))
+        scaled = e[:, None] * g * e[None, :]  # D G D
+        return Decision(weights=checked(imtl_g_weights(scaled) * e, self.name))

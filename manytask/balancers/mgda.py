@@ -13,8 +13,12 @@ MGDA-UB (Section 3.3) is this method with ``mode="feature"`` in :func:`manytask.
 ``normalization`` rescales each gradient before solving, as in the paper's code
 (``gradient_normalizers``): ``"l2"`` divides ``g_k`` by ``||g_k||``, ``"loss"`` by ``L_k``,
 ``"loss+"`` by ``L_k ||g_k||``, ``"none"`` leaves it. This is applied to the Gramian
-(``G_ij / (s_i s_j)``), and, as in that code, the weights found are then applied to the
-original, unnormalised gradients.
+(``G_ij / (s_i s_j)``). ``combine`` says which gradients the weights found then combine:
+``"raw"`` (default, the paper's code): the original, unnormalised ones, ``sum_k w_k g_k``, so
+with ``normalization="l2"`` the update weights the *raw* gradients by the min-norm weights of
+the unit ones; ``"normalized"`` (LibMTL): the normalised ones, ``sum_k w_k g_k / s_k``, i.e.
+the minimum-norm point of the normalised gradients' hull itself; the reported weights are then
+``w_k / s_k`` (over the raw gradients, as always) and no longer sum to 1.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import checked, prepared
 from ._qp import solve_qp
 from .base import Decision, GramianWeighting
 from .registry import register
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+COMBINES = ("raw", "normalized")
 
 
 def min_norm_weights(gramian: Tensor) -> Tensor:
@@ -79,13 +85,20 @@ class MGDA(GramianWeighting):
     params: ClassVar[dict[str, Param]] = {
         "normalization": Param("choice", "none", "normalisation before the min-norm problem",
                                choices=NORMALIZATIONS),
+        "combine": Param("choice", "raw", "combine the raw gradients with the min-norm weights "
+                         "(raw) or the normalised ones, as LibMTL (normalized)",
+                         choices=COMBINES),
     }
 
-    def __init__(self, normalization: str = "none") -> None:
+    def __init__(self, normalization: str = "none", combine: str = "raw") -> None:
         super().__init__()
         self.normalization = normalization
+        self.combine = combine
 
     def decide(self, losses: Tensor, tasks: Sequence[str], gramian: Tensor) -> Decision:
-        g = gramian.detach().double().cpu()
+        g = torch.from_numpy(prepared(gramian, self.name))
         scales = gradient_scales(losses, g, self.normalization)
-        return Decision(weights=min_norm_weights(g / torch.outer(scales, scales)))
+        weights = min_norm_weights(g / torch.outer(scales, scales))
+        if self.combine == "normalized":
+            weights = weights / scales
+        return Decision(weights=checked(weights, self.name))

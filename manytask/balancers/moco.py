@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import checked
 from ._lazy import LazyRows
 from ._qp import _project
 from .base import Decision, JacobianAggregator, State, declare
@@ -81,7 +82,8 @@ class MoCo(LazyRows, JacobianAggregator):
             y.lerp_(j, torch.where(fresh, 0.0, float(self.beta)).to(y)[:, None])
             self.tracked[rows] = y
         lam = self.lam[idx].cpu()
-        gram = (y @ y.T).double().cpu()
+        y64 = y.double()  # in float64: a float32 product overflows near gradients of 1e19
+        gram = (y64 @ y64.T).cpu()
         step = lam - float(self.gamma) * (gram @ lam + float(self.rho) * lam)
         mass = float(lam.sum())
         k = len(tasks)
@@ -89,4 +91,5 @@ class MoCo(LazyRows, JacobianAggregator):
         lam = torch.from_numpy(np.maximum(new, 0.0))
         self.lam[idx] = lam.to(self.lam.device)
         update = lam.to(dtype=y.dtype, device=y.device) @ y
-        return Decision(weights=lam, update=update)
+        checked(update, self.name)
+        return Decision(weights=checked(lam, self.name), update=update)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param
+from ._gramian import checked, prepared
 from .base import Decision, GramianWeighting
 from .registry import register
 
@@ -69,5 +70,6 @@ class PCGrad(GramianWeighting):
             orders = torch.stack([torch.randperm(k) for _ in range(k)])
         else:
             orders = torch.arange(k).expand(k, k)
-        coef = pcgrad_coefficients(gramian.double().cpu(), orders)
-        return Decision(weights=coef.sum(dim=0))
+        g = torch.from_numpy(prepared(gramian, self.name))
+        coef = pcgrad_coefficients(g, orders)
+        return Decision(weights=checked(coef.sum(dim=0), self.name))

@@ -22,20 +22,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ._dual_cone import dual_cone_solve
+from ._gramian import checked, prepared
 from .base import Decision, GramianWeighting
 from .registry import register
 
 
-def dual_cone_weights(gramian: Tensor, u: np.ndarray) -> np.ndarray:
+def dual_cone_weights(gramian: Tensor, u: np.ndarray, method: str = "upgrad") -> np.ndarray:
     """``v = argmin_{v >= u} v^T G v``: ``J^T v`` projects ``J^T u`` onto the dual cone.
 
-    ``u`` may be one vector (K,) or a batch of them (B, K), solved together.
+    ``u`` may be one vector (K,) or a batch of them (B, K), solved together. ``G`` is made
+    PSD first (:func:`._gramian.prepared`; ``method`` names the caller in its errors).
     """
-    g = gramian.detach().double().cpu().numpy()
+    g = prepared(gramian, method)
     u = np.asarray(u, dtype=np.float64)
     v = dual_cone_solve(g, u.reshape(-1, g.shape[0]))
     return v.reshape(u.shape)
@@ -51,4 +52,4 @@ class UPGrad(GramianWeighting):
         k = len(tasks)
         # Row i is u_i = e_i / K; the K projections are solved in one batch.
         v = dual_cone_weights(gramian, np.eye(k) / k)
-        return Decision(weights=torch.from_numpy(v.sum(axis=0)))
+        return Decision(weights=checked(v.sum(axis=0), self.name))

@@ -229,7 +229,9 @@ def decide_and_apply(
             for g in grads.feature_grads
         ]
     )
-    apply_local(feats, update, batch.local_losses, weights, batch.local, head_grad,
+    # Nash-MTL's peer convention: heads weighted by the unclipped weights (Decision docs)
+    heads = weights if decision.head_weights is None else decision.head_weights
+    apply_local(feats, update, batch.local_losses, heads, batch.local, head_grad,
                 grads.head_grads)
     return result_of(tasks, weights, stacked, gramian)
 
@@ -252,7 +254,8 @@ def apply_linear_heads(
     if method.schedule is not None:
         method.schedule.record(method.index(tasks), weights)
     update = heads.combine(weights).reshape(-1)
-    apply_local(feats, update, batch.local_losses, weights, batch.local, head_grad,
+    head_weights = weights if decision.head_weights is None else decision.head_weights
+    apply_local(feats, update, batch.local_losses, head_weights, batch.local, head_grad,
                 heads.head_grads)
     return result_of(tasks, weights, stacked, gramian)
 

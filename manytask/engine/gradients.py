@@ -196,12 +196,17 @@ def jacobian(
 
 
 def gramian_of(blocks: Sequence[Tensor]) -> Tensor:
-    """``sum_b B_b B_b^T`` over blocks of shape (K, ...), accumulated in float64."""
+    """``sum_b B_b B_b^T`` over blocks of shape (K, ...), computed and accumulated in float64.
+
+    Each block is cast to float64 *before* its product: a float32 product loses the small
+    eigenvalues (rank-deficient Jacobians come out full rank, with noise of 1e-7 relative) and
+    overflows at gradients near 1e19. One block at a time, so the extra memory is one block.
+    """
     k = blocks[0].shape[0]
     gram = torch.zeros((k, k), dtype=torch.float64, device=blocks[0].device)
     for block in blocks:
-        flat = block.reshape(k, -1)
-        gram += (flat @ flat.T).to(torch.float64)
+        flat = block.reshape(k, -1).to(torch.float64)
+        gram += flat @ flat.T
     return gram
 
 
