@@ -19,7 +19,8 @@ class MultiTaskModel(nn.Module):
     ``forward(x)`` returns ``{task: output}``; ``forward(x, return_features=True)`` returns
     ``(outputs, features)`` where ``features`` is what the heads read. The losses must depend
     on the shared parameters only through ``features``: that is what lets gradient-balancing
-    methods get every task's gradient from one batched backward (see :mod:`manytask.engine.gradients`).
+    methods get every task's gradient from one batched backward (see
+    :mod:`manytask.engine.gradients`).
 
     Subclasses whose heads read per-task features (PLE, cross-stitch, ...) override
     :meth:`head_input`.
