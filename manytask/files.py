@@ -57,21 +57,32 @@ def inside(
     """``path`` (a file of ``folder``, or a name relative to it) resolved through every link.
 
     Raises :class:`UnsafeFileError` naming the link when the resolved path is not inside the
-    resolved ``folder``, unless ``allow_outside`` (the user's explicit choice, e.g. the
-    ``--allow-outside-links`` flag). Returns the path as given (joined to ``folder``), so
-    messages keep the user's names.
+    resolved ``folder`` (or, for a hub cache snapshot, its repository's ``blobs``), unless
+    ``allow_outside`` (the user's explicit choice, e.g. the ``--allow-outside-links`` flag).
+    Returns the path as given (joined to ``folder``), so messages keep the user's names.
     """
     root = Path(folder)
     given = root / path
     real = given.resolve()
-    if allow_outside or real.is_relative_to(root.resolve()):
+    if allow_outside or any(real.is_relative_to(r) for r in _own_roots(root)):
         return given
     link = _first_link(root, given)
+    via = "" if link == given else f" through the link {str(link)!r}"
     raise UnsafeFileError(
-        f"{what} {_cut(str(given))!r} leads outside its folder {_cut(str(root))!r} "
-        f"(the link {_cut(str(link))!r} points to {_cut(str(real))!r}); refused unless you "
-        "allow links out of the folder (--allow-outside-links / allow_outside_links)"
+        f"{what} {str(given)!r} leads outside its folder{via}, to {str(real)!r}; refused "
+        "unless you allow links out of input folders (--allow-outside-links)"
     )
+
+
+def _own_roots(root: Path) -> list[Path]:
+    """Where the files of ``root`` may really be: inside it, and for a Hugging Face hub
+    cache snapshot (``.../snapshots/REV``) in that repository's ``blobs`` folder, where the
+    hub keeps the files its snapshots link to."""
+    real = root.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
+        roots.append(real.parent.parent / "blobs")
+    return roots
 
 
 def _first_link(root: Path, given: Path) -> Path:
@@ -96,12 +107,12 @@ def regular_file(path: str | os.PathLike[str], *, what: str = "file") -> Path:
     try:
         mode = os.stat(p).st_mode
     except FileNotFoundError:
-        raise UnsafeFileError(f"{what} {_cut(str(p))!r} does not exist") from None
+        raise UnsafeFileError(f"{what} {str(p)!r} does not exist") from None
     except OSError as err:
-        raise UnsafeFileError(f"cannot read {what} {_cut(str(p))!r}: {err.strerror}") from None
+        raise UnsafeFileError(f"cannot read {what} {str(p)!r}: {err.strerror}") from None
     if not stat.S_ISREG(mode):
         raise UnsafeFileError(
-            f"{what} {_cut(str(p))!r} is {_kind(mode)}, not a regular file; refused"
+            f"{what} {str(p)!r} is {_kind(mode)}, not a regular file; refused"
         )
     return p
 
@@ -126,13 +137,13 @@ def read_text(
     p = regular_file(path, what=what)
     size = p.stat().st_size
     if size > limit:
-        raise UnsafeFileError(f"{what} {_cut(str(p))!r} is {size} bytes, over the {limit} read")
+        raise UnsafeFileError(f"{what} {str(p)!r} is {size} bytes, over the {limit} read")
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UnsafeFileError(f"{what} {_cut(str(p))!r} is not UTF-8 text ({err.reason})") from None
+        raise UnsafeFileError(f"{what} {str(p)!r} is not UTF-8 text ({err.reason})") from None
     except OSError as err:
-        raise UnsafeFileError(f"cannot read {what} {_cut(str(p))!r}: {err.strerror}") from None
+        raise UnsafeFileError(f"cannot read {what} {str(p)!r}: {err.strerror}") from None
 
 
 # ---------------------------------------------------------------------------- YAML
@@ -219,7 +230,7 @@ def parse_yaml(text: str, *, where: str = "YAML") -> Any:
 def load_yaml(path: str | os.PathLike[str], *, what: str = "YAML file") -> Any:
     """A regular YAML file read with :func:`parse_yaml`."""
     text = read_text(path, what=what)
-    return parse_yaml(text, where=f"{what} {_cut(str(path))!r}")
+    return parse_yaml(text, where=f"{what} {str(path)!r}")
 
 
 # ---------------------------------------------------------------------------- JSON
@@ -251,7 +262,7 @@ def parse_json(text: str, *, where: str = "JSON") -> Any:
 
 def load_json(path: str | os.PathLike[str], *, what: str = "JSON file") -> Any:
     """A regular JSON file read with :func:`parse_json`."""
-    return parse_json(read_text(path, what=what), where=f"{what} {_cut(str(path))!r}")
+    return parse_json(read_text(path, what=what), where=f"{what} {str(path)!r}")
 
 
 # ---------------------------------------------------------------------------- writing
