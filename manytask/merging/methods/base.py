@@ -205,7 +205,9 @@ def available_methods() -> list[str]:
 def get_method(name: str) -> type[MergeMethod]:
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable value from a YAML file
+        from ...registry import short
+
         raise ValueError(
-            f"unknown merge method {name!r}; available: {', '.join(available_methods())}"
+            f"unknown merge method {short(name)}; available: {', '.join(available_methods())}"
         ) from None
