@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..files import UnsafeFileError, inside, parse_json
+from ..files import UnsafeFileError, inside, parse_json, regular_file
 from .config import MergeConfig, parse_dtype
 from .engine import MemorySink, plan_tensors, run
 from .lora import LoraSource
@@ -87,13 +87,15 @@ def _copy_model_files(
 ) -> list[str]:
     """Copy config, tokenizer and other non-weight files; record the output dtype in config.
 
-    Only regular files are copied (a pipe would block the copy), and a link leading out of
-    the base folder is refused by name: its target would be copied into the output."""
+    Anything else than a regular file (a pipe, a device, a dangling link) is refused by
+    name, and so is a link leading out of the base folder: its target would be copied into
+    the output."""
     copied = []
     for f in sorted(source.iterdir()):
-        if not f.is_file() or f.name in _SKIP_FILES or f.suffix in _WEIGHT_SUFFIXES:
+        if f.is_dir() or f.name in _SKIP_FILES or f.suffix in _WEIGHT_SUFFIXES:
             continue
         inside(source, f.name, what="model file to copy", allow_outside=allow_outside_links)
+        regular_file(f, what="model file to copy")  # a pipe would block the copy forever
         shutil.copy2(f, dest / f.name)
         copied.append(f.name)
     cfg = dest / "config.json"
