@@ -11,9 +11,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from .config import ConfigError, TrainConfig, config_from_mapping, load_config
+from .files import parse_yaml
 
 # dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
 _PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch"}
@@ -77,7 +76,7 @@ def _flag_values(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str
                     raise ConfigError(
                         f"--{_PARAM_FLAGS[f.name]}-param expects KEY=VALUE, got {item!r}"
                     )
-                params[key] = yaml.safe_load(raw)
+                params[key] = parse_yaml(raw, where=f"--{_PARAM_FLAGS[f.name]}-param {key}")
             value = params
         values[f.name] = value
     return values
