@@ -14,6 +14,7 @@ from torch import nn
 
 from .balancers import make_balancer
 from .config import ConfigError, TrainConfig
+from .finite import check_state
 from .models import ARCHITECTURES as MODEL_REGISTRY
 from .models import HardSharing, MultiTaskModel, make_model, shared_bottom
 from .tasks import Task
@@ -238,6 +239,9 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.run_dir) / "config.yaml").write_text(_yaml(asdict(cfg)))
     history = trainer.fit(data.train, cfg.epochs, val_data=data.val, resume=cfg.resume)
+    # a last step that overflowed (or NaN weights kept under skip_nonfinite) is a failure,
+    # not a table of NaN metrics at exit 0
+    check_state(model.state_dict(), "the trained model (lower lr, or check the data)")
     return {
         "config": asdict(cfg),
         "val": history[-1]["val"] if history else trainer.evaluate(data.val),

@@ -183,3 +183,27 @@ def test_altered_checkpoint_is_refused(tmp_path: Path, file: str, edit, needle: 
     )
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     assert not fresh_opt.state  # nothing half restored
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_training_that_ends_non_finite_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    bad: float
+) -> None:
+    """The last step overflows (simulated: the weights turn non-finite as fit returns), with
+    ``skip_nonfinite`` on and no run folder: exit 2 naming the tensor, no table of NaNs."""
+    from manytask.training import Trainer
+
+    real_fit = Trainer.fit
+
+    def overflowing_fit(self: Trainer, *args, **kwargs):
+        history = real_fit(self, *args, **kwargs)
+        with torch.no_grad():
+            next(iter(self.model.parameters())).fill_(bad)
+        return history
+
+    monkeypatch.setattr(Trainer, "fit", overflowing_fit)
+    code, err = run_cli(["train", "--epochs", "1", "--train-size", "64", "--hidden", "8",
+                         "--skip-nonfinite", "--no-progress"], capsys)
+    assert_cli_one_line(code, err, "the trained model", str(bad))
+    assert code == 2
