@@ -53,6 +53,7 @@ def inside(
     *,
     what: str = "file",
     allow_outside: bool = False,
+    hint: str = "unless you allow links out of input folders (--allow-outside-links)",
 ) -> Path:
     """``path`` (a file of ``folder``, or a name relative to it) resolved through every link.
 
@@ -60,6 +61,7 @@ def inside(
     resolved ``folder`` (or, for a hub cache snapshot, its repository's ``blobs``), unless
     ``allow_outside`` (the user's explicit choice, e.g. the ``--allow-outside-links`` flag).
     Returns the path as given (joined to ``folder``), so messages keep the user's names.
+    ``hint`` ends the message (how to allow it, or why it cannot be).
     """
     root = Path(folder)
     given = root / path
@@ -70,7 +72,7 @@ def inside(
     via = "" if link == given else f" through the link {str(link)!r}"
     raise UnsafeFileError(
         f"{what} {str(given)!r} leads outside its folder{via}, to {str(real)!r}; refused "
-        "unless you allow links out of input folders (--allow-outside-links)"
+        f"{hint}"
     )
 
 

@@ -30,6 +30,7 @@ from ..files import UnsafeFileError, inside, load_json, read_text, regular_file
 from ..finite import check_like, check_state
 
 LATEST = "latest"
+_OWN = "(a run's checkpoints and their files must lie in its own folder)"
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -182,7 +183,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
             f"{pointer} names {name[:80]!r}, not a checkpoint of this run (epoch-NNNN)"
         )
     try:  # a checkpoint folder linked from elsewhere is not this run's
-        path = inside(pointer.parent, name, what="checkpoint")
+        path = inside(pointer.parent, name, what="checkpoint", hint=_OWN)
     except UnsafeFileError as err:
         raise CheckpointError(str(err)) from None
     if not (path / "state.json").exists():
@@ -220,7 +221,8 @@ def load_checkpoint(
     path = Path(path)
 
     def own(name: str) -> Path:  # a regular file of the checkpoint folder, never a link out
-        return regular_file(inside(path, name, what="checkpoint file"), what="checkpoint file")
+        found = inside(path, name, what="checkpoint file", hint=_OWN)
+        return regular_file(found, what="checkpoint file")
 
     try:
         state: dict[str, Any] = load_json(own("state.json"), what="checkpoint state")

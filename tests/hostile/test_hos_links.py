@@ -177,7 +177,7 @@ def test_checkpoint_linking_out_of_the_run(tmp_path: Path, what: str) -> None:
     if what == "checkpoint folder":
         shutil.move(str(folder), tmp_path / "elsewhere")
         folder.symlink_to(tmp_path / "elsewhere")
-        raises_clear(lambda: latest_checkpoint(run), "epoch-0001", "outside",
+        raises_clear(lambda: latest_checkpoint(run), "epoch-0001", "outside", "own folder",
                      kinds=CheckpointError)
         return
     link = _link_out(folder, what, tmp_path / "elsewhere")
@@ -187,6 +187,7 @@ def test_checkpoint_linking_out_of_the_run(tmp_path: Path, what: str) -> None:
     raises_clear(
         lambda: load_checkpoint(folder, model=model, optimizer=optimizer, balancer=nn.Module()),
         str(link),
+        "own folder",
         kinds=CheckpointError,
     )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
