@@ -189,9 +189,7 @@ def foreign_entries(folder: Path) -> list[str]:
             listed = {f for f in data["files"] if isinstance(f, str)}
     if not listed:
         return sorted(p.name for p in folder.iterdir())
-    parents = {str(Path(f).parent) for f in listed} | {
-        str(q) for f in listed for q in Path(f).parents
-    }
+    parents = {str(q) for f in listed for q in Path(f).parents}  # folders of listed files
     foreign = []
     for p in sorted(folder.rglob("*")):
         rel = str(p.relative_to(folder))
