@@ -2,9 +2,12 @@
 
 The count is what pytest collects (each parametrised case is one), so it cannot drift from
 the suite. A fuzzed test counts once as a case, and the table adds how many generated
-examples it tries (hypothesis ``max_examples``, fixed by ``derandomize`` in the suite)::
+examples it tries (hypothesis ``max_examples``, fixed by ``derandomize`` in the suite).
+The failure classes of issue 16 get a section of their own (``--markdown`` prints both
+tables with their headings, as docs/hostile.md holds them)::
 
-    python benchmarks/hostile_count.py            # from the repository root
+    python benchmarks/hostile_count.py              # from the repository root
+    python benchmarks/hostile_count.py --markdown   # the tables of docs/hostile.md
 """
 
 from __future__ import annotations
@@ -30,7 +33,24 @@ KINDS = {
     "test_hos_empty.py": "empty data sets, a batch with no labelled task",
     "test_hos_heads.py": "model heads that do not match the tasks",
     "test_hos_paths.py": "paths that escape (shard index, output, run folder, resume)",
+    # the failure classes of issue 16, in its order
+    "test_hos_links.py": "1. links out of a folder (weights, shards, copied files, LoRA, runs)",
+    "test_hos_patterns.py": "2. LoRA alpha/rank patterns that could stall a merge",
+    "test_hos_bombs.py": "3. YAML and JSON that explode (alias bombs, deep nesting, huge values)",
+    "test_hos_overflow.py": "4. non-finite or mistyped tensors written or loaded",
+    "test_hos_notfiles.py": "5. pipes, devices and folders where a file is expected",
+    "test_hos_outputs.py": "6. outputs that replace the user's files; killed replacements",
+    "test_hos_bench.py": "7. bench and report that succeed when they failed",
 }
+ISSUE_16 = (
+    "test_hos_links.py",
+    "test_hos_patterns.py",
+    "test_hos_bombs.py",
+    "test_hos_overflow.py",
+    "test_hos_notfiles.py",
+    "test_hos_outputs.py",
+    "test_hos_bench.py",
+)
 
 
 def collect() -> list[str]:
@@ -64,7 +84,8 @@ def fuzz_examples() -> int:
     return int(found.group(1)) if found else 0
 
 
-def table(ids: list[str]) -> str:
+def table(ids: list[str], files: tuple[str, ...] | None = None) -> str:
+    """The table of ``files`` (all kinds when ``None``), counted from the node ids."""
     cases: Counter[str] = Counter()
     fuzzed: Counter[str] = Counter()
     for node in ids:
@@ -77,20 +98,32 @@ def table(ids: list[str]) -> str:
         raise SystemExit(f"test files without a kind in KINDS: {unknown}")
     per = fuzz_examples()
     rows = ["| kind of hostile input | cases | of which fuzzed |", "|---|---:|---|"]
-    for file, kind in KINDS.items():
+    chosen = [f for f in KINDS if files is None or f in files]
+    for file, kind in ((f, KINDS[f]) for f in chosen):
         extra = f"{fuzzed[file]} (x {per} examples)" if fuzzed[file] else ""
         rows.append(f"| {kind} | {cases[file]} | {extra} |")
-    total_fuzz = sum(fuzzed.values())
+    total_fuzz = sum(fuzzed[f] for f in chosen)
+    fuzz_text = f"{total_fuzz} (x {per} = {total_fuzz * per} generated configs)"
     rows.append(
-        f"| **total** | **{sum(cases.values())}** | {total_fuzz} (x {per} = "
-        f"{total_fuzz * per} generated configs) |"
+        f"| **total** | **{sum(cases[f] for f in chosen)}** | {fuzz_text if total_fuzz else ''} |"
     )
     return "\n".join(rows)
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args()
-    print(table(collect()))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--markdown", action="store_true", help="both tables with headings")
+    args = parser.parse_args()
+    ids = collect()
+    if not args.markdown:
+        print(table(ids))
+        return
+    original = tuple(f for f in KINDS if f not in ISSUE_16)
+    print("### The failure classes of issue 16\n")
+    print(table(ids, ISSUE_16))
+    print("\n### The original suite\n")
+    print(table(ids, original))
+    print(f"\n{len(ids)} cases in all.")
 
 
 if __name__ == "__main__":

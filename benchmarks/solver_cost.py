@@ -5,8 +5,9 @@ issue 13's case), ``20x10 noisy`` (the same Jacobian with its Gramian formed in 
 rounding makes full rank and indefinite: the input our former float32 accumulation produced),
 ``40x64`` (full rank). Ours is the balancer's ``decide`` on the float64 Gramian from
 :func:`manytask.engine.gradients.gramian_of` (for ``noisy``, on the float32 product);
-torchjd's is its aggregator on the Jacobian (it forms its own Gramian). Median of ``--repeats`` calls after one
-warm-up, in milliseconds, with one BLAS thread (a call over 0.5 s is timed once, the warm-up).
+torchjd's is its aggregator on the Jacobian (it forms its own Gramian). Median of
+``--repeats`` calls after one warm-up, in milliseconds, with one BLAS thread (a call over
+0.5 s is timed once, the warm-up).
 
     OMP_NUM_THREADS=1 python benchmarks/solver_cost.py --repeats 20
 """

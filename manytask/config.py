@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .registry import short
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, or its value has the wrong type or range."""
@@ -70,7 +72,7 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(
-                    f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}"
+                    f"{key} must be one of {list(allowed)}, got {short(getattr(self, key))}"
                 )
         _check_types(self)
         for f in dataclasses.fields(self):  # nan and inf pass every range test below
@@ -128,7 +130,7 @@ def check_run_dir(run_dir: str | Path) -> None:
         if folder.exists():
             if not folder.is_dir():
                 what = "is" if folder == path else f"lies under {str(folder)!r}, which is"
-                raise ConfigError(f"run_dir {run_dir!r} {what} a file, not a folder")
+                raise ConfigError(f"run_dir {short(str(run_dir))} {what} a file, not a folder")
             return
 
 
@@ -160,7 +162,8 @@ def _check_types(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if not _accepts(hints[f.name], value):
             raise ConfigError(
-                f"{f.name} must be of type {hints[f.name]}, got {value!r} ({type(value).__name__})"
+                f"{f.name} must be of type {hints[f.name]}, got {short(value)} "
+                f"({type(value).__name__})"
             )
 
 
@@ -171,7 +174,9 @@ def config_from_mapping(values: Mapping[str, Any], *, source: str = "config") ->
     if unknown:
         hints = [difflib.get_close_matches(str(k), sorted(known), n=1) for k in unknown]
         hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
-        raise ConfigError(f"{source}: unknown key(s) {unknown}{hint}; valid keys: {sorted(known)}")
+        raise ConfigError(
+            f"{source}: unknown key(s) {short(unknown)}{hint}; valid keys: {sorted(known)}"
+        )
     try:
         return TrainConfig(**values)
     except ConfigError as err:
@@ -180,15 +185,13 @@ def config_from_mapping(values: Mapping[str, Any], *, source: str = "config") ->
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML file (``safe_load`` only) and apply ``overrides`` on top."""
-    import yaml  # here, not at the top: the Trainer imports this module, `import manytask` too
+    from .files import UnsafeFileError, load_yaml
 
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    try:  # bounded: a regular file, no alias bomb, no deep nesting
+        values = load_yaml(path, what="config") or {}
+    except UnsafeFileError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     values.update(overrides or {})

@@ -15,6 +15,7 @@ from torch import nn
 from .balancers import make_balancer
 from .balancers.registry import BALANCERS
 from .config import ConfigError, TrainConfig
+from .finite import check_state
 from .models import ARCHITECTURES, MultiTaskModel, make_model
 from .registry import Registry, RegistryError
 from .tasks import Task
@@ -262,6 +263,9 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.run_dir) / "config.yaml").write_text(_yaml(asdict(cfg)))
     history = trainer.fit(data.train, cfg.epochs, val_data=data.val, resume=cfg.resume)
+    # a last step that overflowed (or NaN weights kept under skip_nonfinite) is a failure,
+    # not a table of NaN metrics at exit 0
+    check_state(model.state_dict(), "the trained model (lower lr, or check the data)")
     return {
         "config": asdict(cfg),
         "val": history[-1]["val"] if history else trainer.evaluate(data.val),

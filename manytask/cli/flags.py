@@ -11,9 +11,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import yaml
-
 from ..config import ConfigError, TrainConfig, config_from_mapping, load_config
+from ..files import UnsafeFileError, parse_yaml
 
 # dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
 PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch"}
@@ -141,11 +140,9 @@ def flag_values(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str,
                         f"--{PARAM_FLAGS[f.name]}-param expects KEY=VALUE, got {item!r}"
                     )
                 try:
-                    params[key] = yaml.safe_load(raw)
-                except yaml.YAMLError:
-                    raise ConfigError(
-                        f"--{PARAM_FLAGS[f.name]}-param {key}: {raw!r} is not a YAML value"
-                    ) from None
+                    params[key] = parse_yaml(raw, where=f"--{PARAM_FLAGS[f.name]}-param {key}")
+                except UnsafeFileError as err:  # not YAML, or a bomb: one line either way
+                    raise ConfigError(str(err)) from None
             value = params
         values[f.name] = value
     return values

@@ -22,6 +22,16 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("config", help="merge configuration (YAML)")
     parser.add_argument("output_dir", help="folder to write the merged model to")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT_DIR even if it holds files manytask did not write (they are lost)",
+    )
+    parser.add_argument(
+        "--allow-outside-links",
+        action="store_true",
+        help="follow links in input folders that lead outside them (refused by default)",
+    )
     parser.set_defaults(func=run_merge_command)
     return parser
 
@@ -56,13 +66,21 @@ def run_merge_command(args: argparse.Namespace) -> int:
     reuse_freed_memory()  # a process of its own: the process-wide setting is ours to make
     progress = Progress(sys.stderr)
     try:
-        report = merge(args.config, args.output_dir, progress=None if args.quiet else progress)
+        report = merge(
+            args.config,
+            args.output_dir,
+            progress=None if args.quiet else progress,
+            overwrite=args.overwrite,
+            allow_outside_links=args.allow_outside_links,
+        )
     except (ValueError, TypeError, FileNotFoundError) as err:
         progress.end()
         message = " ".join(str(err).split())
         print(f"manytask merge: error: {message}", file=sys.stderr)
         return 2
     progress.end()
+    for note in report.notes:
+        print(f"manytask merge: {note}", file=sys.stderr)
     if not args.quiet:
         print(
             f"merged {report.tensors} tensors ({report.total_bytes / 1e9:.2f} GB) into "

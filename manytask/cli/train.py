@@ -42,6 +42,14 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="plots, tables and an HTML page from bench runs")
     rep.add_argument("run_dirs", nargs="+", help="run directories of `manytask bench`")
     rep.add_argument("--out", help="output directory (default: the first run directory)")
+    rep.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="SETTING",
+        help="settings (e.g. epochs lr) allowed to differ between the runs; rows are labelled "
+        "with them. Runs differing in any other setting, or in tasks, are refused",
+    )
     rep.set_defaults(func=run_report)
 
 
@@ -92,7 +100,9 @@ def run_report(args: argparse.Namespace) -> int:
 
     from ..evaluation.report import report
 
-    made = report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    made = report(
+        [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, args.compare
+    )
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0

@@ -5,13 +5,21 @@ so that its peak memory is its own (read from the child's resource usage) and a 
 cell does not take the grid down. A cell is finished when its ``result.json`` exists (written
 atomically); a re-run skips finished cells. Single-task baselines (one run per task, equal
 weighting) are added when Δm needs them.
+
+Every cell's name and parameters are validated before the first cell runs
+(:func:`validate_cells`). A cell's folder is named by its full configuration (a digest of
+it), so a re-run with other flags never reuses a cell trained with the old ones. When any
+cell fails, the grid still runs the others, then raises :class:`CellsFailedError` with a
+summary (the command line exits non-zero).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,10 +30,18 @@ from typing import Any
 
 import yaml
 
-from ..config import TrainConfig, config_from_mapping
-from ..training.checkpoint import atomic_write_text
+from ..config import ConfigError, TrainConfig, config_from_mapping
+from ..files import atomic_write_text, load_json, load_yaml
 
 RESULT = "result.json"
+# A method or architecture name becomes part of a folder name: letters, digits, _ . - only.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Keys that differ per cell by design, or that do not change what a cell computes.
+PER_CELL = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress")
+
+
+class CellsFailedError(ValueError):
+    """Some cells of a bench failed; the message names them and their logs (one line)."""
 
 
 @dataclass(frozen=True)
@@ -59,28 +75,66 @@ def grid(
     return cells
 
 
-def cell_config(base: TrainConfig, cell: Cell, run_dir: Path) -> TrainConfig:
+def _cell_values(base: TrainConfig, cell: Cell) -> dict[str, Any]:
     values = dataclasses.asdict(base)
-    values.update(
-        balancer=cell.method,
-        arch=cell.arch,
-        seed=cell.seed,
-        run_dir=str(run_dir / "cells" / cell.key),
-        resume=True,  # an interrupted cell continues from its last epoch
-        progress=False,
-    )
+    values.update(balancer=cell.method, arch=cell.arch, seed=cell.seed, progress=False)
     if cell.method != base.balancer:
         values["balancer_params"] = {}
     if cell.single_task:
         values["tasks"] = [cell.single_task]
+    return values
+
+
+def cell_dir(run_dir: Path, base: TrainConfig, cell: Cell) -> Path:
+    """``run_dir/cells/KEY__DIGEST``: the digest is of everything the cell computes with, so
+    the same cell under other settings (epochs, data, ...) gets another folder."""
+    values = {k: v for k, v in _cell_values(base, cell).items()
+              if k not in ("run_dir", "resume", "progress")}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode())
+    return run_dir / "cells" / f"{cell.key}__{digest.hexdigest()[:10]}"
+
+
+def cell_config(base: TrainConfig, cell: Cell, run_dir: Path) -> TrainConfig:
+    values = _cell_values(base, cell)
+    # an interrupted cell continues from its last epoch
+    values.update(run_dir=str(cell_dir(run_dir, base, cell)), resume=True)
     return config_from_mapping(values, source=f"cell {cell.key}")
+
+
+def validate_cells(base: TrainConfig, cells: Sequence[Cell]) -> None:
+    """Every name and parameter of every cell, checked before the first cell runs."""
+    from ..balancers import available, build
+    from ..models import ARCHITECTURES
+    from ..run import DATASETS
+
+    if base.data not in DATASETS:
+        raise ConfigError(f"bench: unknown data {base.data!r}; choose from {DATASETS.names()}")
+    checked: set[str] = set()
+    for cell in cells:
+        for what, name in (("method", cell.method), ("architecture", cell.arch)):
+            if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"bench: {what} name {name!r} may hold only letters, digits, '_', '.' "
+                    "and '-' (it names the cell's folder)"
+                )
+        if cell.method not in available():
+            raise ConfigError(f"bench: unknown method {cell.method!r}; choose from {available()}")
+        if cell.arch not in ARCHITECTURES:
+            raise ConfigError(
+                f"bench: unknown architecture {cell.arch!r}; choose from {ARCHITECTURES.names()}"
+            )
+        if cell.method not in checked:  # its parameters, by building it once
+            params = base.balancer_params if cell.method == base.balancer else {}
+            build(cell.method, params)
+            checked.add(cell.method)
+        cell_config(base, cell, Path("."))  # the whole cell configuration
 
 
 def run_cell_here(config_path: Path) -> None:
     """Run one cell in this process and write its ``result.json`` (the subprocess entry)."""
     from ..run import train_from_config
 
-    cfg = config_from_mapping(yaml.safe_load(config_path.read_text()), source=str(config_path))
+    cfg = config_from_mapping(load_yaml(config_path, what="cell config"), source=str(config_path))
     began = time.perf_counter()
     results = train_from_config(cfg)
     trainer = results.pop("trainer")
@@ -119,30 +173,35 @@ def run_grid(
     *,
     echo: Any = print,
 ) -> list[dict[str, Any]]:
-    """Run every unfinished cell; return the results of all finished cells, in grid order."""
+    """Run every unfinished cell; return the results of all finished cells, in grid order.
+
+    Raises :class:`CellsFailedError` after the grid when any cell failed."""
+    validate_cells(base, cells)  # before the first cell: no baseline wasted on a typo
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "bench.yaml").write_text(
-        yaml.safe_dump(
-            {"base": dataclasses.asdict(base), "cells": [dataclasses.asdict(c) for c in cells]},
-            sort_keys=False,
-        )
-    )
-    todo = [c for c in cells if not (run_dir / "cells" / c.key / RESULT).exists()]
+    spec = {
+        "base": dataclasses.asdict(base),
+        "cells": [dataclasses.asdict(c) for c in cells],
+        "cell_dirs": [cell_dir(run_dir, base, c).name for c in cells],
+    }
+    atomic_write_text(run_dir / "bench.yaml", yaml.safe_dump(spec, sort_keys=False))
+    todo = [c for c in cells if not (cell_dir(run_dir, base, c) / RESULT).exists()]
+    failed: list[str] = []
     echo(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
     began = time.perf_counter()
     for i, cell in enumerate(todo):
         cfg = cell_config(base, cell, run_dir)
-        cell_dir = Path(str(cfg.run_dir))
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        config_path = cell_dir / "cell.yaml"
+        folder = Path(str(cfg.run_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        config_path = folder / "cell.yaml"
         config_path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        code, peak_mib = _run_subprocess(config_path, cell_dir / "log.txt")
-        if code != 0:
-            echo(f"bench: cell {cell.key} failed (exit {code}); see {cell_dir / 'log.txt'}")
+        code, peak_mib = _run_subprocess(config_path, folder / "log.txt")
+        if code != 0 or not (folder / RESULT).is_file():
+            echo(f"bench: cell {cell.key} failed (exit {code}); see {folder / 'log.txt'}")
+            failed.append(f"{cell.key} (exit {code}; log {folder / 'log.txt'})")
             continue
-        result = json.loads((cell_dir / RESULT).read_text())
+        result = load_json(folder / RESULT, what="cell result")
         result["peak_rss_mib"] = peak_mib
-        atomic_write_text(cell_dir / RESULT, json.dumps(result, indent=1))
+        atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
         done = i + 1
         elapsed = time.perf_counter() - began
         left = elapsed / done * (len(todo) - done)
@@ -150,19 +209,39 @@ def run_grid(
             f"bench: [{len(cells) - len(todo) + done}/{len(cells)}] {cell.key} "
             f"({result['wall_seconds']:.1f} s), about {left / 60:.1f} min left"
         )
-    return load_results(run_dir, cells)
+    if failed:
+        shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise CellsFailedError(
+            f"{len(failed)} of {len(cells)} cells failed: {shown}; finished cells are kept, "
+            "a re-run retries the failed ones"
+        )
+    return load_results(run_dir, cells, base)
 
 
-def load_results(run_dir: Path, cells: Sequence[Cell] | None = None) -> list[dict[str, Any]]:
+def read_spec(run_dir: Path) -> dict[str, Any]:
+    """The ``bench.yaml`` of a run folder (bounded loader), checked for its keys."""
+    spec = load_yaml(run_dir / "bench.yaml", what="bench spec")
+    if not isinstance(spec, dict) or not {"base", "cells"} <= set(spec):
+        raise ValueError(f"{run_dir / 'bench.yaml'}: not a bench spec (base and cells)")
+    return spec
+
+
+def load_results(
+    run_dir: Path, cells: Sequence[Cell] | None = None, base: TrainConfig | None = None
+) -> list[dict[str, Any]]:
     """Finished cells' results, each with its ``cell`` fields added."""
-    if cells is None:
-        spec = yaml.safe_load((run_dir / "bench.yaml").read_text())
-        cells = [Cell(**c) for c in spec["cells"]]
+    if cells is None or base is None:
+        spec = read_spec(run_dir)
+        try:
+            cells = [Cell(**c) for c in spec["cells"]]
+            base = config_from_mapping(spec["base"], source=str(run_dir / "bench.yaml"))
+        except TypeError as err:
+            raise ValueError(f"{run_dir / 'bench.yaml'}: malformed cells: {err}") from None
     out = []
     for cell in cells:
-        path = run_dir / "cells" / cell.key / RESULT
+        path = cell_dir(run_dir, base, cell) / RESULT
         if path.exists():
-            result = json.loads(path.read_text())
+            result = load_json(path, what="cell result")
             result["cell"] = dataclasses.asdict(cell)
             result["cell_dir"] = str(path.parent)
             out.append(result)

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..registry import short
 from .bench import load_results
+from .compare import check_comparable, settings_of
 from .summary import Row, _main_metric, directions_for, markdown, write_tables
 
 
@@ -286,16 +288,28 @@ def write_html(out: Path, title: str, table_md: str, images: Sequence[Path]) -> 
     return path
 
 
-def report(run_dirs: Sequence[Path], out: Path | None = None) -> dict[str, Path]:
-    """Write the tables, plots and ``report.html`` of one or more bench run directories."""
+def report(
+    run_dirs: Sequence[Path], out: Path | None = None, compare: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Write the tables, plots and ``report.html`` of one or more bench run directories.
+
+    Runs of different settings (data, epochs, ...) are refused unless ``compare`` names
+    every setting that differs; their rows are then labelled with those settings (and each
+    method compared with its own run's baselines). Runs of different task sets are refused.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
+    settings = settings_of(run_dirs)
+    per_run = [load_results(run_dir) for run_dir in run_dirs]
+    differ = check_comparable(run_dirs, settings, per_run, compare)
     results: list[dict[str, Any]] = []
-    for run_dir in run_dirs:
-        if not (run_dir / "bench.yaml").exists():
-            raise FileNotFoundError(f"{run_dir} is not a bench run directory (no bench.yaml)")
-        results += load_results(run_dir)
+    for setting, run_results in zip(settings, per_run, strict=True):
+        if differ:  # the arch label carries the setting: rows and baselines stay apart
+            tag = ", ".join(f"{k}={short(setting.get(k), 30)}" for k in differ)
+            for r in run_results:
+                r["cell"]["arch"] = f"{r['cell']['arch']} [{tag}]"
+        results += run_results
     if not results:
         raise ValueError(f"no finished cell in {', '.join(map(str, run_dirs))}")
     out = out or run_dirs[0]

@@ -282,12 +282,12 @@ def cosine_from_log(run_dir: str | Path) -> AffinityMatrix:
 def _logged_mode(run_dir: Path) -> str:
     """The gradient mode of a ``manytask train`` run (its ``config.yaml``); ``"exact"`` when
     the run has no config file (a Trainer used from Python; pass the kind yourself)."""
-    import yaml
+    from ..files import load_yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return "exact"
-    values = yaml.safe_load(path.read_text()) or {}
+    values = load_yaml(path, what="run config") or {}
     return str(values.get("mode", "exact")) if isinstance(values, dict) else "exact"
 
 

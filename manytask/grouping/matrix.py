@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..files import load_json, regular_file
+
 ORIENTATION = "values[i][j]: effect of task i (row, source) on task j (column, target)"
 
 
@@ -165,12 +167,12 @@ def read_matrices(path: str | Path) -> dict[str, AffinityMatrix]:
         path = path / "affinity.json"
     if not path.is_file():
         raise FileNotFoundError(f"no affinity matrix at {path}")
+    regular_file(path, what="affinity matrix")  # is_file() passes a link to /dev/zero
     if path.suffix == ".csv":
         return {"affinity": AffinityMatrix.read_csv(path)}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    data = load_json(path, what="affinity matrix")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: an affinity matrix file holds a JSON object")
     if "matrices" in data:
         return {kind: AffinityMatrix.from_dict(m, kind) for kind, m in data["matrices"].items()}
     matrix = AffinityMatrix.from_dict(data)

@@ -14,17 +14,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..files import UnsafeFileError, inside, parse_json, regular_file
 from .config import MergeConfig, parse_dtype
 from .engine import MemorySink, plan_tensors, run
 from .lora import LoraSource
 from .methods import get_method
 from .sources import Source, StateDictSource, is_lora_folder, open_source
-from .writer import MARKER, AtomicDirectory, OutputTensor, ShardedWriter
+from .writer import MANIFEST, MARKER, AtomicDirectory, OutputTensor, ShardedWriter
 
 # Files never copied from the base folder: weights and their indexes.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 _SKIP_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json",
-               "adapter_config.json", MARKER)
+               "adapter_config.json", MARKER, MANIFEST)
 
 
 @dataclass
@@ -36,22 +37,26 @@ class MergeReport:
     files: list[str]
     total_bytes: int
     seconds: float
+    notes: list[str]  # leftovers of killed writes recovered or removed before this one
 
 
-def _open_inputs(config: MergeConfig) -> tuple[Source | None, list[Source]]:
+def _open_inputs(
+    config: MergeConfig, allow_outside_links: bool = False
+) -> tuple[Source | None, list[Source]]:
+    opts = {"allow_pickle": config.allow_pickle, "allow_outside_links": allow_outside_links}
     base = None
     if config.base_model is not None:
         if is_lora_folder(Path(config.base_model)):
             raise ValueError(f"base_model {config.base_model!r} is a LoRA adapter, not a model")
-        base = open_source(config.base_model, allow_pickle=config.allow_pickle)
+        base = open_source(config.base_model, **opts)
     models: list[Source] = []
     for entry in config.models:
         if is_lora_folder(Path(entry.model)):
             if base is None:
                 raise ValueError(f"LoRA adapter {entry.model!r} needs a base_model")
-            models.append(LoraSource(entry.model, base, allow_pickle=config.allow_pickle))
+            models.append(LoraSource(entry.model, base, **opts))
         else:
-            models.append(open_source(entry.model, allow_pickle=config.allow_pickle))
+            models.append(open_source(entry.model, **opts))
     return base, models
 
 
@@ -77,20 +82,30 @@ def _check_output_apart(output_dir: str | os.PathLike[str], config: MergeConfig)
             )
 
 
-def _copy_model_files(source: Path, dest: Path, dtype: torch.dtype | None) -> list[str]:
-    """Copy config, tokenizer and other non-weight files; record the output dtype in config."""
+def _copy_model_files(
+    source: Path, dest: Path, dtype: torch.dtype | None, allow_outside_links: bool = False
+) -> list[str]:
+    """Copy config, tokenizer and other non-weight files; record the output dtype in config.
+
+    Anything else than a regular file (a pipe, a device, a dangling link) is refused by
+    name, and so is a link leading out of the base folder: its target would be copied into
+    the output."""
     copied = []
     for f in sorted(source.iterdir()):
-        if not f.is_file() or f.name in _SKIP_FILES or f.suffix in _WEIGHT_SUFFIXES:
+        if f.is_dir() or f.name in _SKIP_FILES or f.suffix in _WEIGHT_SUFFIXES:
             continue
+        inside(source, f.name, what="model file to copy", allow_outside=allow_outside_links)
+        regular_file(f, what="model file to copy")  # a pipe would block the copy forever
         shutil.copy2(f, dest / f.name)
         copied.append(f.name)
     cfg = dest / "config.json"
     if dtype is not None and cfg.is_file():
         try:
-            data = json.loads(cfg.read_text())
-        except ValueError:
+            data = parse_json(cfg.read_text(), where="config.json")
+        except (UnsafeFileError, UnicodeDecodeError):
             return copied  # not JSON we understand: leave it as the base had it
+        if not isinstance(data, dict):
+            return copied
         name = str(dtype).removeprefix("torch.")
         for key in ("torch_dtype", "dtype"):
             if key in data:
@@ -104,9 +119,15 @@ def merge(
     output_dir: str | os.PathLike[str],
     *,
     progress: Callable[[int, int, str], None] | None = None,
+    overwrite: bool = False,
+    allow_outside_links: bool = False,
 ) -> MergeReport:
     """Merge as ``config`` says (a :class:`MergeConfig`, its dict form, or a YAML path) into
     ``output_dir``, atomically: the folder appears complete or not at all.
+
+    ``output_dir`` may hold a previous merge (the files its manifest lists), which is then
+    replaced; any other file there is refused unless ``overwrite``. Files of an input
+    folder that are links out of it are refused unless ``allow_outside_links``.
 
     Everything is validated from headers before any tensor is read. Output: ``model.safetensors``
     or shards with ``model.safetensors.index.json``, the base's config and tokenizer files, and
@@ -122,8 +143,9 @@ def merge(
         cfg = MergeConfig.from_yaml(config)
     method = cfg.build_method()
     _check_output_apart(output_dir, cfg)
+    target = AtomicDirectory(output_dir, overwrite=overwrite)  # refuses before any read
     started = time.perf_counter()
-    base, models = _open_inputs(cfg)
+    base, models = _open_inputs(cfg, allow_outside_links)
     reference = base if base is not None else models[0]
     jobs = plan_tensors(
         reference,
@@ -133,7 +155,6 @@ def merge(
         dtype_mismatch=cfg.dtype_mismatch,
     )
     outputs = [OutputTensor(j.name, j.shape, j.out_dtype) for j in jobs]
-    target = AtomicDirectory(output_dir)
     with target as tmp:
         writer = ShardedWriter(tmp, outputs, cfg.shard_size)
         try:
@@ -144,7 +165,7 @@ def merge(
             raise
         folder = reference.folder()
         if cfg.copy_files and folder is not None:
-            _copy_model_files(folder, tmp, cfg.out_dtype)
+            _copy_model_files(folder, tmp, cfg.out_dtype, allow_outside_links)
         (tmp / MARKER).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return MergeReport(
         output_dir=target.target,
@@ -152,6 +173,7 @@ def merge(
         files=writer.files,
         total_bytes=writer.total_size,
         seconds=time.perf_counter() - started,
+        notes=target.notes,
     )
 
 

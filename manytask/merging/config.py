@@ -29,11 +29,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..files import load_yaml
+from ..registry import short
 from .methods import MergeMethod, get_method
 
 DTYPES: dict[str, torch.dtype] = {
@@ -66,23 +67,23 @@ def _unknown(keys: Any, allowed: tuple[str, ...], where: str) -> None:
         hints = []
         for k in extra:
             close = difflib.get_close_matches(str(k), allowed, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints.append(short(k) + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}; allowed: {list(allowed)}")
 
 
 def parse_size(value: Any, where: str) -> int:
     """Bytes from an int or a string like ``"5GB"`` / ``"500MiB"``."""
     if isinstance(value, bool):
-        raise TypeError(f"{where} must be a size, got {value!r}")
+        raise TypeError(f"{where} must be a size, got {short(value)}")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", value.upper())
         if m is None:
-            raise ValueError(f"{where} must look like 5GB or 500MiB, got {value!r}")
+            raise ValueError(f"{where} must look like 5GB or 500MiB, got {short(value)}")
         size = int(float(m.group(1)) * _UNITS[m.group(2) or ""])
     else:
-        raise TypeError(f"{where} must be a size, got {value!r}")
+        raise TypeError(f"{where} must be a size, got {short(value)}")
     if size <= 0:
         raise ValueError(f"{where} must be positive, got {value!r}")
     return size
@@ -90,10 +91,10 @@ def parse_size(value: Any, where: str) -> int:
 
 def parse_dtype(value: Any, where: str) -> torch.dtype:
     if not isinstance(value, str):
-        raise TypeError(f"{where} must be a dtype name, got {value!r}")
+        raise TypeError(f"{where} must be a dtype name, got {short(value)}")
     name = _DTYPE_ALIASES.get(value, value)
     if name not in DTYPES:
-        raise ValueError(f"{where} must be one of {list(DTYPES)}, got {value!r}")
+        raise ValueError(f"{where} must be one of {list(DTYPES)}, got {short(value)}")
     return DTYPES[name]
 
 
@@ -128,10 +129,10 @@ class MergeConfig:
                              ("dtype_mismatch", ("error", "cast"))):
             value = getattr(self, key)
             if value not in choices:
-                raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+                raise ValueError(f"{key} must be one of {list(choices)}, got {short(value)}")
         for key in ("allow_pickle", "copy_files"):
             if not isinstance(getattr(self, key), bool):
-                raise TypeError(f"{key} must be true or false, got {getattr(self, key)!r}")
+                raise TypeError(f"{key} must be true or false, got {short(getattr(self, key))}")
         self.build_method()  # validates every method parameter now, before any I/O
 
     @property
@@ -141,7 +142,7 @@ class MergeConfig:
     def build_method(self) -> MergeMethod:
         cls = get_method(self.merge_method)
         if cls.base == "required" and self.base_model is None:
-            raise ValueError(f"merge method {self.merge_method!r} needs a base_model")
+            raise ValueError(f"merge method {short(self.merge_method)} needs a base_model")
         return cls(
             self.parameters,
             [m.parameters for m in self.models],
@@ -160,7 +161,7 @@ class MergeConfig:
             raise ValueError("merge config: 'merge_method' is required")
         method = data["merge_method"]
         if not isinstance(method, str):
-            raise TypeError(f"merge config: merge_method must be a string, got {method!r}")
+            raise TypeError(f"merge config: merge_method must be a string, got {short(method)}")
         raw_models = data.get("models")
         if not isinstance(raw_models, list) or not raw_models:
             raise ValueError("merge config: 'models' must be a non-empty list")
@@ -173,7 +174,7 @@ class MergeConfig:
             base = base_entry.model
         params = data.get("parameters") or {}
         if not isinstance(params, Mapping):
-            raise TypeError(f"parameters must be a mapping, got {params!r}")
+            raise TypeError(f"parameters must be a mapping, got {short(params)}")
         kwargs: dict[str, Any] = {k: data[k] for k in
                                   ("dtype", "embed_mismatch", "dtype_mismatch", "allow_pickle",
                                    "copy_files") if k in data}
@@ -183,17 +184,8 @@ class MergeConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> MergeConfig:
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: invalid YAML: {err}") from None
-        except OSError as err:  # missing, a folder, unreadable: say which and why, in one line
-            raise ValueError(f"cannot read merge config {str(path)!r}: {err.strerror}") from None
-        except UnicodeDecodeError as err:
-            raise ValueError(f"merge config {str(path)!r} is not UTF-8 text: {err}") from None
-        return cls.from_dict(data)
+        # bounded: a regular file, no alias bomb, no deep nesting (errors are one line)
+        return cls.from_dict(load_yaml(path, what="merge config"))
 
 
 def _model_entry(value: Any, where: str) -> ModelEntry:
@@ -206,8 +198,8 @@ def _model_entry(value: Any, where: str) -> ModelEntry:
         raise ValueError(f"{where}: 'model' (its path) is required")
     model = value["model"]
     if not isinstance(model, str | os.PathLike):
-        raise TypeError(f"{where}: model must be a path, got {model!r}")
+        raise TypeError(f"{where}: model must be a path, got {short(model)}")
     params = value.get("parameters") or {}
     if not isinstance(params, Mapping):
-        raise TypeError(f"{where}: parameters must be a mapping, got {params!r}")
+        raise TypeError(f"{where}: parameters must be a mapping, got {short(params)}")
     return ModelEntry(os.fspath(model), dict(params))

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from ..finite import NonFiniteTensorError, check_finite
 from .methods import Chunk, MergeMethod
 from .selection import OrderStatistics, select
 from .sources import Source, TensorInfo
@@ -32,10 +33,6 @@ CACHE_ELEMENTS = 1 << 22
 SAMPLE_ROWS = 256
 VOCAB_NAMES = re.compile(r"(embed|wte|word_embeddings|lm_head|tok_embeddings|shared\.weight"
                          r"|(^|\.)output\.weight$)")
-
-
-class NonFiniteTensorError(ValueError):
-    """An input tensor holds NaN or inf."""
 
 
 class Sink(Protocol):
@@ -305,7 +302,7 @@ class MemorySink:
         self._parts[name] = []
 
     def write(self, rows: Tensor) -> None:
-        self._parts[self._current].append(rows)
+        self._parts[self._current].append(check_finite(rows, self._current, "merge output"))
 
     def result(self) -> dict[str, Tensor]:
         out = {}

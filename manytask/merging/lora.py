@@ -18,7 +18,6 @@ this form and are rejected with an explanation.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ..files import inside, load_json, regular_file
+from ..registry import short
 from .sources import Source, TensorInfo, load_pickle
 
 PREFIX = "base_model.model."
@@ -57,12 +58,31 @@ def _strip(key: str) -> str:
     return key.replace(".modules_to_save.default", "").replace(".modules_to_save", "")
 
 
+# Characters that make a pattern key a regular expression rather than a module name ('.'
+# is the separator of module names and is taken literally).
+_REGEX_CHARS = frozenset("*+?()[]{}|^$\\")
+PATTERN_KEYS = ("alpha_pattern", "rank_pattern")
+
+
+def pattern_matches(pattern: str, module: str) -> bool:
+    r"""PEFT's rule for ``alpha_pattern``/``rank_pattern`` keys that are module names
+    (``peft.utils.other.get_pattern_key``: ``re.match(rf"(.*\.)?({key})$", name)``): the key
+    is the module's full name or a dotted suffix of it. Plain string comparison, linear in
+    the name: no pattern from a file can stall the merge."""
+    return module == pattern or module.endswith("." + pattern)
+
+
+def pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
+    """The value of the first key (in file order, as PEFT) matching ``module``."""
+    for pattern, value in patterns.items():
+        if pattern_matches(pattern, module):
+            return float(value)
+    return default
+
+
 def _alpha_for(module: str, config: dict[str, object]) -> float:
     patterns: dict[str, float] = config.get("alpha_pattern") or {}  # type: ignore[assignment]
-    for pattern, alpha in patterns.items():
-        if re.fullmatch(rf"(.*\.)?{pattern}", module):
-            return float(alpha)
-    return float(config.get("lora_alpha", 8))  # type: ignore[arg-type]
+    return pattern_value(patterns, module, float(config.get("lora_alpha", 8)))  # type: ignore[arg-type]
 
 
 def _check_adapter_config(config: object, label: str) -> None:
@@ -74,36 +94,49 @@ def _check_adapter_config(config: object, label: str) -> None:
         raise ValueError(
             f"{label}: adapter_config.json: lora_alpha must be a number, got {alpha!r}"
         )
-    patterns = config.get("alpha_pattern") or {}
+    rank = config.get("r", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{label}: adapter_config.json: r must be a positive integer, got "
+                         f"{short(rank)}")
+    for key in PATTERN_KEYS:
+        _check_patterns(config.get(key) or {}, key, label)
+
+
+def _check_patterns(patterns: object, key: str, label: str) -> None:
+    where = f"{label}: adapter_config.json: {key}"
     if not isinstance(patterns, dict):
-        raise ValueError(f"{label}: adapter_config.json: alpha_pattern must be an object")
+        raise ValueError(f"{where} must be an object")
     for pattern, value in patterns.items():
+        name = short(pattern)
         if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}[{name}] must be a number, got {short(value)}")
+        if not math.isfinite(value) or (key == "rank_pattern" and value < 1):
+            raise ValueError(f"{where}[{name}] must be a positive finite number, got {value}")
+        if not pattern or _REGEX_CHARS & set(pattern):
             raise ValueError(
-                f"{label}: adapter_config.json: alpha_pattern[{pattern!r}] must be a number, "
-                f"got {value!r}"
+                f"{where} key {name} is not a module name; keys are matched as PEFT matches "
+                "module names (the full name or a dotted suffix), regular expressions are "
+                "refused"
             )
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise ValueError(
-                f"{label}: adapter_config.json: alpha_pattern key {pattern!r} is not a regular "
-                f"expression: {err}"
-            ) from None
 
 
 class LoraSource(Source):
     """A PEFT LoRA adapter folder applied to ``base``, seen as a full checkpoint."""
 
-    def __init__(self, folder: str | Path, base: Source, *, allow_pickle: bool = False):
+    def __init__(
+        self,
+        folder: str | Path,
+        base: Source,
+        *,
+        allow_pickle: bool = False,
+        allow_outside_links: bool = False,
+    ):
         self._dir = Path(folder)
         self.label = str(folder)
         self._base = base
         self.fresh = False  # modules_to_save tensors are returned as views
-        try:
-            config = json.loads((self._dir / "adapter_config.json").read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{self.label}: cannot read adapter_config.json: {err}") from None
+        self._allow_outside = allow_outside_links
+        config = load_json(self._own("adapter_config.json"), what=f"{self.label}: adapter config")
         _check_adapter_config(config, self.label)
         if config.get("use_dora"):
             raise TypeError(
@@ -146,6 +179,15 @@ class LoraSource(Source):
                     "adapter); only linear and embedding adapters are task vectors B @ A here"
                 )
             r = a.shape[0]
+            if r < 1:
+                raise ValueError(f"{self.label}: module {module!r} has a rank-0 LoRA adapter")
+            ranks: dict[str, float] = config.get("rank_pattern") or {}
+            want = pattern_value(ranks, module, float(config.get("r", r)))
+            if want != r:
+                raise ValueError(
+                    f"{self.label}: module {module!r} has rank {r} in its tensors but "
+                    f"{want:g} in adapter_config.json (r / rank_pattern)"
+                )
             if b.shape[1] != r:
                 raise ValueError(
                     f"{self.label}: module {module!r}: A is {tuple(a.shape)} but B is "
@@ -156,11 +198,18 @@ class LoraSource(Source):
             self._factors[module + ".weight"] = _Factor(a, b, scale, embedding or fan_in_fan_out)
         self._check_against_base()
 
+    def _own(self, name: str) -> Path:
+        """A file of the adapter folder: a regular file, not a link out of the folder."""
+        path = inside(self._dir, name, what=f"{self.label}: file",
+                      allow_outside=self._allow_outside)
+        return regular_file(path, what=f"{self.label}: file")
+
     def _load(self, allow_pickle: bool) -> dict[str, Tensor]:
         st = self._dir / "adapter_model.safetensors"
-        if st.is_file():
+        if st.exists():
             from safetensors.torch import load_file
 
+            st = self._own(st.name)
             try:
                 return load_file(str(st))
             except Exception as err:  # safetensors raises its own error types
@@ -168,7 +217,8 @@ class LoraSource(Source):
                     f"{self.label}: {str(st)!r} is not a valid safetensors file: {err}"
                 ) from None
         pk = self._dir / "adapter_model.bin"
-        if pk.is_file():
+        if pk.exists():
+            pk = self._own(pk.name)
             if not allow_pickle:
                 raise ValueError(
                     f"{self.label}: adapter weights are a PyTorch pickle (adapter_model.bin); "

@@ -19,10 +19,7 @@ Supported inputs (:func:`open_source`):
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..files import inside, load_json, regular_file
+from .pickles import load_pickle, pickle_hint
 
 # safetensors header dtype names -> torch dtypes.
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -116,14 +116,13 @@ class SafetensorsSource(Source):
         self._handles: dict[Path, Any] = {}
         self._where: dict[str, Path] = {}
         for path in paths:
-            if not path.is_file():
-                raise ValueError(f"{label}: weight file {str(path)!r} does not exist")
+            regular_file(path, what=f"{label}: weight file")
             try:
                 handle = safe_open(str(path), framework="pt")
             except Exception as err:  # safetensors raises its own error types
                 raise ValueError(
                     f"{label}: {str(path)!r} is not a valid safetensors file: {err}"
-                    f"{_pickle_hint(path)}"
+                    f"{pickle_hint(path)}"
                 ) from None
             self._handles[path] = handle
             for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
@@ -205,51 +204,12 @@ class StateDictSource(Source):
         return self._folder
 
 
-def load_pickle(path: Path, label: str) -> dict[str, Tensor]:
-    """Load a PyTorch checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
-    try:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            # Legacy (non-zip) files cannot be memory-mapped; still weights-only.
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only refused an object that is not a tensor or a plain container: the file
-        # asks to run code (or build arbitrary classes) when loaded. Never retry without it.
-        reason = _unpickler_reason(str(err)) or type(err).__name__
-        raise ValueError(
-            f"{label}: {str(path)!r} refused: it holds objects other than tensors, which "
-            f"torch.load(weights_only=True) will not build ({reason})"
-        ) from None
-    except Exception as err:  # truncated zip, junk bytes: torch raises many error types
-        raise ValueError(
-            f"{label}: {str(path)!r} is not a readable PyTorch checkpoint "
-            f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''})"
-        ) from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{label}: {str(path)!r} does not hold a state dict")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-
-
-def _unpickler_reason(message: str) -> str:
-    """The one informative sentence of torch's weights-only refusal (which global or opcode
-    it refused), without the advice around it - part of which is to disable the check."""
-    parts = [" ".join(p.split()) for p in re.split(r"\n\s*\n", message)]
-    kept = [
-        p.split("WeightsUnpickler error:")[-1].strip()
-        for p in parts[1:]
-        if p and not p.startswith("Check the documentation")
-    ]
-    return "; ".join(k for k in kept if k)
-
-
-def _read_index(path: Path, label: str) -> dict[str, Path]:
-    try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{label}: cannot read shard index {str(path)!r}: {err}") from None
+def _read_index(path: Path, label: str, allow_outside: bool) -> dict[str, Path]:
+    index = load_json(inside(path.parent, path.name, what=f"{label}: shard index",
+                             allow_outside=allow_outside), what=f"{label}: shard index")
+    if not isinstance(index, dict) or "weight_map" not in index:
+        raise ValueError(f"{label}: shard index {str(path)!r} has no 'weight_map'")
+    weight_map = index["weight_map"]
     if not isinstance(weight_map, dict):
         raise ValueError(f"{label}: 'weight_map' in {str(path)!r} is not a mapping")
     for key, shard in weight_map.items():
@@ -259,7 +219,10 @@ def _read_index(path: Path, label: str) -> dict[str, Path]:
                 f"{label}: shard index {str(path)!r} places tensor {key!r} in {shard!r}; "
                 "shards must be plain file names in the model folder"
             )
-    return {k: path.parent / v for k, v in weight_map.items()}
+    # A shard named by the index may be a link out of the model folder: refused, by name.
+    shards = {v: inside(path.parent, v, what=f"{label}: shard", allow_outside=allow_outside)
+              for v in set(weight_map.values())}
+    return {k: shards[v] for k, v in weight_map.items()}
 
 
 def _plain_file_name(name: str) -> bool:
@@ -274,45 +237,36 @@ def _plain_file_name(name: str) -> bool:
     )
 
 
-# First bytes of the two PyTorch pickle formats: a zip archive (torch.save since 1.6), or a
-# bare pickle stream (protocol 2+ starts with 0x80 and the protocol number).
-_ZIP_MAGIC = b"PK\x03\x04"
-
-
-def _pickle_hint(path: Path) -> str:
-    """A hint when a file offered as safetensors is really a PyTorch pickle."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return ""
-    if head.startswith(_ZIP_MAGIC) or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5):
-        return (
-            " (it looks like a PyTorch pickle checkpoint; pickles are refused by default: to "
-            "load one with torch.load(weights_only=True), name it .bin or .pt and set "
-            "allow_pickle)"
-        )
-    return ""
-
-
 def is_lora_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "adapter_config.json").is_file()
+    # exists(), not is_file(): a pipe named adapter_config.json is refused by name later
+    return path.is_dir() and (path / "adapter_config.json").exists()
 
 
-def open_source(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Source:
-    """Open a checkpoint file or Hugging Face model folder (not a LoRA adapter: see ``lora``)."""
+def open_source(
+    path: str | os.PathLike[str],
+    *,
+    allow_pickle: bool = False,
+    allow_outside_links: bool = False,
+) -> Source:
+    """Open a checkpoint file or Hugging Face model folder (not a LoRA adapter: see ``lora``).
+
+    Files of a folder (weights, shards named by its index) that are links leading out of it
+    are refused unless ``allow_outside_links``; anything not a regular file is refused
+    before it is opened.
+    """
     p = Path(path)
     label = str(path)
-    source = _open_source(p, label, allow_pickle)
+    source = _open_source(p, label, allow_pickle, allow_outside_links)
     if not source.keys():
         raise ValueError(f"{label}: the checkpoint holds no tensor")
     return source
 
 
-def _open_source(p: Path, label: str, allow_pickle: bool) -> Source:
+def _open_source(p: Path, label: str, allow_pickle: bool, allow_outside: bool) -> Source:
     if not p.exists():
         raise ValueError(f"model path {label!r} does not exist")
-    if p.is_file():
+    if not p.is_dir():
+        regular_file(p, what="model file")  # a pipe or device would block on open
         if p.suffix == ".safetensors":
             return SafetensorsSource(p, label=label)
         if p.suffix in PICKLE_SUFFIXES:
@@ -320,17 +274,22 @@ def _open_source(p: Path, label: str, allow_pickle: bool) -> Source:
         raise ValueError(f"{label}: unknown checkpoint format {p.suffix!r}")
     if is_lora_folder(p):
         raise ValueError(f"{label} is a LoRA adapter folder; it needs a base model")
-    if (p / SAFETENSORS_INDEX).is_file():
-        return SafetensorsSource(_read_index(p / SAFETENSORS_INDEX, label), label=label, folder=p)
-    if (p / SAFETENSORS_SINGLE).is_file():
-        return SafetensorsSource(p / SAFETENSORS_SINGLE, label=label, folder=p)
+    def own(name: str) -> Path:
+        return inside(p, name, what=f"{label}: file", allow_outside=allow_outside)
+
+    if _present(p / SAFETENSORS_INDEX):
+        files = _read_index(p / SAFETENSORS_INDEX, label, allow_outside)
+        return SafetensorsSource(files, label=label, folder=p)
+    if _present(p / SAFETENSORS_SINGLE):
+        return SafetensorsSource(own(SAFETENSORS_SINGLE), label=label, folder=p)
     singles = sorted(p.glob("*.safetensors"))
     if len(singles) == 1:
-        return SafetensorsSource(singles[0], label=label, folder=p)
-    if (p / PICKLE_INDEX).is_file():
-        return _pickle_source(_read_index(p / PICKLE_INDEX, label), label, p, allow_pickle)
-    if (p / PICKLE_SINGLE).is_file():
-        return _pickle_source({PICKLE_SINGLE: p / PICKLE_SINGLE}, label, p, allow_pickle)
+        return SafetensorsSource(own(singles[0].name), label=label, folder=p)
+    if _present(p / PICKLE_INDEX):
+        files = _read_index(p / PICKLE_INDEX, label, allow_outside)
+        return _pickle_source(files, label, p, allow_pickle)
+    if _present(p / PICKLE_SINGLE):
+        return _pickle_source({PICKLE_SINGLE: own(PICKLE_SINGLE)}, label, p, allow_pickle)
     raise ValueError(
         f"{label}: no {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX} or single .safetensors file found"
     )
@@ -353,6 +312,12 @@ def _pickle_source(
                 raise ValueError(f"{label}: tensor {key!r} appears in two shards")
             tensors[key] = value
     return StateDictSource(tensors, label=label, folder=folder)
+
+
+def _present(path: Path) -> bool:
+    """``path`` is there as something other than a folder (a pipe named like a weight file
+    counts: it is then refused by name, not skipped)."""
+    return path.exists() and not path.is_dir()
 
 
 def iter_rows(n_rows: int, rows_per_chunk: int) -> Iterator[tuple[int, int]]:

@@ -24,6 +24,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
+from ..finite import check_finite
 from .sources import SAFETENSORS_DTYPES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
@@ -104,12 +105,16 @@ class ShardedWriter:
             self._open_shard = shard
         self._remaining = t.nbytes
         self._dtype = t.dtype
+        self._name = t.name
 
     def write(self, rows: Tensor) -> None:
         """Append the next rows of the current tensor."""
         assert self._file is not None
         if rows.dtype != self._dtype:
             raise RuntimeError(f"expected {self._dtype}, got {rows.dtype}")
+        # Finite inputs can still merge to inf (a float16 output, a huge lambda): refused
+        # here, in the temporary folder, so nothing is written.
+        check_finite(rows, self._name, "merge output")
         data = rows.contiguous().reshape(-1).view(torch.uint8).numpy()
         if data.nbytes > self._remaining:
             raise RuntimeError("more data than the tensor's declared size")
@@ -135,25 +140,93 @@ class ShardedWriter:
         self._close_file()
 
 
+MANIFEST = "manytask_manifest.json"
+"""The list of files a merge wrote into its output folder: a later merge replaces that folder
+only if it holds nothing else (or the user says ``--overwrite``)."""
+
+
+def _between_renames() -> None:
+    """Nothing; the fault tests replace it to simulate a kill while a result is replaced."""
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` when
+    the system or file system cannot, and then nothing was changed."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def written_files(folder: Path) -> list[str]:
+    """Relative paths of the files under ``folder``, sorted."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of ``folder`` its manifest does not list (everything, when it has none)."""
+    from ..files import UnsafeFileError, load_json
+
+    manifest = folder / MANIFEST
+    listed: set[str] = set()
+    if manifest.exists():
+        try:
+            data = load_json(manifest, what="output manifest")
+        except UnsafeFileError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("files"), list):
+            listed = {f for f in data["files"] if isinstance(f, str)}
+    if not listed:
+        return sorted(p.name for p in folder.iterdir())
+    parents = {str(q) for f in listed for q in Path(f).parents}  # folders of listed files
+    foreign = []
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if rel == MANIFEST or rel in listed or (rel in parents and p.is_dir()):
+            continue
+        foreign.append(rel)
+    return foreign
+
+
 class AtomicDirectory:
     """A temporary sibling of ``target`` that replaces it only when the block succeeds.
 
-    ``target`` must not exist, be an empty directory, or hold a previous manytask merge (its
-    ``manytask_merge.yaml`` marker): we never replace a folder we did not write. On failure
-    the temporary directory is removed and ``target`` is left as it was. The replacement of a
-    previous result is two renames (old aside, new in place), then the old copy is deleted.
+    ``target`` must not exist, be an empty folder, or hold only files a previous merge wrote
+    (listed in its ``manytask_manifest.json``), unless ``overwrite``: we never replace a folder
+    holding the user's own files unasked. On failure the temporary folder is removed and
+    ``target`` is left as it was.
+
+    A previous result is replaced by one atomic exchange of the two folders where the system
+    has it (Linux ``renameat2``), so that at every instant one complete result is in place;
+    elsewhere by two renames (old aside as ``.NAME.old-*``, new in). Leftovers of a write
+    killed at any point are recovered at the next start (see :func:`recover`).
     """
 
-    def __init__(self, target: str | os.PathLike[str]):
+    def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False):
         self.target = Path(target).absolute()
+        self.notes = recover(self.target)
         if self.target.exists():
             if not self.target.is_dir():
                 raise ValueError(f"output path {str(self.target)!r} exists and is not a folder")
-            entries = list(self.target.iterdir())
-            if entries and not (self.target / MARKER).is_file():
+            foreign = foreign_entries(self.target)
+            if foreign and not overwrite:
+                shown = ", ".join(repr(f) for f in foreign[:3])
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
                 raise ValueError(
-                    f"output folder {str(self.target)!r} is not empty and does not hold a "
-                    "previous manytask merge; choose a new or empty folder"
+                    f"output folder {str(self.target)!r} holds files manytask did not write "
+                    f"({shown}{more}); choose a new or empty folder, or pass --overwrite "
+                    "(overwrite=True) to replace the folder and everything in it"
                 )
         self.path: Path | None = None
 
@@ -174,11 +247,45 @@ class AtomicDirectory:
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
+        files = written_files(self.path)
+        manifest = {"written_by": "manytask merge", "files": files}
+        (self.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
         os.chmod(self.path, 0o755)  # mkdtemp makes it private
-        if self.target.exists():
+        if not self.target.exists():
+            os.rename(self.path, self.target)
+        elif _exchange(self.path, self.target):
+            # the old result now sits at the temporary path: one step, never neither
+            _between_renames()
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
             old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(self.target, old)
+            _between_renames()
             os.rename(self.path, self.target)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.path, self.target)
+
+
+def recover(target: Path) -> list[str]:
+    """Repair what a killed write left beside ``target``; return one note per action.
+
+    A missing ``target`` with an ``.NAME.old-*`` sibling was killed between its two renames:
+    the old result is renamed back. Every other ``.NAME.partial-*`` (a killed write, or the
+    old result after an exchange) and ``.NAME.old-*`` (a replaced result) is removed.
+    """
+    parent, name = target.parent, target.name
+    if not parent.is_dir():
+        return []
+    olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
+    partials = list(parent.glob(f".{name}.partial-*"))
+    notes = []
+    if olds and not target.exists():
+        os.rename(olds[-1], target)
+        notes.append(
+            f"restored the previous result {str(target)!r} from {olds[-1].name} "
+            "(a write was killed between its renames)"
+        )
+        olds = olds[:-1]
+    for left in [*olds, *partials]:
+        shutil.rmtree(left, ignore_errors=True)
+        notes.append(f"removed {left.name}, left by a killed or replaced write of {name!r}")
+    return notes

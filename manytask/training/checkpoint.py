@@ -26,7 +26,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..files import UnsafeFileError, inside, load_json, read_text, regular_file
+from ..finite import check_like, check_state
+
 LATEST = "latest"
+_OWN = "(a run's checkpoints and their files must lie in its own folder)"
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -126,10 +130,15 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{epoch:04d}"
+    opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
+    # An overflowing last step leaves inf weights or moments: refused before any write.
+    # (Not the balancer's: NaN and inf are its sentinels, DWA's "not measured yet" and
+    # STCH's initial ideal point.)
+    for what, part in (("model", model.state_dict()), ("optimizer", opt_tensors)):
+        check_state(part, f"checkpoint of epoch {epoch}: {what}")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
         save_file(_tensors(model.state_dict()), tmp / "model.safetensors")
-        opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
         save_file(_tensors(opt_tensors), tmp / "optimizer.safetensors")
         save_file(_tensors(balancer.state_dict()), tmp / "balancer.safetensors")
         rng_tensors, rng_meta = rng_state()
@@ -164,16 +173,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not pointer.exists():
         return None
     try:
-        name = pointer.read_text().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"cannot read {pointer}: {err}") from None
+        name = read_text(pointer, what="checkpoint pointer", limit=4096).strip()
+    except UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
     if not _CHECKPOINT_NAME.fullmatch(name):
         # A hand-edited or hostile pointer ("../../elsewhere") must not lead resume outside
         # the run's own checkpoints.
         raise CheckpointError(
             f"{pointer} names {name[:80]!r}, not a checkpoint of this run (epoch-NNNN)"
         )
-    path = pointer.parent / name
+    try:  # a checkpoint folder linked from elsewhere is not this run's
+        path = inside(pointer.parent, name, what="checkpoint", hint=_OWN)
+    except UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
     if not (path / "state.json").exists():
         raise CheckpointError(f"{pointer} names {path.name}, which is missing or incomplete")
     return path
@@ -207,12 +219,17 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer, balancer and RNG states from ``path``; return ``state.json``."""
     path = Path(path)
+
+    def own(name: str) -> Path:  # a regular file of the checkpoint folder, never a link out
+        found = inside(path, name, what="checkpoint file", hint=_OWN)
+        return regular_file(found, what="checkpoint file")
+
     try:
-        state: dict[str, Any] = json.loads((path / "state.json").read_text())
-        model_state = load_file(path / "model.safetensors")
-        opt_tensors = load_file(path / "optimizer.safetensors")
-        balancer_state = load_file(path / "balancer.safetensors")
-        rng_tensors = load_file(path / "rng.safetensors")
+        state: dict[str, Any] = load_json(own("state.json"), what="checkpoint state")
+        model_state = load_file(own("model.safetensors"))
+        opt_tensors = load_file(own("optimizer.safetensors"))
+        balancer_state = load_file(own("balancer.safetensors"))
+        rng_tensors = load_file(own("rng.safetensors"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
     except SafetensorError as err:  # truncated or corrupted tensor file
@@ -227,6 +244,11 @@ def load_checkpoint(
     # a mismatch, which would leave the model half restored.
     # (The balancer is left to its own load_state_dict: some size their buffers lazily.)
     _check_matches(model, model_state, "model", path)
+    try:  # an altered dtype would load as garbage bits; NaN/inf would train on as NaN
+        check_like(model_state, model.state_dict(), f"checkpoint {path}: model")
+        check_state(opt_tensors, f"checkpoint {path}: optimizer")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     try:
         opt_state = _join_optimizer_state(opt_tensors, state["optimizer"])
     except (ValueError, KeyError, TypeError, AttributeError) as err:

@@ -117,7 +117,7 @@ def test_misspelt_balancer_param_is_reported_before_any_data_is_read(tmp_path: P
     (["--balancer", "mgda", "--balancer-param", "normalization=loss++"], "did you mean 'loss+'"),
     (["--balancer", "upgrade"], "unknown balancer 'upgrade' (did you mean 'upgrad'?)"),
     (["--data", "census2"], "unknown data set 'census2'"),
-    (["--arch", "mmoe", "--arch-param", "n_experts=[1"], "is not a YAML value"),
+    (["--arch", "mmoe", "--arch-param", "n_experts=[1"], "is not valid YAML"),
 ])
 def test_config_names_and_parameters_are_one_line_errors(flags: list[str], needle: str,
                                                          tmp_path: Path, capsys) -> None:

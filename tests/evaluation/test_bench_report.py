@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from manytask.config import config_from_mapping
-from manytask.evaluation.bench import RESULT, grid, run_grid
+from manytask.evaluation.bench import RESULT, cell_dir, grid, run_grid
 from manytask.evaluation.report import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,14 +30,14 @@ def test_grid_resumes_and_report_is_self_contained(tmp_path: Path) -> None:
     messages: list[str] = []
     results = run_grid(base, cells, tmp_path, echo=messages.append)
     assert len(results) == 4
-    stamps = {c.key: (tmp_path / "cells" / c.key / RESULT).stat().st_mtime_ns for c in cells}
+    stamps = {c.key: (cell_dir(tmp_path, base, c) / RESULT).stat().st_mtime_ns for c in cells}
 
-    (tmp_path / "cells" / cells[3].key / RESULT).unlink()  # as if that cell had been killed
+    (cell_dir(tmp_path, base, cells[3]) / RESULT).unlink()  # as if that cell had been killed
     messages.clear()
     run_grid(base, cells, tmp_path, echo=messages.append)
     assert messages[0] == "bench: 4 cells, 3 already done, 1 to run"
     for cell in cells[:3]:
-        assert (tmp_path / "cells" / cell.key / RESULT).stat().st_mtime_ns == stamps[cell.key]
+        assert (cell_dir(tmp_path, base, cell) / RESULT).stat().st_mtime_ns == stamps[cell.key]
 
     made = report([tmp_path])
     for name in ("curves", "weights", "cosine", "pareto", "delta_m"):

@@ -43,10 +43,12 @@ def configs(tmp_path: Path) -> tuple[Path, Path]:
     return _config(tmp_path, 0.5), _config(tmp_path, 0.8)
 
 
-def _run(config: Path, out: Path, stall: Path | None = None) -> subprocess.Popen[str]:
+def _run(
+    config: Path, out: Path, stall: Path | None = None, flag: str = "--stall"
+) -> subprocess.Popen[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
-    extra = [] if stall is None else ["--stall", str(stall)]
+    extra = [] if stall is None else [flag, str(stall)]
     return subprocess.Popen(
         [sys.executable, str(HERE / "_merge.py"), str(config), str(out), *extra],
         env=env,
@@ -56,8 +58,8 @@ def _run(config: Path, out: Path, stall: Path | None = None) -> subprocess.Popen
     )
 
 
-def _kill_while_writing(config: Path, out: Path, marker: Path) -> None:
-    proc = _run(config, out, stall=marker)
+def _kill_while_writing(config: Path, out: Path, marker: Path, flag: str = "--stall") -> None:
+    proc = _run(config, out, stall=marker, flag=flag)
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()[0]
@@ -100,3 +102,22 @@ def test_killed_merge_keeps_the_previous_result(
     assert _files(out) == before
     _rerun(second, out, tmp_path)
     assert _files(out) != before  # the second configuration did replace the first
+
+
+def test_killed_while_replacing_leaves_a_complete_result(
+    configs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    first, second = configs
+    out = tmp_path / "out"
+    merge(first, out)
+    before = _files(out)
+    _kill_while_writing(second, out, tmp_path / "stalled", flag="--stall-replacing")
+    # killed between the exchange and the removal: the new result is complete in place, the
+    # old one waits beside it under the temporary name
+    clean = tmp_path / "clean"
+    merge(second, clean)
+    assert _files(out) == _files(clean) != before
+    assert any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir())
+    report = merge(second, out)  # the next run removes the leftover and says so
+    assert any("removed .out.partial-" in n for n in report.notes)
+    assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())

@@ -150,3 +150,19 @@ def merge_config(base: Path | str | None, models: Sequence[Path | str], **extra:
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def write_adapter(folder: Path, rank: int = 2, **config: Any) -> Path:
+    """A PEFT LoRA adapter folder for :func:`family`'s base, adapting ``layer.0`` and
+    ``layer.1`` (its ``adapter_config.json`` holds ``r``, ``lora_alpha`` and ``config``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(7)
+    tensors = {}
+    for layer, (out, inp) in (("layer.0", (6, 4)), ("layer.1", (3, 6))):
+        prefix = f"base_model.model.{layer}"
+        tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, inp, generator=g)
+        tensors[f"{prefix}.lora_B.weight"] = torch.randn(out, rank, generator=g)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    spec = {"r": rank, "lora_alpha": 4, **config}
+    (folder / "adapter_config.json").write_text(json.dumps(spec))
+    return folder

@@ -100,6 +100,7 @@ def test_tensor_names_are_never_paths(tmp_path: Path, name: str) -> None:
     assert after - before == {tmp_path / "work"}  # only the output's parent was created
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
+        "manytask_manifest.json",
         "manytask_merge.yaml",
         "model.safetensors",
     ]
