@@ -270,7 +270,7 @@ def run(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> None:
     """Merge every job into ``sink``, one tensor at a time."""
-    use_base = base if method.base == "required" else None
+    use_base = base if method.base in ("required", "optional") else None
     for n, job in enumerate(jobs):
         if progress is not None:
             progress(n, len(jobs), job.name)
@@ -284,8 +284,10 @@ def run(
         if plan.ranks:
             state["order"] = _order_statistics(job, loader, plan.ranks)
         if plan.observe:
-            for chunk in loader:
-                method.observe(chunk, state)
+            for p in range(plan.passes):
+                state["pass"] = p
+                for chunk in loader:
+                    method.observe(chunk, state)
         for chunk in loader:
             out = method.combine(chunk, state)
             sink.write(out.to(job.out_dtype))

@@ -31,7 +31,7 @@ class Param:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
-    choices: tuple[str, ...] = ()
+    choices: tuple[Any, ...] = ()
     doc: str = ""
 
     @property
