@@ -18,6 +18,11 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("config", help="merge configuration (YAML)")
     parser.add_argument("output_dir", help="folder to write the merged model to")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--like", choices=("mergekit", "paper"), default=None,
+                        help="read the configuration with mergekit's meanings (its "
+                        "convention) or the papers'; default: the file's convention key")
+    parser.add_argument("--random-seed", type=int, default=None, metavar="N",
+                        help="seed of the random methods (DARE, DELLA)")
     parser.set_defaults(func=run_merge_command)
     return parser
 
@@ -33,7 +38,8 @@ def run_merge_command(args: argparse.Namespace) -> int:
         print(f"\r[{i + 1}/{n}] {name[:60]:<60}", end="", file=sys.stderr, flush=True)
 
     try:
-        report = merge(args.config, args.output_dir, progress=None if args.quiet else progress)
+        report = merge(args.config, args.output_dir, progress=None if args.quiet else progress,
+                       like=args.like, random_seed=args.random_seed)
     except (ValueError, TypeError, FileNotFoundError) as err:
         if not args.quiet:
             print(file=sys.stderr)

@@ -261,7 +261,7 @@ def _order_statistics(
 
 
 def run(
-    method: MergeMethod,
+    method: MergeMethod | Callable[[TensorJob], MergeMethod],
     jobs: Sequence[TensorJob],
     reference: Source,
     base: Source | None,
@@ -269,9 +269,12 @@ def run(
     sink: Sink,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> None:
-    """Merge every job into ``sink``, one tensor at a time."""
-    use_base = base if method.base in ("required", "optional") else None
+    """Merge every job into ``sink``, one tensor at a time. ``method`` is one method for all
+    tensors, or gives each job its own (parameters that vary by layer or name)."""
+    chooser = (lambda job: method) if isinstance(method, MergeMethod) else method
     for n, job in enumerate(jobs):
+        tensor_method = chooser(job)
+        use_base = base if tensor_method.base in ("required", "optional") else None
         if progress is not None:
             progress(n, len(jobs), job.name)
         sink.begin(job.name)
@@ -279,7 +282,7 @@ def run(
             sink.write(reference.read(job.name).to(job.out_dtype))
             continue
         loader = _Loader(job, reference, use_base, models)
-        plan = method.plan(job.name, job.shape)
+        plan = tensor_method.plan(job.name, job.shape)
         state: dict[str, Any] = {}
         if plan.ranks:
             state["order"] = _order_statistics(job, loader, plan.ranks)
@@ -287,9 +290,9 @@ def run(
             for p in range(plan.passes):
                 state["pass"] = p
                 for chunk in loader:
-                    method.observe(chunk, state)
+                    tensor_method.observe(chunk, state)
         for chunk in loader:
-            out = method.combine(chunk, state)
+            out = tensor_method.combine(chunk, state)
             sink.write(out.to(job.out_dtype))
             del out
 
