@@ -161,7 +161,10 @@ def merge(
     _check_output_apart(output_dir, cfg)
     started = time.perf_counter()
     base, models, opened = _open_inputs(cfg)
-    tokenizer_folder = tokenizer_files(cfg, base, models)
+    tokenizer_folder, wrap = tokenizer_files(cfg, base, models)
+    base = None if base is None else wrap(base)
+    models = [wrap(m) for m in models]
+    opened = {k: wrap(v) for k, v in opened.items()}
     planned = []
     for group in _groups(cfg, base, models, opened):
         reference = group.base if group.base is not None else group.models[0]

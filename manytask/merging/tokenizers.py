@@ -4,9 +4,10 @@
 read from each input folder's ``tokenizer.json`` (``model.vocab`` and ``added_tokens``),
 without loading any tokenizer library. When every input has the same vocabulary, each choice
 keeps the embedding rows as they are and only decides whose tokenizer files are copied,
-which is mergekit's result too. Inputs whose vocabularies differ need mergekit's permutation
-of embedding rows, which manytask does not do: such a merge is refused, naming the model
-that differs, before anything is read.
+which is mergekit's result too. When vocabularies differ, ``base`` or a model's tokenizer
+re-orders every input's vocabulary rows to it as mergekit does
+(:mod:`~manytask.merging.vocabulary`); ``union`` would need mergekit's tokenizer builder
+and is refused then, naming the model that differs, before anything is read.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import MergeConfig
+from .engine import VOCAB_NAMES
 from .sources import Source
+from .vocabulary import PermutedSource, VocabularyTable
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
@@ -48,13 +51,15 @@ def vocabulary(folder: Path | None, label: str) -> dict[str, int]:
     return vocab
 
 
-def tokenizer_files(cfg: MergeConfig, base: Source | None,
-                    models: Sequence[Source]) -> Path | None:
-    """The folder whose tokenizer files the output gets (``None``: the base's as usual)."""
+def tokenizer_files(
+    cfg: MergeConfig, base: Source | None, models: Sequence[Source]
+) -> tuple[Path | None, Callable[[Source], Source]]:
+    """The folder whose tokenizer files the output gets (``None``: the base's as usual), and
+    how to wrap each input so that its vocabulary rows follow that tokenizer."""
     choice = cfg.tokenizer_source
     chosen: Source | None
     if choice is None:
-        return None
+        return None, lambda s: s
     if choice == "base":
         if base is None:
             raise ValueError("tokenizer_source: base needs a base_model")
@@ -69,14 +74,24 @@ def tokenizer_files(cfg: MergeConfig, base: Source | None,
             raise ValueError(f"tokenizer_source {choice!r} is not one of the input model "
                              "folders")
     assert chosen is not None
-    want = vocabulary(chosen.folder(), chosen.label)
-    for s in [base, *models]:
-        if s is not None and s is not chosen and vocabulary(s.folder(), s.label) != want:
-            raise ValueError(
-                f"tokenizer_source {choice!r}: {s.label!r} has a different vocabulary from "
-                f"{chosen.label!r}; permuting embedding rows between vocabularies is not "
-                "supported (use embed_mismatch: base to keep the reference's rows)")
-    return chosen.folder()
+    inputs = [s for s in [base, *models] if s is not None]
+    unique = list({id(s): s for s in inputs}.values())
+    vocabs = [vocabulary(s.folder(), s.label) for s in unique]
+    want = vocabs[unique.index(chosen)]
+    if all(v == want for v in vocabs):
+        return chosen.folder(), lambda s: s  # rows already in the tokenizer's order
+    if choice == "union":
+        differs = unique[next(i for i, v in enumerate(vocabs) if v != want)]
+        raise ValueError(
+            f"tokenizer_source union: {differs.label!r} has a different vocabulary from "
+            f"{chosen.label!r}; building a union tokenizer is not supported (choose base "
+            "or one model's tokenizer, whose rows are then re-ordered as mergekit does)")
+    keys = chosen.keys()
+    names = {n for n in keys if VOCAB_NAMES.search(n)}
+    table = VocabularyTable(want, list(zip(unique, vocabs, strict=True)),
+                            None if base is None else unique.index(base), names)
+    wrapped = {id(s): PermutedSource(s, i, table) for i, s in enumerate(unique)}
+    return chosen.folder(), lambda s: wrapped.get(id(s), s)
 
 
 def copy_tokenizer(folder: Path, dest: Path) -> None:

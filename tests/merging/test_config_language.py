@@ -134,12 +134,12 @@ def test_cli_like_and_random_seed(family, tmp_path: Path, capsys) -> None:
     assert not torch.equal(outs["paper"][key], outs["kit1"][key])
 
 
-def test_tokenizer_source_refuses_different_vocabularies(family, tmp_path: Path) -> None:
+def test_tokenizer_source_union_refuses_different_vocabularies(family, tmp_path: Path) -> None:
     base, models, _, _ = family(1)
     (base / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "b": 1}}}')
     (models[0] / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "c": 1}}}')
     with pytest.raises(ValueError, match="different vocabulary") as err:
         merge({"merge_method": "task_arithmetic", "base_model": str(base),
-               "tokenizer_source": "base", "models": [{"model": str(models[0])}]},
+               "tokenizer_source": "union", "models": [{"model": str(models[0])}]},
               tmp_path / "out")
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()

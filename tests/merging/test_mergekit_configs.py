@@ -191,3 +191,34 @@ def test_mergekit_configs_run_unchanged(family, tmp_path: Path) -> None:
             layers = 1 + max(int(k.split(".")[2]) for k in ours if ".layers." in k)
             written = json.loads((tmp_path / f"ours_{label}" / "config.json").read_text())
             assert written["num_hidden_layers"] == layers, label
+
+
+def _vocab_file(folder: Path, tokens: list[str]) -> None:
+    data = {"model": {"type": "WordLevel", "vocab": {t: i for i, t in enumerate(tokens)},
+                      "unk_token": tokens[0]}, "added_tokens": []}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+
+
+@pytest.mark.slow
+def test_tokenizer_source_reorders_rows_as_mergekit(family, tmp_path: Path) -> None:
+    """Different vocabularies: every kind of default row (one donor, the base's, the mean of
+    several, own rows in another order) against mergekit's permutation."""
+    from tests.merging.test_mergekit_methods import assert_same, run_mergekit
+
+    base, models, _, _ = family(2)
+    words = [f"t{i}" for i in range(32)]
+    _vocab_file(base, words)
+    _vocab_file(models[0], [*reversed(words[:30]), "x0", "x1"])
+    _vocab_file(models[1], [w if w != "t5" else "x0" for w in words])
+    for label, source in (("base", "base"), ("model", str(models[0]))):
+        cfg = {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+               "tokenizer_source": source,
+               "models": [{"model": str(m), "parameters": {"weight": w}}
+                          for m, w in zip(models, (0.7, 0.4), strict=True)]}
+        theirs = run_mergekit(cfg, tmp_path / f"kit_{label}")
+        merge(cfg, tmp_path / f"ours_{label}", like="mergekit")
+        ours = load_file(str(tmp_path / f"ours_{label}" / "model.safetensors"))
+        assert_same(ours, theirs, label)
+        written = json.loads((tmp_path / f"ours_{label}" / "tokenizer.json").read_text())
+        expected = base if source == "base" else models[0]
+        assert written == json.loads((expected / "tokenizer.json").read_text())
