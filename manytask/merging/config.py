@@ -45,7 +45,7 @@ import torch
 
 from .methods import MergeMethod, get_method
 from .settings import check_settings, resolve_settings
-from .slices import SliceDef, SliceSource
+from .slices import SliceDef, parse_slices
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -72,7 +72,6 @@ TOP_KEYS = (
     "convention",
 )
 MODEL_KEYS = ("model", "parameters")
-SOURCE_KEYS = ("model", "layer_range", "parameters")
 # mergekit keys manytask does not read, with what to write instead.
 _UNSUPPORTED = {
     "modules": "list the layers with 'slices' (one module) instead",
@@ -246,7 +245,7 @@ class MergeConfig:
         if ("slices" in data) == ("models" in data):
             raise ValueError("merge config: give either 'models' or 'slices' (exactly one)")
         if "slices" in data:
-            slices = _slices(data["slices"])
+            slices = parse_slices(data["slices"])
             models = [ModelEntry(x.model, x.parameters) for x in slices[0].sources]
         elif not isinstance(raw_models, list) or not raw_models:
             raise ValueError("merge config: 'models' must be a non-empty list")
@@ -315,36 +314,3 @@ def _model_entry(value: Any, where: str) -> ModelEntry:
 
 def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
-
-
-def _slices(value: Any) -> list[SliceDef]:
-    if not isinstance(value, list) or not value:
-        raise ValueError("merge config: 'slices' must be a non-empty list")
-    out = []
-    for k, s in enumerate(value):
-        where = f"slices[{k}]"
-        if not isinstance(s, Mapping):
-            raise TypeError(f"{where}: expected {{sources: [...], parameters: ...}}")
-        _unknown(s, ("sources", "parameters"), where)
-        sources = s.get("sources")
-        if not isinstance(sources, list) or not sources:
-            raise ValueError(f"{where}: 'sources' must be a non-empty list")
-        entries = []
-        for i, src in enumerate(sources):
-            w = f"{where}.sources[{i}]"
-            if not isinstance(src, Mapping):
-                raise TypeError(f"{w}: expected {{model, layer_range, parameters}}")
-            _unknown(src, SOURCE_KEYS, w)
-            entry = _model_entry({k: v for k, v in src.items() if k != "layer_range"}, w)
-            r = src.get("layer_range")
-            if (not isinstance(r, list | tuple) or len(r) != 2
-                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
-                    or not 0 <= r[0] < r[1]):
-                raise ValueError(f"{w}: layer_range must be [start, end) with 0 <= start < end, "
-                                 f"got {r!r}")
-            entries.append(SliceSource(entry.model, (r[0], r[1]), entry.parameters))
-        params = s.get("parameters") or {}
-        if not isinstance(params, Mapping):
-            raise TypeError(f"{where}: parameters must be a mapping, got {params!r}")
-        out.append(SliceDef(entries, dict(params)))
-    return out

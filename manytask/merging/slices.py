@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..registry import did_you_mean
 from .settings import LAYER, layer_of
 from .sources import Source, TensorInfo
 
@@ -76,6 +77,57 @@ class Group:
     sources: list[SliceSource]
     parameters: dict[str, Any]
     positions: dict[str, float]
+
+
+SOURCE_KEYS = ("model", "layer_range", "parameters")
+
+
+def _keys(value: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    extra = [k for k in value if k not in allowed]
+    if extra:
+        hints = ", ".join(f"{k!r}{did_you_mean(str(k), allowed)}" for k in extra)
+        raise ValueError(f"{where}: unknown key(s) {hints}; allowed: {list(allowed)}")
+
+
+def parse_slices(value: Any) -> list[SliceDef]:
+    """Validated ``slices`` of a configuration (one-line errors naming the entry)."""
+    if not isinstance(value, list) or not value:
+        raise ValueError("merge config: 'slices' must be a non-empty list")
+    out = []
+    for k, s in enumerate(value):
+        where = f"slices[{k}]"
+        if not isinstance(s, Mapping):
+            raise TypeError(f"{where}: expected {{sources: [...], parameters: ...}}")
+        _keys(s, ("sources", "parameters"), where)
+        sources = s.get("sources")
+        if not isinstance(sources, list) or not sources:
+            raise ValueError(f"{where}: 'sources' must be a non-empty list")
+        entries = []
+        for i, src in enumerate(sources):
+            w = f"{where}.sources[{i}]"
+            if not isinstance(src, Mapping):
+                raise TypeError(f"{w}: expected {{model, layer_range, parameters}}")
+            _keys(src, SOURCE_KEYS, w)
+            model = src.get("model")
+            if isinstance(model, Mapping):  # {model: {model: path}} as mergekit allows
+                model = model.get("model")
+            if not isinstance(model, str | os.PathLike):
+                raise TypeError(f"{w}: model must be a path, got {model!r}")
+            sp = src.get("parameters") or {}
+            if not isinstance(sp, Mapping):
+                raise TypeError(f"{w}: parameters must be a mapping, got {sp!r}")
+            r = src.get("layer_range")
+            if (not isinstance(r, list | tuple) or len(r) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+                    or not 0 <= r[0] < r[1]):
+                raise ValueError(f"{w}: layer_range must be [start, end) with 0 <= start < end, "
+                                 f"got {r!r}")
+            entries.append(SliceSource(os.fspath(model), (r[0], r[1]), dict(sp)))
+        params = s.get("parameters") or {}
+        if not isinstance(params, Mapping):
+            raise TypeError(f"{where}: parameters must be a mapping, got {params!r}")
+        out.append(SliceDef(entries, dict(params)))
+    return out
 
 
 def _same(a: str | None, b: str | None) -> bool:
