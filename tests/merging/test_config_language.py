@@ -143,3 +143,27 @@ def test_tokenizer_source_union_refuses_different_vocabularies(family, tmp_path:
                "tokenizer_source": "union", "models": [{"model": str(models[0])}]},
               tmp_path / "out")
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_gradient_and_filter_closed_form(family, tmp_path: Path) -> None:
+    """lambda [0, 1] over two layers: layer 0 is the base, layer 1 base + tau; a filter
+    sets the MLP of every layer to lambda 2; outside the layers x = 0 (the base)."""
+    base, models, bsd, msds = family(1)
+    merge({"merge_method": "task_arithmetic", "base_model": str(base),
+           "models": [{"model": str(models[0])}],
+           "parameters": {"lambda": [{"filter": "mlp", "value": 2.0}, {"value": [0.0, 1.0]}]}},
+          tmp_path / "out")
+    out = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for name, value in out.items():
+        tau = msds[0][name] - bsd[name]
+        lam = 2.0 if "mlp" in name else (1.0 if ".layers.1." in name else 0.0)
+        torch.testing.assert_close(value, bsd[name] + lam * tau)
+
+
+def test_slices_with_unequal_ranges_are_refused(family, tmp_path: Path) -> None:
+    base, models, _, _ = family(1)
+    with pytest.raises(ValueError, match=r"slices\[0\]: sources cover different numbers"):
+        merge({"merge_method": "linear", "slices": [{"sources": [
+            {"model": str(base), "layer_range": [0, 2]},
+            {"model": str(models[0]), "layer_range": [0, 1]}]}]}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
