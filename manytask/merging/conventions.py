@@ -10,6 +10,7 @@ different.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -43,14 +44,14 @@ def load_config(
         data = dict(raw)
     if like is not None and like not in ("mergekit", "paper"):
         raise ValueError(f"--like must be 'mergekit' or 'paper', got {like!r}")
-    if "config" in data:  # a MergeConfig given with overrides: rebuild it
+    if "config" in data:  # a MergeConfig given with overrides: a validated copy
         cfg = data["config"]
+        changes: dict[str, Any] = {}
         if like is not None:
-            cfg.convention = like
+            changes["convention"] = like
         if random_seed is not None:
-            cfg.random_seed = random_seed
-        cfg.__post_init__()
-        return cfg
+            changes["random_seed"] = random_seed
+        return dataclasses.replace(cfg, **changes)
     if like is not None:
         data["convention"] = like
     if random_seed is not None:

@@ -167,3 +167,16 @@ def test_slices_with_unequal_ranges_are_refused(family, tmp_path: Path) -> None:
             {"model": str(base), "layer_range": [0, 2]},
             {"model": str(models[0]), "layer_range": [0, 1]}]}]}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_load_config_overrides_make_a_copy() -> None:
+    from manytask.merging.conventions import load_config
+
+    cfg = MergeConfig.from_dict({"merge_method": "dare_ties", "base_model": "b",
+                                 "models": [{"model": "a", "parameters": {"density": 0.5}}]})
+    kit = load_config(cfg, like="mergekit", random_seed=4)
+    assert (kit.convention, kit.random_seed) == ("mergekit", 4)
+    assert (cfg.convention, cfg.random_seed) == (None, None)
+    assert kit.build_method().params["seed"] == 4
+    with pytest.raises(ValueError, match="--like must be"):
+        load_config(cfg, like="mergekt")
