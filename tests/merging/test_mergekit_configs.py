@@ -151,6 +151,49 @@ merge_method: arcee_fusion
 base_model: "{b}"
 dtype: float32
 """,
+    "dare_ties_mergekit_defaults": """
+models: [{model: "{m0}", parameters: {weight: 0.6}}, {model: "{m1}", parameters: {weight: 0.4}}]
+merge_method: dare_ties
+base_model: "{b}"
+dtype: float32
+""",
+    "della_mergekit_defaults": """
+models: [{model: "{m0}", parameters: {weight: 0.6}}, {model: "{m1}", parameters: {weight: 0.4}}]
+merge_method: della
+base_model: "{b}"
+dtype: float32
+""",
+    "slerp_slice_parameters": """
+slices:
+  - sources:
+      - {model: "{m1}", layer_range: [0, 2]}
+      - {model: "{b}", layer_range: [0, 2]}
+    parameters: {t: [{filter: mlp, value: 0.8}, {value: [0.1, 0.6]}]}
+merge_method: slerp
+base_model: "{b}"
+parameters: {t: 0.5}
+dtype: float32
+""",
+    "linear_unnormalized_once": """
+models: [{model: "{m0}"}, {model: "{m1}"}, {model: "{m2}"}]
+merge_method: linear
+parameters: {weight: 0.4, normalize: false}
+dtype: float32
+""",
+    "breadcrumbs_density_gradient": """
+models: [{model: "{m0}"}, {model: "{m2}"}]
+merge_method: breadcrumbs
+base_model: "{b}"
+parameters: {weight: [0.3, 1.0], density: [0.5, 0.9], gamma: 0.02}
+dtype: float32
+""",
+    "task_arithmetic_base_in_models": """
+models: [{model: "{b}"}, {model: "{m0}", parameters: {weight: 0.5}}, {model: "{m1}"}]
+merge_method: task_arithmetic
+base_model: "{b}"
+parameters: {weight: 1.0, lambda: 0.7}
+dtype: float32
+""",
     "ramplus_tokenizer_base": """
 models: [{model: "{m0}"}, {model: "{m1}"}]
 merge_method: ramplus_tl

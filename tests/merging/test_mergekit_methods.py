@@ -44,10 +44,6 @@ def cases(base: Path, m: list[Path]) -> dict[str, dict[str, Any]]:
         "nuslerp_flat": {"merge_method": "nuslerp", "models": [
             {"model": m0, "parameters": {"weight": 0.3}},
             {"model": m1, "parameters": {"weight": 0.7}}]},
-        "nuslerp_rows_base": {"merge_method": "nuslerp", "base_model": b,
-                              "parameters": {"nuslerp_flatten": False}, "models": [
-            {"model": m0, "parameters": {"weight": 1.0}},
-            {"model": m1, "parameters": {"weight": 0.5}}]},
         "nuslerp_row_wise_base": {"merge_method": "nuslerp", "base_model": b,
                                   "parameters": {"nuslerp_flatten": False,
                                                  "nuslerp_row_wise": True}, "models": [
@@ -56,25 +52,12 @@ def cases(base: Path, m: list[Path]) -> dict[str, dict[str, Any]]:
         "multislerp": {"merge_method": "multislerp", "models": [
             {"model": x, "parameters": {"weight": w}} for x, w in
             zip((m0, m1, m2), (1.0, 0.5, 0.7), strict=True)]},
-        "multislerp_base": {"merge_method": "multislerp", "base_model": b, "models": [
-            {"model": x, "parameters": {"weight": w}} for x, w in
-            zip((m0, m1, m2), (1.0, 0.5, 0.7), strict=True)]},
         "karcher": {"merge_method": "karcher", "models": [{"model": x} for x in (m0, m1, m2)],
                     "parameters": {"max_iter": 20, "tol": 1e-7}},
-        "sce": {"merge_method": "sce", "base_model": b,
-                "models": [{"model": x} for x in (m0, m1, m2)],
-                "parameters": {"select_topk": 0.4}},
         "sce_all": {"merge_method": "sce", "base_model": b,
                     "models": [{"model": x} for x in (m0, m1)]},
-        "nearswap": {"merge_method": "nearswap", "base_model": b, "models": [{"model": m0}],
-                     "parameters": {"t": 0.05}},
-        "arcee_fusion": {"merge_method": "arcee_fusion", "base_model": b,
-                         "models": [{"model": m0}]},
         "ram": {"merge_method": "ram", "base_model": b,
                 "models": [{"model": x} for x in (m0, m1, m2)], "parameters": {"epsilon": 0.1}},
-        "ramplus_tl": {"merge_method": "ramplus_tl", "base_model": b,
-                       "models": [{"model": x} for x in (m0, m1, m2)],
-                       "parameters": {"epsilon": 0.12, "r": 0.5, "alpha": 0.9}},
         "passthrough": {"merge_method": "passthrough",
                         "models": [{"model": m0, "parameters": {"scale": 0.5}}]},
     }
