@@ -90,3 +90,31 @@ def test_ties_rescale_and_int8_mask_agree_with_mergekit(family, tmp_path: Path) 
         ours = run_ours(ours_cfg, tmp_path / f"ours_{method}")
         for k in ours:
             torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6)
+
+
+NEW_METHODS = {
+    "nuslerp": ({}, [{}, {}]), "multislerp": ({}, [{}, {}, {}]), "sce": ({}, [{}, {}, {}]),
+    "sce_topk": ({"select_topk": 0.5}, [{}, {}]), "ram": ({}, [{}, {}]),
+    "ramplus_tl": ({}, [{}, {}]), "nearswap": ({"t": 0.1}, [{}]),
+    "arcee_fusion": ({}, [{}]),
+}
+
+
+@pytest.mark.parametrize("label", sorted(NEW_METHODS))
+def test_unchanged_models_give_the_base(label: str) -> None:
+    """Models equal to the base (a frozen tensor) merge to the base, finite."""
+    params, per_model = NEW_METHODS[label]
+    g = torch.Generator().manual_seed(2)
+    base = {"w": torch.randn(6, 4, generator=g), "b": torch.randn(4, generator=g)}
+    out = merge_state_dicts(label.removesuffix("_topk"), [dict(base) for _ in per_model],
+                            base=base, parameters=params, model_parameters=per_model)
+    for k in base:
+        torch.testing.assert_close(out[k], base[k])
+
+
+@pytest.mark.parametrize("method", ["karcher", "multislerp"])
+def test_identical_models_give_that_model(method: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    sd = {"w": torch.randn(5, 3, generator=g)}
+    out = merge_state_dicts(method, [sd, sd, sd])
+    torch.testing.assert_close(out["w"], sd["w"], rtol=1e-5, atol=1e-6)

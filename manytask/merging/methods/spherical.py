@@ -124,7 +124,8 @@ class MultiSlerp(MergeMethod):
     at ``m`` scaled to the mean norm.
 
     One model: that model, unchanged (as mergekit). Weighted units that cancel: two models
-    are averaged linearly, more are an error naming the tensor (as mergekit).
+    are averaged linearly, more are an error naming the tensor (as mergekit), except when
+    no model changes the tensor at all (a frozen layer), which gives the base.
     """
 
     name: ClassVar[str] = "multislerp"
@@ -149,7 +150,11 @@ class MultiSlerp(MergeMethod):
         norms = gram.diagonal().clamp_min(0).sqrt()
         inv = 1 / (norms + eps)
         m = w * inv  # mean direction as coefficients of the x_i
-        mean_norm = float(m @ gram @ m) ** 0.5
+        mean_norm = max(float(m @ gram @ m), 0.0) ** 0.5
+        if float(norms.max()) < eps:
+            # No model changes this tensor (a frozen layer): the base, where mergekit
+            # raises "sum is zero" for three or more models.
+            return [0.0] * len(w)
         if mean_norm < eps:
             if len(w) == 2:
                 return w.tolist()
