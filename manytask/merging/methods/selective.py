@@ -19,6 +19,16 @@ def _stack(chunk: Chunk) -> Tensor:
     return chunk.stacked_deltas()
 
 
+def _variance(tv: Tensor) -> Tensor:
+    """Population variance over the models (dim 0), as products with a vector of 1/K:
+    ``torch.var(0)`` over a short first dimension is about 10x slower here."""
+    k = tv.shape[0]
+    flat = tv.reshape(k, -1)
+    ones = torch.full((k,), 1.0 / k, dtype=tv.dtype)
+    dev = flat - ones @ flat
+    return (ones @ dev.square_()).reshape(tv.shape[1:])
+
+
 @register
 class Sce(MergeMethod):
     """SCE (Wan et al., 2024, "FuseChat: Knowledge Fusion of Chat Models", Sec. 3.3,
@@ -59,13 +69,13 @@ class Sce(MergeMethod):
             if threshold is None:
                 tv.zero_()
             else:
-                tv.mul_(tv.var(0, unbiased=False).abs_() >= threshold)
+                tv.mul_(_variance(tv).abs_() >= threshold)
         chunk.memo[key] = tv
         return tv
 
     def observe(self, chunk: Chunk, state: dict[str, Any]) -> None:
         if state["pass"] == 0 and 0.0 < self.params["select_topk"] < 1.0:
-            var = _stack(chunk).var(0, unbiased=False).reshape(-1)
+            var = _variance(_stack(chunk)).reshape(-1)
             state.setdefault("var", []).append(var)
             return
         if "var" in state:  # the selection threshold, once, from the whole tensor
