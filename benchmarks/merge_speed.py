@@ -39,7 +39,19 @@ METHODS = {
     "ties": ({"lambda": 1.0}, {"weight": 1.0, "density": 0.5}),
     "dare_ties": ({"lambda": 1.0}, {"weight": 1.0, "density": 0.5}),
     "della": ({"lambda": 1.0}, {"weight": 1.0, "density": 0.5, "epsilon": 0.1}),
+    # mergekit's methods added in issue 17 (per-tensor rules; see docs/merging.md)
+    "slerp": ({"t": 0.3}, {}),
+    "nuslerp": ({}, {"weight": 0.5}),
+    "multislerp": ({}, {"weight": 1.0}),
+    "karcher": ({}, {}),
+    "sce": ({"select_topk": 0.5}, {}),
+    "ram": ({}, {}),
+    "ramplus_tl": ({}, {}),
+    "nearswap": ({"t": 1e-3}, {}),
+    "arcee_fusion": ({}, {}),
 }
+# Methods that take a set number of models besides the base (others take all variants).
+N_MODELS = {"slerp": 1, "nuslerp": 2, "nearswap": 1, "arcee_fusion": 1}
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -235,13 +247,16 @@ merge(sys.argv[1], sys.argv[2])
 
 def config_for(method: str, paths: list[Path], convention: bool) -> dict:
     params, per_model = METHODS[method]
+    chosen = paths[1:][: N_MODELS.get(method, len(paths))]
     cfg: dict = {"merge_method": method, "dtype": "bfloat16",
-                 "models": [{"model": str(p), "parameters": dict(per_model)} for p in paths[1:]]}
+                 "models": [{"model": str(p), "parameters": dict(per_model)} for p in chosen]}
     cfg["parameters"] = dict(params)
     if method != "linear":
         cfg["base_model"] = str(paths[0])
-    if convention and method in ("ties", "dare_ties", "della"):
-        cfg["parameters"]["convention"] = "mergekit"
+    if method == "slerp":  # mergekit lists the base among the models
+        cfg["models"].insert(0, {"model": str(paths[0])})
+    if convention:  # ours reads the same file with mergekit's meanings
+        cfg["convention"] = "mergekit"
     return cfg
 
 

@@ -22,6 +22,11 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("config", help="merge configuration (YAML)")
     parser.add_argument("output_dir", help="folder to write the merged model to")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--like", choices=("mergekit", "paper"), default=None,
+                        help="read the configuration with mergekit's meanings (its "
+                        "convention) or the papers'; default: the file's convention key")
+    parser.add_argument("--random-seed", type=int, default=None, metavar="N",
+                        help="seed of the random methods (DARE, DELLA)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -72,6 +77,8 @@ def run_merge_command(args: argparse.Namespace) -> int:
             progress=None if args.quiet else progress,
             overwrite=args.overwrite,
             allow_outside_links=args.allow_outside_links,
+            like=args.like,
+            random_seed=args.random_seed,
         )
     except (ValueError, TypeError, FileNotFoundError) as err:
         progress.end()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,10 +17,14 @@ from torch import Tensor
 
 from ..files import UnsafeFileError, inside, parse_json, regular_file
 from .config import MergeConfig, parse_dtype
+from .conventions import convention_notes, load_config
 from .engine import MemorySink, plan_tensors, run
 from .lora import LoraSource
 from .methods import get_method
+from .settings import layer_positions
+from .slices import Group, SliceSource, plan_groups
 from .sources import Source, StateDictSource, is_lora_folder, open_source
+from .tokenizers import copy_tokenizer, tokenizer_files
 from .writer import MANIFEST, MARKER, AtomicDirectory, OutputTensor, ShardedWriter
 
 # Files never copied from the base folder: weights and their indexes.
@@ -42,22 +47,42 @@ class MergeReport:
 
 def _open_inputs(
     config: MergeConfig, allow_outside_links: bool = False
-) -> tuple[Source | None, list[Source]]:
+) -> tuple[Source | None, list[Source], dict[str, Source]]:
+    """The base, the models, and every opened source by path (each path opened once)."""
     opts = {"allow_pickle": config.allow_pickle, "allow_outside_links": allow_outside_links}
+    opened: dict[str, Source] = {}
+
+    def get(path: str) -> Source:
+        key = os.path.realpath(path)
+        if key not in opened:
+            opened[key] = open_source(path, **opts)
+        return opened[key]
+
     base = None
     if config.base_model is not None:
         if is_lora_folder(Path(config.base_model)):
             raise ValueError(f"base_model {config.base_model!r} is a LoRA adapter, not a model")
-        base = open_source(config.base_model, **opts)
+        base = get(config.base_model)
     models: list[Source] = []
-    for entry in config.models:
-        if is_lora_folder(Path(entry.model)):
+    paths = [m.model for m in config.models]
+    if config.slices is not None:
+        paths = [src.model for sl in config.slices for src in sl.sources]
+    for path in paths:
+        if is_lora_folder(Path(path)):
             if base is None:
-                raise ValueError(f"LoRA adapter {entry.model!r} needs a base_model")
-            models.append(LoraSource(entry.model, base, **opts))
+                raise ValueError(f"LoRA adapter {path!r} needs a base_model")
+            source: Source = LoraSource(path, base, **opts)
+            opened.setdefault(os.path.realpath(path), source)
         else:
-            models.append(open_source(entry.model, **opts))
-    return base, models
+            source = get(path)
+        if config.slices is None:
+            models.append(source)
+    if config.slices is not None:
+        models = [opened[os.path.realpath(m.model)] for m in config.models]
+        opened.update({p: opened[os.path.realpath(p)] for p in paths})
+        if config.base_model is not None:
+            opened[config.base_model] = opened[os.path.realpath(config.base_model)]
+    return base, models, opened
 
 
 def _check_output_apart(output_dir: str | os.PathLike[str], config: MergeConfig) -> None:
@@ -114,6 +139,15 @@ def _copy_model_files(
     return copied
 
 
+def _groups(cfg: MergeConfig, base: Source | None, models: list[Source],
+            opened: dict[str, Source]) -> list[Group]:
+    if cfg.slices is not None:
+        return plan_groups(cfg.slices, opened, cfg.base_model)
+    reference = base if base is not None else models[0]
+    sources = [SliceSource(m.model, (0, 0), m.parameters) for m in cfg.models]
+    return [Group(base, models, sources, {}, layer_positions(reference.keys()))]
+
+
 def merge(
     config: MergeConfig | Mapping[str, Any] | str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -121,6 +155,9 @@ def merge(
     progress: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
     allow_outside_links: bool = False,
+    like: str | None = None,
+    random_seed: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> MergeReport:
     """Merge as ``config`` says (a :class:`MergeConfig`, its dict form, or a YAML path) into
     ``output_dir``, atomically: the folder appears complete or not at all.
@@ -128,53 +165,88 @@ def merge(
     ``output_dir`` may hold a previous merge (the files its manifest lists), which is then
     replaced; any other file there is refused unless ``overwrite``. Files of an input
     folder that are links out of it are refused unless ``allow_outside_links``.
-
-    Everything is validated from headers before any tensor is read. Output: ``model.safetensors``
-    or shards with ``model.safetensors.index.json``, the base's config and tokenizer files, and
+    ``like="mergekit"`` reads the configuration with mergekit's meanings (its
+    ``convention``); ``random_seed`` seeds the random methods. Where a parameter's meaning
+    differs between the conventions and none was chosen, one line per parameter goes to
+    ``notify`` (default: standard error). Everything is validated from headers before any
+    tensor is read. Output: ``model.safetensors`` or shards with
+    ``model.safetensors.index.json``, the base's config and tokenizer files, and
     ``manytask_merge.yaml`` (the configuration used).
     """
     import yaml
 
-    if isinstance(config, MergeConfig):
-        cfg = config
-    elif isinstance(config, Mapping):
-        cfg = MergeConfig.from_dict(config)
-    else:
-        cfg = MergeConfig.from_yaml(config)
-    method = cfg.build_method()
+    cfg = load_config(config, like=like, random_seed=random_seed)
+    for line in convention_notes(cfg):
+        (notify or _stderr)(line)
     _check_output_apart(output_dir, cfg)
     target = AtomicDirectory(output_dir, overwrite=overwrite)  # refuses before any read
     started = time.perf_counter()
-    base, models = _open_inputs(cfg, allow_outside_links)
-    reference = base if base is not None else models[0]
-    jobs = plan_tensors(
-        reference,
-        models,
-        out_dtype=cfg.out_dtype,
-        embed_mismatch=cfg.embed_mismatch,
-        dtype_mismatch=cfg.dtype_mismatch,
-    )
-    outputs = [OutputTensor(j.name, j.shape, j.out_dtype) for j in jobs]
+    base, models, opened = _open_inputs(cfg, allow_outside_links)
+    tokenizer_folder, wrap = tokenizer_files(cfg, base, models)
+    base = None if base is None else wrap(base)
+    models = [wrap(m) for m in models]
+    opened = {k: wrap(v) for k, v in opened.items()}
+    planned = []
+    for group in _groups(cfg, base, models, opened):
+        reference = group.base if group.base is not None else group.models[0]
+        jobs = plan_tensors(reference, group.models, out_dtype=cfg.out_dtype,
+                            embed_mismatch=cfg.embed_mismatch,
+                            dtype_mismatch=cfg.dtype_mismatch)
+        settings = [s.parameters for s in group.sources]
+        # Every tensor's method is built (so every value validated) before any is read.
+        methods = {j.name: cfg.method_for(j.name, group.positions.get(j.name, 0.0), settings,
+                                          group.parameters) for j in jobs}
+        planned.append((group, reference, jobs, methods))
+    outputs = [OutputTensor(j.name, j.shape, j.out_dtype) for p in planned for j in p[2]]
+    names = [o.name for o in outputs]
+    if len(set(names)) != len(names):
+        raise ValueError("the slices produce the same output tensor twice; check layer names")
     with target as tmp:
         writer = ShardedWriter(tmp, outputs, cfg.shard_size)
         try:
-            run(method, jobs, reference, base, models, writer, progress)
+            for group, reference, jobs, methods in planned:
+                run(lambda job, m=methods: m[job.name], jobs, reference, group.base,  # type: ignore[misc]
+                    group.models, writer, progress)
             writer.close()
         except BaseException:
             writer.abort()
             raise
-        folder = reference.folder()
+        folder = (base if base is not None else models[0]).folder()
         if cfg.copy_files and folder is not None:
             _copy_model_files(folder, tmp, cfg.out_dtype, allow_outside_links)
+        if cfg.copy_files and tokenizer_folder is not None:
+            copy_tokenizer(tokenizer_folder, tmp)
+        if cfg.slices is not None:
+            _set_depth(tmp / "config.json",
+                       sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
+                           for s in cfg.slices))
         (tmp / MARKER).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return MergeReport(
         output_dir=target.target,
-        tensors=len(jobs),
+        tensors=len(outputs),
         files=writer.files,
         total_bytes=writer.total_size,
         seconds=time.perf_counter() - started,
         notes=target.notes,
     )
+
+
+def _set_depth(path: Path, layers: int) -> None:
+    """Record the sliced model's number of layers in its copied config."""
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return  # not JSON we understand: left as copied
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in data:
+            data[key] = layers
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def merge_state_dicts(

@@ -258,7 +258,7 @@ def _order_statistics(
 
 
 def run(
-    method: MergeMethod,
+    method: MergeMethod | Callable[[TensorJob], MergeMethod],
     jobs: Sequence[TensorJob],
     reference: Source,
     base: Source | None,
@@ -266,9 +266,12 @@ def run(
     sink: Sink,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> None:
-    """Merge every job into ``sink``, one tensor at a time."""
-    use_base = base if method.base == "required" else None
+    """Merge every job into ``sink``, one tensor at a time. ``method`` is one method for all
+    tensors, or gives each job its own (parameters that vary by layer or name)."""
+    chooser = (lambda job: method) if isinstance(method, MergeMethod) else method
     for n, job in enumerate(jobs):
+        tensor_method = chooser(job)
+        use_base = base if tensor_method.base in ("required", "optional") else None
         if progress is not None:
             progress(n, len(jobs), job.name)
         sink.begin(job.name)
@@ -276,15 +279,17 @@ def run(
             sink.write(reference.read(job.name).to(job.out_dtype))
             continue
         loader = _Loader(job, reference, use_base, models)
-        plan = method.plan(job.name, job.shape)
+        plan = tensor_method.plan(job.name, job.shape)
         state: dict[str, Any] = {}
         if plan.ranks:
             state["order"] = _order_statistics(job, loader, plan.ranks)
         if plan.observe:
-            for chunk in loader:
-                method.observe(chunk, state)
+            for p in range(plan.passes):
+                state["pass"] = p
+                for chunk in loader:
+                    tensor_method.observe(chunk, state)
         for chunk in loader:
-            out = method.combine(chunk, state)
+            out = tensor_method.combine(chunk, state)
             sink.write(out.to(job.out_dtype))
             del out
 

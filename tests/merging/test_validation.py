@@ -42,8 +42,12 @@ def test_wrong_types_and_unknown_keys() -> None:
     base = {"merge_method": "ties", "base_model": "b", "models": [{"model": "a"}]}
     with pytest.raises(TypeError, match="lambda must be a number"):
         MergeConfig.from_dict({**base, "parameters": {"lambda": True}})
-    with pytest.raises(ValueError, match=r"unknown key.*'slices'"):
+    with pytest.raises(ValueError, match=r"give either 'models' or 'slices'"):
         MergeConfig.from_dict({**base, "slices": []})
+    with pytest.raises(ValueError, match=r"'modules' \(mergekit\) is not supported; list"):
+        MergeConfig.from_dict({**base, "modules": {}})
+    with pytest.raises(ValueError, match=r"unknown key.*'slice' \(did you mean 'slices'"):
+        MergeConfig.from_dict({**base, "slice": []})
     with pytest.raises(ValueError, match="unknown merge method 'tie'"):
         MergeConfig.from_dict({**base, "merge_method": "tie"})
     with pytest.raises(ValueError, match="needs a base_model"):

@@ -1,6 +1,6 @@
 """Merge methods, one family per module, all registered by name."""
 
-from . import averaging, consensus, geometric, sparse
+from . import averaging, consensus, geometric, passthrough, selective, sparse, spherical
 from .base import (
     METHODS,
     Chunk,
@@ -21,6 +21,9 @@ __all__ = [
     "consensus",
     "geometric",
     "get_method",
+    "passthrough",
     "register",
+    "selective",
     "sparse",
+    "spherical",
 ]

@@ -28,8 +28,9 @@ from torch import Tensor
 from ...registry import Registry
 from ..params import Param, resolve
 
-# "required": the base is loaded and merged; "reference": it only supplies config files.
-BasePolicy = Literal["required", "reference"]
+# "required": the base is loaded and merged; "reference": it only supplies config files;
+# "optional": loaded and used when given (e.g. NuSLERP between task vectors or raw weights).
+BasePolicy = Literal["required", "reference", "optional"]
 
 
 class Chunk:
@@ -113,11 +114,13 @@ class TensorPlan:
 
     ``ranks``: model index -> ascending 0-based ranks of ``|delta|`` over the whole tensor; the
     engine puts the values in ``state["order"][model]``. ``observe``: run :meth:`observe` over
-    all chunks (after the order statistics are known) before combining.
+    all chunks (after the order statistics are known) before combining, ``passes`` times
+    (``state["pass"]`` says which), for statistics that depend on earlier ones.
     """
 
     ranks: dict[int, list[int]] = field(default_factory=dict)
     observe: bool = False
+    passes: int = 1
 
 
 class MergeMethod:

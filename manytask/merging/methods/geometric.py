@@ -54,6 +54,11 @@ class Slerp(MergeMethod):
             return 1.0 - t, t
         omega = math.acos(dot)
         s = math.sin(omega)
+        if s <= 1e-12:
+            # Identical (or opposite) directions with dot_threshold 1.0: the angle is 0 and
+            # the spherical formula is 0/0; its limit, the linear one, is the answer.
+            # (mergekit returns NaN here.)
+            return 1.0 - t, t
         return math.sin((1 - t) * omega) / s, math.sin(t * omega) / s
 
     def combine(self, chunk: Chunk, state: dict[str, Any]) -> Tensor:

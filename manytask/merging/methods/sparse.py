@@ -36,6 +36,7 @@ over the agreeing models ``A`` (the paper's mean when all weights are 1).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -51,7 +52,9 @@ from .base import Chunk, MergeMethod, TensorPlan, register
 CONVENTION = Param("choice", "paper", choices=("paper", "mergekit"), doc="see module docstring")
 NORMALIZE = Param("bool", False, doc="divide by the summed weights (of agreeing models)")
 SEED = Param("int", 0, low=0, doc="seed of the random masks")
-RESCALE = Param("choice", "inverse", choices=("inverse", "l1", "none"), doc="rescaling of kept")
+RESCALE = Param("choice", "inverse", choices=("inverse", "l1", "none", True, False),
+                doc="rescaling of kept (true/false: mergekit's spelling)")
+INT8_MASK = Param("bool", False, doc="accepted for mergekit configs; masks are exact either way")
 DENSITY_REQUIRED = Param(
     "float", low=0.0, high=1.0, low_open=True, doc="fraction of each task vector kept"
 )
@@ -90,16 +93,37 @@ class SparseTaskVectors(MergeMethod):
     consensus: ClassVar[bool] = False
     mergekit_normalize: ClassVar[bool] = False
 
+    _convention: str = "paper"
+
     def default_overrides(self, given: Any) -> dict[str, Any]:
         mergekit = dict(given or {}).get("convention") == "mergekit"
+        self._convention = "mergekit" if mergekit else "paper"
         out: dict[str, Any] = {
             "normalize": self.mergekit_normalize if mergekit else self.consensus
         }
-        if "rescale" in self.global_params:
+        if self.sparsify in ("random", "magprune"):
             out["rescale"] = "l1" if mergekit else "inverse"
         return out
 
+    def model_default_overrides(self) -> dict[str, Any]:
+        # mergekit's density defaults to 1 (nothing trimmed) for every method and DELLA's
+        # epsilon to 0.15; the paper's TIES trims to its k = 20 % and DARE/DELLA need both.
+        if self._convention != "mergekit":
+            return {}
+        return {"density": 1.0, **({"epsilon": 0.15} if self.sparsify == "magprune" else {})}
+
     def check(self) -> None:
+        rescale = self.params.get("rescale")
+        if isinstance(rescale, bool):  # mergekit's spelling: true is its l1 rescaling
+            random = self.sparsify in ("random", "magprune")
+            default = "inverse" if random and self._convention == "paper" else "l1"
+            self.params["rescale"] = default if rescale else "none"
+        if self.params.get("rescale") == "inverse" and self.sparsify not in ("random",
+                                                                             "magprune"):
+            raise ValueError(
+                f"{self.name}: rescale 'inverse' divides by keep probabilities, which only "
+                "the random methods have; use 'l1' (mergekit's rescale: true) or 'none'"
+            )
         if self.sparsify == "magprune":
             for i, m in enumerate(self.models):
                 d, eps = m["density"], m["epsilon"]
@@ -202,6 +226,17 @@ class SparseTaskVectors(MergeMethod):
         chunk.memo[key] = factor
         return factor
 
+    def _kept(self, chunk: Chunk, i: int, state: dict[str, Any]) -> Tensor:
+        """0/1 mask (compute dtype) of the elements a magnitude or outlier cut keeps."""
+        a = chunk.magnitude(i)
+        order = state.get("order", {})
+        if i not in order:  # outliers with int(density * n) == 0
+            return torch.zeros_like(a)
+        if self.sparsify == "magnitude":
+            return (a >= order[i][0]).to(a.dtype)
+        lo, hi = order[i]
+        return (a >= lo).logical_and_(a <= hi).to(a.dtype)
+
     def observe(self, chunk: Chunk, state: dict[str, Any]) -> None:
         # mergekit's "l1" rescaling: sum |tau| and sum |tau'| over the whole tensor.
         before, after = [], []
@@ -211,6 +246,9 @@ class SparseTaskVectors(MergeMethod):
             density = m.get("density", 1.0)
             if density >= 1:
                 after.append(before[-1])
+                continue
+            if self.sparsify in ("magnitude", "outliers"):
+                after.append(float(a @ self._kept(chunk, i, state).reshape(-1)))
                 continue
             mask = self._random_factor(chunk, i, density, m, False, state)  # 0/1 here
             after.append(float(a @ mask.reshape(-1)))
@@ -269,7 +307,9 @@ class SparseTaskVectors(MergeMethod):
         return chunk.base.add(mixed.reshape(kept.shape[1:]), alpha=self.params["lambda"])
 
 
-_COMMON: dict[str, Param] = {"lambda": LAMBDA, "normalize": NORMALIZE, "convention": CONVENTION}
+_COMMON: dict[str, Param] = {"lambda": LAMBDA, "normalize": NORMALIZE, "convention": CONVENTION,
+                             "int8_mask": INT8_MASK,
+                             "rescale": dataclasses.replace(RESCALE, default="none")}
 
 
 @register
