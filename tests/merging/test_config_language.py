@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from manytask.cli.merging import add_merge_command
 from safetensors.torch import load_file
 
+from manytask.cli.merging import add_merge_command
 from manytask.merging import merge
 from manytask.merging.config import MergeConfig
 from manytask.merging.conventions import convention_notes
