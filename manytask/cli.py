@@ -102,7 +102,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # Keys a bench grid sets per cell, so they are not flags of `manytask bench`.
-_GRID_KEYS = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress")
+_GRID_KEYS = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress",
+              "resume_if_exists", "overwrite")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -38,6 +38,8 @@ class TrainConfig:
     seed: int = 0
     run_dir: str | None = None
     resume: bool = False
+    resume_if_exists: bool = False
+    overwrite: bool = False
     log_format: Literal["csv", "jsonl"] = "csv"
     log_every: int = 10
     skip_nonfinite: bool = False
@@ -45,6 +47,12 @@ class TrainConfig:
     cosine_every: int | None = None
     flat_rho: float | None = None
     tensorboard: bool = False
+    # the main validation score ("mean" of the tasks' main metrics by direction, "loss",
+    # or "TASK/METRIC"), followed by early stopping and the best checkpoint
+    monitor: str = "mean"
+    early_stopping: int | None = None  # patience in epochs (none: train every epoch)
+    min_delta: float = 0.0
+    keep_best: bool = True  # keep the best epoch's checkpoint; test metrics are taken there
     # data sets read from disk (text, census): the folder that holds them
     data_root: str | None = None
     census_group: int = 1
@@ -116,8 +124,25 @@ class TrainConfig:
             self.run_dir = None
         if self.resume and not self.run_dir:
             raise ConfigError("resume needs run_dir")
+        if self.resume_if_exists and not self.run_dir:
+            raise ConfigError("resume_if_exists needs run_dir")
+        if sum((self.resume, self.resume_if_exists, self.overwrite)) > 1:
+            raise ConfigError("resume, resume_if_exists and overwrite exclude each other")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ConfigError(f"early_stopping must be >= 1 epoch, got {self.early_stopping}")
+        if not self.min_delta >= 0:
+            raise ConfigError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.run_dir:
             check_run_dir(self.run_dir)
+
+
+# Settings that may differ when a run is resumed (recorded in config_history.jsonl); every
+# other key defines the run and must match the recorded config.yaml.
+CHANGEABLE = frozenset({
+    "epochs", "run_dir", "resume", "resume_if_exists", "overwrite", "log_every", "progress",
+    "tensorboard", "cosine_every", "skip_nonfinite", "early_stopping", "min_delta",
+    "keep_best", "data_root", "cache_dir",
+})
 
 
 def check_run_dir(run_dir: str | Path) -> None:

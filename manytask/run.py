@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -13,12 +14,14 @@ import torch
 from torch import nn
 
 from .balancers import make_balancer
-from .config import ConfigError, TrainConfig
+from .config import CHANGEABLE, ConfigError, TrainConfig
 from .models import ARCHITECTURES as MODEL_REGISTRY
 from .models import HardSharing, MultiTaskModel, make_model, shared_bottom
 from .tasks import Task
 from .training import Trainer
+from .training.callbacks import BestCheckpoint, Callback, EarlyStopping
 from .training.distributed import ShardedBatches, init_from_env
+from .training.run_folder import Resume, plan_run
 
 
 @dataclass
@@ -208,6 +211,10 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"unknown data {cfg.data!r}; available: {sorted(DATASETS)}")
     if cfg.arch not in ARCHITECTURE_NAMES:
         raise ConfigError(f"unknown arch {cfg.arch!r}; available: {list(ARCHITECTURE_NAMES)}")
+    resume: Resume = "if_exists" if cfg.resume_if_exists else cfg.resume
+    if cfg.run_dir and os.environ.get("RANK", "0") == "0":  # before any data is read
+        plan_run(cfg.run_dir, resume=resume, overwrite=cfg.overwrite, config=asdict(cfg),
+                 changeable=CHANGEABLE)
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
     ctx = init_from_env()
     seed_everything(cfg.seed)
@@ -216,6 +223,13 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         data.train = ShardedBatches(data.train, ctx.rank, ctx.world_size)
     model = build_model(cfg, data)
     balancer = make_balancer(cfg.balancer, **cfg.balancer_params)
+    callbacks: list[Callback] = []
+    if cfg.early_stopping is not None:
+        callbacks.append(
+            EarlyStopping(cfg.early_stopping, min_delta=cfg.min_delta, monitor=cfg.monitor)
+        )
+    if cfg.keep_best:
+        callbacks.append(BestCheckpoint(cfg.monitor))
     layered = getattr(model, "optimizer_factory", None)  # fine-tuned layers: their own lr
     trainer = Trainer(
         model,
@@ -233,23 +247,25 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         log_every=cfg.log_every,
         flat_rho=cfg.flat_rho,
         tensorboard=cfg.tensorboard and cfg.run_dir is not None,
+        callbacks=callbacks,
+        monitor=cfg.monitor,
     )
-    if cfg.run_dir and (ctx is None or ctx.is_main):
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run_dir) / "config.yaml").write_text(_yaml(asdict(cfg)))
-    history = trainer.fit(data.train, cfg.epochs, val_data=data.val, resume=cfg.resume)
+    history = trainer.fit(
+        data.train, cfg.epochs, val_data=data.val, resume=resume, overwrite=cfg.overwrite,
+        config=asdict(cfg), changeable=CHANGEABLE,
+    )
+    # test metrics at the best validation epoch (keep_best), else at the last
+    best_epoch = trainer.restore_best()
+    val = next((h["val"] for h in history if h["epoch"] == best_epoch), None)
+    if val is None:
+        val = history[-1]["val"] if history and best_epoch is None else trainer.evaluate(data.val)
     return {
         "config": asdict(cfg),
-        "val": history[-1]["val"] if history else trainer.evaluate(data.val),
+        "val": val,
         "test": trainer.evaluate(data.test),
+        "best_epoch": best_epoch,
         "trainer": trainer,
     }
-
-
-def _yaml(values: dict[str, Any]) -> str:
-    import yaml
-
-    return str(yaml.safe_dump(values, sort_keys=False))
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -265,7 +281,9 @@ def format_results(results: dict[str, Any]) -> str:
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     out = [
         f"test results: data={cfg['data']} arch={cfg['arch']} balancer={cfg['balancer']} "
-        f"mode={cfg['mode']} epochs={cfg['epochs']} seed={cfg['seed']}",
+        f"mode={cfg['mode']} epochs={cfg['epochs']} seed={cfg['seed']}"
+        + (f" (best validation epoch {results['best_epoch'] + 1})"
+           if results.get("best_epoch") is not None else ""),
         line,
         "-" * len(line),
     ]

@@ -66,7 +66,7 @@ def cell_config(base: TrainConfig, cell: Cell, run_dir: Path) -> TrainConfig:
         arch=cell.arch,
         seed=cell.seed,
         run_dir=str(run_dir / "cells" / cell.key),
-        resume=True,  # an interrupted cell continues from its last epoch
+        resume_if_exists=True,  # an interrupted cell continues from its last epoch
         progress=False,
     )
     if cell.method != base.balancer:

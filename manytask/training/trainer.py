@@ -12,13 +12,12 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
 from ..balancers import Balancer, make_balancer
@@ -29,9 +28,20 @@ from ..models.base import MultiTaskModel
 from ..models.experts import ExpertSet
 from ..models.routing import expert_report
 from ..tasks import Task, task_losses
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .callbacks import BestCheckpoint, Callback, check_monitor, main_score
+from .checkpoint import (
+    BEST,
+    CheckpointError,
+    atomic_write_text,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
 from .distributed import barrier, context, sync_gradients
-from .logs import LogFormat, RunLog
+from .logs import LogFormat, RunLog, replace_lines
+from .progress import Progress, epoch_line
+from .run_folder import Resume, open_run
 
 Batch = tuple[Any, Mapping[str, Tensor]]
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -78,7 +88,15 @@ class Trainer:
             once per task at that task's perturbed point (1 + K forwards, about 1 + K
             backwards), with the same dropout draws. Exact mode, one process.
         tensorboard: also write the step log and the epoch metrics as TensorBoard scalars in
-            ``run_dir/tensorboard`` (needs the ``tensorboard`` package).
+            ``run_dir/tensorboard``, both on the global-step axis (needs ``tensorboard``).
+        callbacks: :class:`~manytask.training.callbacks.Callback` objects (early stopping,
+            best checkpoint, your own), called in order at each hook.
+        monitor: the main validation score logged each epoch (see
+            :func:`~manytask.training.callbacks.main_score`): ``"mean"``, ``"loss"`` or
+            ``"TASK/METRIC"``.
+
+    Progress: on a terminal a bar per epoch, elsewhere plain lines; one line of validation
+    metrics per epoch, printed (unless ``progress=False``) and appended to ``run_dir/train.log``.
 
     Distributed: when ``torch.distributed`` is initialised with several processes (e.g. under
     ``torchrun``), each rank trains on its shard of every global batch (wrap the data in
@@ -110,6 +128,8 @@ class Trainer:
         device: str | torch.device = "cpu",
         flat_rho: float | None = None,
         tensorboard: bool = False,
+        callbacks: Sequence[Callback] = (),
+        monitor: str = "mean",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -119,6 +139,11 @@ class Trainer:
             raise ValueError(f"cosine_every must be >= 1, got {cosine_every}")
         self.tasks = list(tasks)
         model.check_tasks(self.tasks)
+        check_monitor(monitor, self.tasks)
+        self.monitor = monitor
+        self.callbacks = list(callbacks)
+        self.should_stop = False  # a callback sets it to end training after this epoch
+        self.protected_epochs: set[int] = set()  # checkpoints the clean-up keeps
         self._dist = context()
         self.balancer = make_balancer(balancer) if isinstance(balancer, str) else balancer
         if flat_rho is not None:
@@ -282,103 +307,188 @@ class Trainer:
         epochs: int,
         *,
         val_data: Iterable[Batch] | None = None,
-        resume: bool = False,
+        resume: Resume = False,
+        overwrite: bool = False,
+        config: Mapping[str, Any] | None = None,
+        changeable: Collection[str] = (),
     ) -> list[dict[str, Any]]:
         """Train for ``epochs`` epochs (in total, counting those of a resumed run).
 
-        With ``resume=True`` the latest checkpoint of ``run_dir`` is restored first (if there is
-        one) and training continues after its epoch. Returns the per-epoch summaries.
+        ``run_dir`` rules (:mod:`manytask.training.run_folder`): a folder that holds anything
+        is refused unless ``resume`` (``True``: its latest checkpoint must exist;
+        ``"if_exists"``: resume if there is one, else start afresh) or ``overwrite``; the
+        folder is locked while training; ``config`` (the run's settings, if given) is written
+        to ``config.yaml``, and on resume must equal the recorded one except for the keys in
+        ``changeable``. Returns the per-epoch summaries.
         """
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
+        if resume and self.run_dir is None:
+            raise ValueError("resume needs a run_dir")
+        lock = None
+        resuming = False
+        if self.run_dir is not None and self._is_main:
+            plan, lock = open_run(self.run_dir, resume=resume, overwrite=overwrite,
+                                  config=config, changeable=changeable)
+            resuming = plan.resume
+        elif self.run_dir is not None and resume:  # other ranks: rank 0 checked the folder
+            resuming = latest_checkpoint(self.run_dir) is not None
+        try:
+            return self._fit(train_data, epochs, val_data, resuming)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(
+        self, train_data: Iterable[Batch], epochs: int, val_data: Iterable[Batch] | None,
+        resuming: bool,
+    ) -> list[dict[str, Any]]:
         start = 0
         step_log, epoch_log = self._open_logs()
-        if resume:
-            if self.run_dir is None:
-                raise ValueError("resume=True needs a run_dir")
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is not None:
-                state = load_checkpoint(
-                    ckpt, model=self.model, optimizer=self.optimizer, balancer=self.balancer
-                )
-                start, self.step = state["epoch"] + 1, state["step"]
-                self.skipped_steps = state.get("skipped_steps", 0)
-                if step_log is not None and epoch_log is not None:
-                    step_log.truncate_after("step", self.step)
-                    epoch_log.truncate_after("epoch", state["epoch"])
-                    _truncate_jsonl(self.run_dir / "experts.jsonl", "epoch", state["epoch"])
+        self.should_stop = False
+        if resuming:
+            assert self.run_dir is not None
+            start = self._resume(self.run_dir, step_log, epoch_log)
+        progress = Progress(
+            self.progress and self._is_main,
+            self.run_dir / "train.log" if self.run_dir is not None and self._is_main else None,
+        )
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         summaries: list[dict[str, Any]] = []
         # opened after the resume, dropping the events of steps the resumed run redoes
-        board = self._open_board(purge_step=self.step + 1 if resume else None)
+        board = self._open_board(purge_step=self.step + 1 if resuming else None)
         try:
             for epoch in range(start, epochs):
-                self.epoch = epoch
-                set_epoch = getattr(train_data, "set_epoch", None) or getattr(
-                    getattr(train_data, "sampler", None), "set_epoch", None
+                if self.should_stop:
+                    break
+                summaries.append(
+                    self._epoch(train_data, epoch, epochs, val_data, step_log, epoch_log,
+                                board, progress)
                 )
-                if callable(set_epoch):
-                    set_epoch(epoch)
-                began, first_step = time.perf_counter(), self.step
-                bar = tqdm(
-                    train_data,
-                    desc=f"epoch {epoch + 1}/{epochs}",
-                    # None: off when not a terminal; only rank 0 draws one
-                    disable=None if self.progress and self._is_main else True,
-                    leave=False,
-                )
-                seen = 0
-                for batch in bar:
-                    seen += 1
-                    row = self.train_step(batch)
-                    if row is None:
-                        continue
-                    if step_log is not None and (self.step % self.log_every == 0):
-                        step_log.write(row)
-                        if board is not None:
-                            for key, value in row.items():
-                                if key not in ("step", "epoch"):
-                                    board.add_scalar(key, value, self.step)
-                    bar.set_postfix(
-                        {k[5:]: f"{v:.3f}" for k, v in row.items() if k.startswith("loss/")}
-                    )
-                if seen == 0:  # an empty data set; batches without labels are skipped, not this
-                    raise ValueError(f"train_data yielded no batch in epoch {epoch}")
-                self.balancer.end_epoch()
-                summary: dict[str, Any] = {
-                    "epoch": epoch,
-                    "step": self.step,
-                    "seconds": time.perf_counter() - began,
-                    "steps": self.step - first_step,
-                }
-                if val_data is not None:
-                    summary["val"] = self.evaluate(val_data)
-                    if epoch_log is not None:
-                        self._write_metrics(epoch_log, epoch, "val", summary["val"])
-                    if board is not None:
-                        for task, metrics in summary["val"].items():
-                            for metric, value in metrics.items():
-                                board.add_scalar(f"val/{task}/{metric}", value, epoch)
-                        board.flush()
-                experts = self._report_experts(epoch)
-                if experts is not None:
-                    summary["experts"] = experts
-                summaries.append(summary)
-                if self.run_dir is not None and self._is_main:
-                    save_checkpoint(
-                        self.run_dir,
-                        epoch,
-                        model=self.model,
-                        optimizer=self.optimizer,
-                        balancer=self.balancer,
-                        keep=self.keep_checkpoints,
-                        info={"step": self.step, "skipped_steps": self.skipped_steps},
-                    )
-                barrier(self._dist)  # no rank runs ahead of the checkpoint it could resume from
         finally:  # events already logged survive an error
             if board is not None:
                 board.close()
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
         self.history = summaries
         return summaries
+
+    def _resume(self, run_dir: Path, step_log: RunLog | None, epoch_log: RunLog | None) -> int:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise CheckpointError(f"run_dir {str(run_dir)!r} has no checkpoint to resume from")
+        state = load_checkpoint(
+            ckpt, model=self.model, optimizer=self.optimizer, balancer=self.balancer
+        )
+        self.step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        saved = state.get("callbacks", {})
+        for key, cb in zip(self._callback_keys(), self.callbacks, strict=True):
+            if key in saved:
+                cb.load_state_dict(saved[key])
+        if step_log is not None and epoch_log is not None:
+            step_log.truncate_after("step", self.step)
+            epoch_log.truncate_after("epoch", state["epoch"])
+            _truncate_jsonl(run_dir / "experts.jsonl", "epoch", state["epoch"])
+        return int(state["epoch"]) + 1
+
+    def _callback_keys(self) -> list[str]:
+        return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(self.callbacks)]
+
+    def _epoch(
+        self, train_data: Iterable[Batch], epoch: int, epochs: int,
+        val_data: Iterable[Batch] | None, step_log: RunLog | None, epoch_log: RunLog | None,
+        board: Any, progress: Progress,
+    ) -> dict[str, Any]:
+        self.epoch = epoch
+        set_epoch = getattr(train_data, "set_epoch", None) or getattr(
+            getattr(train_data, "sampler", None), "set_epoch", None
+        )
+        if callable(set_epoch):
+            set_epoch(epoch)
+        began, first_step = time.perf_counter(), self.step
+        seen = 0
+        for batch in progress.epoch(train_data, epoch, epochs):
+            seen += 1
+            row = self.train_step(batch)
+            if row is None:
+                continue
+            if step_log is not None and (self.step % self.log_every == 0):
+                step_log.write(row)
+                if board is not None:
+                    for key, value in row.items():
+                        if key not in ("step", "epoch"):
+                            board.add_scalar(key, value, self.step)
+            progress.step(seen, row)
+            for cb in self.callbacks:
+                cb.on_step_end(self, row)
+        if seen == 0:  # an empty data set; batches without labels are skipped, not this
+            raise ValueError(f"train_data yielded no batch in epoch {epoch}")
+        self.balancer.end_epoch()
+        summary: dict[str, Any] = {
+            "epoch": epoch,
+            "step": self.step,
+            "seconds": time.perf_counter() - began,
+            "steps": self.step - first_step,
+        }
+        score = None
+        if val_data is not None:
+            summary["val"] = results = self.evaluate(val_data)
+            score = summary["score"] = main_score(results, self.tasks, self.monitor)
+            if epoch_log is not None:
+                self._write_metrics(epoch_log, epoch, "val", results)
+            if board is not None:  # on the global-step axis, like the training curves
+                for task, metrics in results.items():
+                    for metric, value in metrics.items():
+                        board.add_scalar(f"val/{task}/{metric}", value, self.step)
+                board.flush()
+            for cb in self.callbacks:
+                cb.on_validation_end(self, results)
+        experts = self._report_experts(epoch)
+        if experts is not None:
+            summary["experts"] = experts
+        if self.run_dir is not None and self._is_main:
+            info = {
+                "step": self.step,
+                "skipped_steps": self.skipped_steps,
+                "callbacks": {
+                    k: cb.state_dict()
+                    for k, cb in zip(self._callback_keys(), self.callbacks, strict=True)
+                },
+            }
+            save_checkpoint(
+                self.run_dir, epoch, model=self.model, optimizer=self.optimizer,
+                balancer=self.balancer, keep=self.keep_checkpoints, info=info,
+                protect=[f"epoch-{e:04d}" for e in self.protected_epochs],
+            )
+        barrier(self._dist)  # no rank runs ahead of the checkpoint it could resume from
+        progress.end_epoch(epoch_line(summary, epochs, score))
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, summary)
+        return summary
+
+    def mark_best(self, epoch: int) -> None:
+        """Point ``checkpoints/best`` at the checkpoint of ``epoch`` (kept from clean-up)."""
+        if self.run_dir is None or not self._is_main:
+            return
+        root = self.run_dir / "checkpoints"
+        if (root / f"epoch-{epoch:04d}").is_dir():
+            atomic_write_text(root / BEST, f"epoch-{epoch:04d}")
+
+    def restore_best(self) -> int | None:
+        """Load the weights of the best validation epoch (kept by a :class:`BestCheckpoint`
+        callback) into the model; return that epoch, or ``None`` when there is none."""
+        best = next((cb for cb in self.callbacks if isinstance(cb, BestCheckpoint)), None)
+        if best is None or best.best_epoch is None:
+            return None
+        if self.run_dir is None:
+            assert best.weights is not None
+            self.model.load_state_dict(best.weights)
+        else:
+            path = self.run_dir / "checkpoints" / f"epoch-{best.best_epoch:04d}"
+            load_model_weights(path, self.model)
+        return best.best_epoch
 
     def _open_board(self, purge_step: int | None = None) -> Any:
         if not self.tensorboard or self.run_dir is None or not self._is_main:
@@ -490,6 +600,4 @@ def _truncate_jsonl(path: Path, key: str, last: int) -> None:
 
     kept = [ln for ln in lines if keep(ln)]
     if len(kept) != len(lines) or not text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
-        tmp.replace(path)
+        replace_lines(path, [ln + "\n" for ln in kept])

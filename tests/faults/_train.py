@@ -45,7 +45,7 @@ def train(run_dir: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     net = model()
     trainer = Trainer(net, tasks(), "uncertainty", lr=1e-3, run_dir=run_dir, progress=False)
-    trainer.fit(batches, EPOCHS, resume=True)
+    trainer.fit(batches, EPOCHS, resume="if_exists")
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
