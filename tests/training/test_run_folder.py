@@ -49,7 +49,7 @@ def test_a_folder_that_holds_anything_is_refused_and_left_untouched(tmp_path: Pa
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match="todo.txt"):
+    with pytest.raises(RunFolderError, match=r"todo\.txt"):
         _trainer(other).fit(_batches(), 1)
 
 
