@@ -16,7 +16,8 @@ import yaml
 from .config import ConfigError, TrainConfig, config_from_mapping, load_config
 
 # dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
-_PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch"}
+_PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch",
+                "optimizer_params": "optimizer", "schedule_params": "schedule"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:

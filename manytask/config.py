@@ -35,6 +35,19 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    # optimiser by name (sgd, adam, adamw, rmsprop, adagrad, torch.optim.NAME) + its keywords
+    optimizer: str = "adam"
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
+    weight_decay: float | None = None  # shorthand for optimizer_params.weight_decay
+    head_lr: float | None = None  # the heads' learning rate (default: lr)
+    balancer_lr: float | None = None  # a method's own parameters' learning rate (default: lr)
+    clip_grad_norm: float | None = None
+    # learning-rate schedule: constant | cosine | linear | step | plateau, after `warmup`
+    schedule: str = "constant"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    warmup: int = 0  # steps (or epochs, with schedule_interval: epoch) of linear warm-up
+    schedule_interval: Literal["step", "epoch"] = "step"
+    schedule_steps: int | None = None  # the schedule's length (default: the whole run)
     seed: int = 0
     run_dir: str | None = None
     resume: bool = False
@@ -73,6 +86,7 @@ class TrainConfig:
             "mode": ("exact", "feature"),
             "head_grad": ("own", "weighted"),
             "log_format": ("csv", "jsonl"),
+            "schedule_interval": ("step", "epoch"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -114,8 +128,16 @@ class TrainConfig:
             raise ConfigError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
         if self.finetune_layers > 0 and self.data != "text":
             raise ConfigError("finetune_layers applies to data: text only")
-        if self.finetune_lr is not None and not self.finetune_lr > 0:
-            raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
+        for key in ("finetune_lr", "head_lr", "balancer_lr", "clip_grad_norm"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ConfigError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
         if self.census_group not in (1, 2):
             raise ConfigError(f"census_group must be 1 or 2, got {self.census_group}")
         if self.flat_rho is not None and not self.flat_rho >= 0:
@@ -141,7 +163,7 @@ class TrainConfig:
 CHANGEABLE = frozenset({
     "epochs", "run_dir", "resume", "resume_if_exists", "overwrite", "log_every", "progress",
     "tensorboard", "cosine_every", "skip_nonfinite", "early_stopping", "min_delta",
-    "keep_best", "data_root", "cache_dir",
+    "keep_best", "data_root", "cache_dir", "schedule_steps",
 })
 
 

@@ -21,6 +21,7 @@ from .tasks import Task
 from .training import Trainer
 from .training.callbacks import BestCheckpoint, Callback, EarlyStopping
 from .training.distributed import ShardedBatches, init_from_env
+from .training.optim import SCHEDULES, check_optimizer
 from .training.run_folder import Resume, plan_run
 
 
@@ -199,6 +200,17 @@ def build_model(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
         raise ConfigError(f"arch {cfg.arch!r}: bad arch_params {params}: {err}") from None
 
 
+def optimizer_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The optimiser's keywords (``weight_decay`` folded in), validated; reads no data."""
+    params = dict(cfg.optimizer_params)
+    if cfg.weight_decay is not None:
+        if "weight_decay" in params:
+            raise ConfigError("weight_decay is given twice (also in optimizer_params)")
+        params["weight_decay"] = cfg.weight_decay
+    check_optimizer(cfg.optimizer, params)
+    return params
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -211,6 +223,8 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"unknown data {cfg.data!r}; available: {sorted(DATASETS)}")
     if cfg.arch not in ARCHITECTURE_NAMES:
         raise ConfigError(f"unknown arch {cfg.arch!r}; available: {list(ARCHITECTURE_NAMES)}")
+    optimizer_params = optimizer_options(cfg)
+    SCHEDULES.validate(cfg.schedule, cfg.schedule_params, "schedule_params")
     resume: Resume = "if_exists" if cfg.resume_if_exists else cfg.resume
     if cfg.run_dir and os.environ.get("RANK", "0") == "0":  # before any data is read
         plan_run(cfg.run_dir, resume=resume, overwrite=cfg.overwrite, config=asdict(cfg),
@@ -230,13 +244,23 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         )
     if cfg.keep_best:
         callbacks.append(BestCheckpoint(cfg.monitor))
-    layered = getattr(model, "optimizer_factory", None)  # fine-tuned layers: their own lr
+    lrs = {role: value for role, value in (
+        ("heads", cfg.head_lr), ("balancer", cfg.balancer_lr), ("encoder", cfg.finetune_lr)
+    ) if value is not None}
     trainer = Trainer(
         model,
         data.tasks,
         balancer,
-        optimizer=layered(cfg.lr, cfg.finetune_lr or cfg.lr) if layered else None,
+        optimizer=cfg.optimizer,
+        optimizer_params=optimizer_params,
         lr=cfg.lr,
+        lrs=lrs,
+        schedule=cfg.schedule,
+        schedule_params=cfg.schedule_params,
+        warmup=cfg.warmup,
+        schedule_interval=cfg.schedule_interval,
+        schedule_steps=cfg.schedule_steps,
+        clip_grad_norm=cfg.clip_grad_norm,
         mode=cfg.mode,
         head_grad=cfg.head_grad,
         run_dir=cfg.run_dir,

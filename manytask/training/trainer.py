@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .distributed import barrier, context, sync_gradients
 from .logs import LogFormat, RunLog, replace_lines
+from .optim import SCHEDULES, Interval, Schedule, build_optimizer, param_groups
 from .progress import Progress, epoch_line
 from .run_folder import Resume, open_run
 
@@ -65,9 +66,20 @@ class Trainer:
         model: a :class:`~manytask.models.MultiTaskModel` with one head per task.
         tasks: the tasks, in the order used for logs.
         balancer: a :class:`~manytask.balancers.Balancer` or a registry name.
-        optimizer: a factory ``params -> Optimizer`` (default: Adam with ``lr``). The
-            balancer's own parameters (uncertainty weighting's log-variances, ...) are added.
-        lr: learning rate of the default optimizer.
+        optimizer: an optimiser name of :data:`~manytask.training.optim.OPTIMIZERS` (``sgd``,
+            ``adam``, ``adamw``, ..., or ``torch.optim.NAME``), or a factory
+            ``params -> Optimizer``. The balancer's own parameters (uncertainty weighting's
+            log-variances, ...) are included.
+        optimizer_params: keyword arguments of the named optimiser (``momentum``,
+            ``nesterov``, ``weight_decay``, ``betas``, ...).
+        lr: the learning rate (of every parameter group not named in ``lrs``).
+        lrs: other learning rates by role: ``{"heads": ..., "balancer": ..., "encoder": ...,
+            "shared": ...}`` (:func:`~manytask.training.optim.param_groups`).
+        schedule: a learning-rate schedule of :data:`~manytask.training.optim.SCHEDULES`
+            (``constant``, ``cosine``, ``linear``, ``step``, ``plateau``) with
+            ``schedule_params``, after ``warmup`` steps (or epochs) of linear warm-up, stepped
+            every ``schedule_interval`` (``"step"`` or ``"epoch"``); ``schedule_steps`` its
+            length (default: the epochs of :meth:`fit` times the batches per epoch).
         mode: ``"exact"`` or ``"feature"`` for gradient-level methods.
         head_grad: ``"own"`` or ``"weighted"`` (see :func:`manytask.backward`).
         run_dir: where logs and checkpoints go (none: no logs, no checkpoints).
@@ -113,8 +125,15 @@ class Trainer:
         tasks: Sequence[Task],
         balancer: Balancer | str = "equal",
         *,
-        optimizer: OptimizerFactory | None = None,
+        optimizer: OptimizerFactory | str = "adam",
+        optimizer_params: Mapping[str, Any] | None = None,
         lr: float = 1e-3,
+        lrs: Mapping[str, float] | None = None,
+        schedule: str = "constant",
+        schedule_params: Mapping[str, Any] | None = None,
+        warmup: int = 0,
+        schedule_interval: Interval = "step",
+        schedule_steps: int | None = None,
         mode: Mode = "exact",
         head_grad: HeadGrad = "own",
         run_dir: str | Path | None = None,
@@ -158,7 +177,15 @@ class Trainer:
         self.balancer.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += [p for p in self.balancer.parameters() if p.requires_grad]
-        self.optimizer = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(params)
+        if isinstance(optimizer, str):
+            groups = param_groups(self.model, self.balancer, lr, lrs)
+            self.optimizer = build_optimizer(optimizer, groups, lr, optimizer_params)
+        else:
+            self.optimizer = optimizer(params)
+        SCHEDULES.validate(schedule, schedule_params)  # built by fit, which knows the length
+        self._schedule_spec = (schedule, dict(schedule_params or {}), warmup,
+                               schedule_interval, schedule_steps)
+        self.schedule: Schedule | None = None
         self.mode: Mode = mode
         self.head_grad: HeadGrad = head_grad
         if run_dir is not None:
@@ -251,6 +278,8 @@ class Trainer:
             return None
         self.optimizer.step()
         self.step += 1
+        if self.schedule is not None:
+            self.schedule.after_step()
         row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         for task, value in result.losses.items():
             row[f"loss/{task}"] = value
@@ -346,6 +375,7 @@ class Trainer:
         start = 0
         step_log, epoch_log = self._open_logs()
         self.should_stop = False
+        self.schedule = self._make_schedule(train_data, epochs, val_data)
         if resuming:
             assert self.run_dir is not None
             start = self._resume(self.run_dir, step_log, epoch_log)
@@ -383,6 +413,8 @@ class Trainer:
         )
         self.step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        if self.schedule is not None and state.get("schedule") is not None:
+            self.schedule.load_state_dict(state["schedule"])
         saved = state.get("callbacks", {})
         for key, cb in zip(self._callback_keys(), self.callbacks, strict=True):
             if key in saved:
@@ -392,6 +424,26 @@ class Trainer:
             epoch_log.truncate_after("epoch", state["epoch"])
             _truncate_jsonl(run_dir / "experts.jsonl", "epoch", state["epoch"])
         return int(state["epoch"]) + 1
+
+    def _make_schedule(
+        self, train_data: Iterable[Batch], epochs: int, val_data: Iterable[Batch] | None
+    ) -> Schedule | None:
+        name, params, warmup, interval, steps = self._schedule_spec
+        if name == "constant" and not warmup:
+            return None
+        if name == "plateau" and val_data is None:
+            raise ValueError("schedule 'plateau' follows the validation score: it needs val_data")
+        if steps is None and interval == "epoch":
+            steps = epochs
+        elif steps is None and name in ("cosine", "linear"):
+            try:
+                steps = epochs * len(train_data)  # type: ignore[arg-type]
+            except TypeError:
+                raise ValueError(
+                    f"schedule {name!r}: train_data has no len(); give schedule_steps"
+                ) from None
+        return Schedule(self.optimizer, name, params, warmup=warmup, total=steps,
+                        interval=interval)
 
     def _callback_keys(self) -> list[str]:
         return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(self.callbacks)]
@@ -445,6 +497,8 @@ class Trainer:
                 board.flush()
             for cb in self.callbacks:
                 cb.on_validation_end(self, results)
+        if self.schedule is not None:
+            self.schedule.after_epoch(score)
         experts = self._report_experts(epoch)
         if experts is not None:
             summary["experts"] = experts
@@ -452,6 +506,7 @@ class Trainer:
             info = {
                 "step": self.step,
                 "skipped_steps": self.skipped_steps,
+                "schedule": None if self.schedule is None else self.schedule.state_dict(),
                 "callbacks": {
                     k: cb.state_dict()
                     for k, cb in zip(self._callback_keys(), self.callbacks, strict=True)
