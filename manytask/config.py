@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -48,6 +49,9 @@ class TrainConfig:
     warmup: int = 0  # steps (or epochs, with schedule_interval: epoch) of linear warm-up
     schedule_interval: Literal["step", "epoch"] = "step"
     schedule_steps: int | None = None  # the schedule's length (default: the whole run)
+    accumulate: int = 1  # micro-batches per optimiser step (exactly one batch N times larger)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward under torch.autocast
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
     seed: int = 0
     run_dir: str | None = None
     resume: bool = False
@@ -87,6 +91,7 @@ class TrainConfig:
             "head_grad": ("own", "weighted"),
             "log_format": ("csv", "jsonl"),
             "schedule_interval": ("step", "epoch"),
+            "precision": ("fp32", "bf16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -134,6 +139,10 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be > 0, got {value}")
         if self.weight_decay is not None and not self.weight_decay >= 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.accumulate < 1:
+            raise ConfigError(f"accumulate must be >= 1, got {self.accumulate}")
+        if not re.fullmatch(r"cpu|cuda|cuda:\d+|mps|auto", self.device):
+            raise ConfigError(f"device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
         if self.schedule_steps is not None and self.schedule_steps < 1:
@@ -164,6 +173,7 @@ CHANGEABLE = frozenset({
     "epochs", "run_dir", "resume", "resume_if_exists", "overwrite", "log_every", "progress",
     "tensorboard", "cosine_every", "skip_nonfinite", "early_stopping", "min_delta",
     "keep_best", "data_root", "cache_dir", "schedule_steps",
+    "device",
 })
 
 

@@ -20,6 +20,7 @@ from .models import HardSharing, MultiTaskModel, make_model, shared_bottom
 from .tasks import Task
 from .training import Trainer
 from .training.callbacks import BestCheckpoint, Callback, EarlyStopping
+from .training.devices import resolve_device
 from .training.distributed import ShardedBatches, init_from_env
 from .training.optim import SCHEDULES, check_optimizer
 from .training.run_folder import Resume, plan_run
@@ -230,7 +231,10 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         plan_run(cfg.run_dir, resume=resume, overwrite=cfg.overwrite, config=asdict(cfg),
                  changeable=CHANGEABLE)
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
-    ctx = init_from_env()
+    device = resolve_device(cfg.device)  # under torchrun, cuda is the process's own GPU
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    ctx = init_from_env("nccl" if device.type == "cuda" else "gloo")
     seed_everything(cfg.seed)
     data = DATASETS[cfg.data](cfg)
     if ctx is not None:
@@ -273,6 +277,9 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         tensorboard=cfg.tensorboard and cfg.run_dir is not None,
         callbacks=callbacks,
         monitor=cfg.monitor,
+        accumulate=cfg.accumulate,
+        precision=cfg.precision,
+        device=device,
     )
     history = trainer.fit(
         data.train, cfg.epochs, val_data=data.val, resume=resume, overwrite=cfg.overwrite,

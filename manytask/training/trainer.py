@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -38,6 +38,7 @@ from .checkpoint import (
     load_model_weights,
     save_checkpoint,
 )
+from .devices import Precision, autocast, check_precision, resolve_device
 from .distributed import barrier, context, sync_gradients
 from .logs import LogFormat, RunLog, replace_lines
 from .optim import SCHEDULES, Interval, Schedule, build_optimizer, param_groups
@@ -94,7 +95,13 @@ class Trainer:
         clip_grad_norm: clip the total gradient norm to this value (none: no clipping).
         keep_checkpoints: how many epoch checkpoints to keep.
         progress: show a progress bar.
-        device: where to train.
+        device: where to train: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto`` or a
+            ``torch.device`` (:mod:`manytask.training.devices`); model and method state go
+            there, and each batch.
+        accumulate: take one optimiser step per this many micro-batches, exactly as one
+            batch of all their samples (see :meth:`_losses`; memory is not saved, as the
+            micro-batches' graphs are kept until the step).
+        precision: ``"fp32"`` or ``"bf16"`` (forward and losses under ``torch.autocast``).
         flat_rho: if set, task-based flat regions (:func:`manytask.flat_backward`) with this
             SAM radius around the gradient-level ``balancer``: each step re-runs the forward
             once per task at that task's perturbed point (1 + K forwards, about 1 + K
@@ -147,6 +154,8 @@ class Trainer:
         device: str | torch.device = "cpu",
         flat_rho: float | None = None,
         tensorboard: bool = False,
+        accumulate: int = 1,
+        precision: Precision = "fp32",
         callbacks: Sequence[Callback] = (),
         monitor: str = "mean",
     ) -> None:
@@ -171,7 +180,14 @@ class Trainer:
         if tensorboard and run_dir is None:
             raise ValueError("tensorboard=True needs a run_dir (events go to run_dir/tensorboard)")
         self.tensorboard = tensorboard
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        check_precision(precision, self.device)
+        self.precision: Precision = precision
+        if accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        if accumulate > 1 and flat_rho is not None:
+            raise ValueError("flat_rho re-runs each batch's forward: it cannot accumulate")
+        self.accumulate = accumulate
         self.model = model.to(self.device)
         self.balancer.setup([t.name for t in self.tasks])
         self.balancer.to(self.device)
@@ -206,27 +222,25 @@ class Trainer:
         self._params = params
         self._model_params = [p for p in self.model.parameters() if p.requires_grad]
         self._last_x: Any = None
+        self._last_targets: Any = None
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: Batch) -> dict[str, Any] | None:
-        """One optimisation step; returns the log row, or ``None`` if the step was skipped."""
-        x, targets = _to_device(batch[0], self.device), _to_device(batch[1], self.device)
-        self._last_x = x  # the gate report at the end of the epoch reads this batch
+    def train_step(self, batch: Batch | Sequence[Batch]) -> dict[str, Any] | None:
+        """One optimisation step on one batch, or (with ``accumulate`` > 1) on a list of
+        micro-batches; returns the log row, or ``None`` if the step was skipped."""
+        micro = cast(list[Batch], list(batch) if self.accumulate > 1 else [batch])
         self.model.train()
         rng = _rng_state(self.device) if self.flat_rho is not None else None
-        if self.flat_rho is not None:
+        if rng is not None:
             # flat regions run their own 1 + K forwards (same dropout draws, from this RNG
             # state); this one only finds which tasks are labelled, so it keeps no graph
             with torch.no_grad():
-                outputs, features = self.model(x, return_features=True)
+                losses, features, counts = self._losses(micro)
         else:
-            outputs, features = self.model(x, return_features=True)
-        losses = task_losses(self.tasks, outputs, targets)
+            losses, features, counts = self._losses(micro)
         if not losses and self._dist is None:  # no labelled sample: nothing to learn from
             return None  # (a rank still joins the collectives: another may have labels)
-        counts = {
-            t.name: int(t.labelled(targets[t.name]).sum()) for t in self.tasks if t.name in losses
-        }
+        x, targets = self._last_x, self._last_targets
         self.optimizer.zero_grad(set_to_none=True)
         gramian = None
         if (
@@ -292,6 +306,42 @@ class Trainer:
                 for j in range(i + 1, len(result.tasks)):
                     row[f"cos/{a}/{result.tasks[j]}"] = float(cosine[i, j])
         return row
+
+    def _losses(
+        self, micro: Sequence[Batch]
+    ) -> tuple[dict[str, Tensor], Any, dict[str, int]]:
+        """Per-task losses of the micro-batches together, as of one batch of all their samples.
+
+        A task's loss is the mean over its labelled samples, so that of the union is the mean
+        of the micro-batches' losses weighted by their labelled counts n_m / n (exact, for
+        every method: loss-level ones see the large batch's losses, gradient-level ones its
+        per-task gradients and Gramian). The N graphs are kept until the one backward.
+        """
+        parts = []
+        for x, targets in micro:
+            x, targets = _to_device(x, self.device), _to_device(targets, self.device)
+            with autocast(self.device, self.precision):
+                outputs, features = self.model(x, return_features=True)
+                losses = task_losses(self.tasks, outputs, targets)
+            counts = {t.name: int(t.labelled(targets[t.name]).sum())
+                      for t in self.tasks if t.name in losses}
+            parts.append((losses, features, counts))
+        self._last_x, self._last_targets = x, targets  # the gate report reads the last batch
+        if len(parts) == 1:
+            return parts[0]
+        total: dict[str, int] = {}
+        for _, _, counts in parts:
+            for name, n in counts.items():
+                total[name] = total.get(name, 0) + n
+        combined = {
+            t.name: sum(
+                (ls[t.name] * (c[t.name] / total[t.name]) for ls, _, c in parts if t.name in ls),
+                torch.zeros((), device=self.device),
+            )
+            for t in self.tasks if t.name in total
+        }
+        features = [f for _, feats, _ in parts for f in feature_tensors(feats)]
+        return combined, features, total
 
     def _flat_backward(self, x: Any, targets: Any, rng: RngState) -> BackwardResult:
         """Task-based flat regions (:func:`manytask.flat.flat_backward`): 1 + K forwards."""
@@ -461,9 +511,19 @@ class Trainer:
             set_epoch(epoch)
         began, first_step = time.perf_counter(), self.step
         seen = 0
-        for batch in progress.epoch(train_data, epoch, epochs):
-            seen += 1
-            row = self.train_step(batch)
+        pending: list[Batch] = []
+        batches = iter(progress.epoch(train_data, epoch, epochs))
+        while True:
+            batch = next(batches, None)
+            if batch is not None:
+                seen += 1
+                pending.append(batch)
+                if len(pending) < self.accumulate:
+                    continue
+            if not pending:  # the epoch's last micro-batches step together, fewer if need be
+                break
+            row = self.train_step(pending if self.accumulate > 1 else pending[0])
+            pending = []
             if row is None:
                 continue
             if step_log is not None and (self.step % self.log_every == 0):
