@@ -23,6 +23,7 @@ from .training.callbacks import BestCheckpoint, Callback, EarlyStopping
 from .training.devices import resolve_device
 from .training.distributed import ShardedBatches, init_from_env
 from .training.optim import SCHEDULES, check_optimizer
+from .training.pretrained import save_pretrained
 from .training.run_folder import Resume, plan_run
 
 
@@ -39,6 +40,10 @@ class Prepared:
     input_layer: Callable[[], nn.Module] | None = None
     # text with fine-tuned top layers: builds the model (its shared part is MiniLM's top layers)
     model_factory: Callable[..., MultiTaskModel] | None = None
+    # how the input layer is built, for manytask.json (tabular: its vocabulary sizes)
+    input_spec: dict[str, Any] | None = None
+    # what the inputs must be, for manytask.json
+    preprocessing: dict[str, Any] | None = None
 
 
 def task_names(cfg: TrainConfig) -> tuple[str, ...]:
@@ -164,6 +169,10 @@ def _census(cfg: TrainConfig) -> Prepared:
         batches(census.test, False),
         0,
         input_layer,
+        input_spec={"kind": "tabular", "cardinalities": list(census.cardinalities),
+                    "n_dense": census.n_dense, "embedding_dim": 8},
+        preprocessing={"data": "census", "census_group": group,
+                       "inputs": "{categorical: codes, dense: standardised}"},
     )
 
 
@@ -199,6 +208,21 @@ def build_model(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
         return make_model(cfg.arch, data.tasks, input_layer=data.input_layer(), **params)
     except TypeError as err:  # an unknown keyword in arch_params
         raise ConfigError(f"arch {cfg.arch!r}: bad arch_params {params}: {err}") from None
+
+
+def model_spec(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
+    """How :func:`build_model` made the model, for ``manytask.json``."""
+    return {"arch": cfg.arch, "arch_params": dict(cfg.arch_params), "hidden": list(cfg.hidden),
+            "in_features": data.in_features, "input": data.input_spec}
+
+
+def _preprocessing(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
+    if data.preprocessing is not None:
+        return data.preprocessing
+    if cfg.data == "text":
+        return {"data": "text", "inputs": "frozen MiniLM sentence embeddings",
+                "max_length": cfg.max_length}
+    return {"data": cfg.data, "inputs": f"flat float vectors of {data.in_features} features"}
 
 
 def optimizer_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -290,6 +314,10 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     val = next((h["val"] for h in history if h["epoch"] == best_epoch), None)
     if val is None:
         val = history[-1]["val"] if history and best_epoch is None else trainer.evaluate(data.val)
+    if cfg.run_dir and (ctx is None or ctx.is_main) and data.model_factory is None:
+        # the model for inference (the best epoch's weights when keep_best)
+        save_pretrained(trainer.model, Path(cfg.run_dir) / "model", tasks=data.tasks,
+                        build=model_spec(cfg, data), preprocessing=_preprocessing(cfg, data))
     return {
         "config": asdict(cfg),
         "val": val,

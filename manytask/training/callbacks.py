@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..tasks import Task
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+# The Trainer (not imported: it imports this module). A hook reads and sets its attributes:
+# tasks, model, run_dir, epoch, step, optimizer, should_stop, protected_epochs, mark_best.
+Trainer = Any
 
 Results = Mapping[str, Mapping[str, float]]
 

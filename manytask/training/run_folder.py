@@ -43,7 +43,7 @@ HISTORY = "config_history.jsonl"
 TMP_PREFIX = ".tmp-"
 # What a training writes into its folder (``overwrite`` removes these and nothing else).
 RUN_ENTRIES = frozenset({
-    CONFIG, HISTORY, LOCK, "checkpoints", "best", "tensorboard", "train.log",
+    CONFIG, HISTORY, LOCK, "checkpoints", "model", "tensorboard", "train.log",
     "steps.csv", "steps.jsonl", "metrics.csv", "metrics.jsonl", "experts.jsonl",
 })
 Resume = bool | Literal["if_exists"]
