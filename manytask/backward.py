@@ -20,6 +20,10 @@ from .gradients import Features, Mode, cosine_similarity, feature_tensors, task_
 HeadGrad = Literal["own", "weighted"]
 
 
+class GradientOverflowError(FloatingPointError):
+    """Scaled (fp16) per-task gradients overflowed; the method was not asked to decide."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """A task's loss is NaN or infinite; nothing was backpropagated."""
 
@@ -59,6 +63,7 @@ def backward(
     step: int | None = None,
     counts: Mapping[str, float] | None = None,
     process_group: Any = None,
+    loss_scale: float = 1.0,
 ) -> BackwardResult:
     """Backpropagate the per-task ``losses`` as ``method`` decides.
 
@@ -92,6 +97,11 @@ def backward(
             features returned are not the tensors the heads read.
             A rank whose shard has no labelled task still calls ``backward`` with ``{}``. If no
             rank has one, nothing is backpropagated and the result has no task.
+        loss_scale: the factor the ``losses`` were multiplied by (fp16 gradient scaling).
+            The method decides on the losses, Gramian and Jacobian with it divided out (as
+            in float32, up to rounding); the gradients written stay scaled, for the scaler to
+            unscale. A non-finite scaled Gramian or Jacobian (an overflow) raises
+            :class:`GradientOverflowError` before the method decides, so its state is kept.
 
     Raises:
         NonFiniteLossError: a loss is NaN or inf (checked before anything is backpropagated).
@@ -124,18 +134,20 @@ def backward(
         raise NonFiniteLossError(tasks[bad], float(stacked[bad].detach()), step)
     if not method.task_names:
         method.setup(tasks)
+    scale = float(loss_scale)
+    shown = stacked / scale if scale != 1.0 else stacked  # what the method decides on
 
     if method.requires == "losses":
         with one_blas_thread():
-            decision = method.decide(stacked, tasks, None)
+            decision = method.decide(shown, tasks, None)
         _check_weights(method, decision.weights, len(tasks))
         objective = decision.objective
         if objective is None:
             objective = (
-                decision.weights.to(device=stacked.device, dtype=stacked.dtype) * stacked
+                decision.weights.to(device=stacked.device, dtype=stacked.dtype) * shown
             ).sum()
-        objective.backward()
-        return _result(tasks, decision.weights, stacked, None)
+        (objective * scale if scale != 1.0 else objective).backward()
+        return _result(tasks, decision.weights, shown, None)
 
     feats, params = gradient_inputs(method, features, shared_params)
     # Where the update replaces the features' gradient, the heads' gradients are taken in the
@@ -145,27 +157,33 @@ def backward(
     )
     grads = task_gradients(values, feats, mode=mode, shared_params=params,
                            with_heads=at_features)
+    gramian = grads.gramian
+    if scale != 1.0:
+        if not bool(torch.isfinite(gramian).all()):
+            raise GradientOverflowError(f"scaled gradients overflowed (scale {scale:g})")
+        gramian = gramian / scale**2
     if method.requires == "jacobian":
+        jacobian = grads.jacobian_matrix()
         with one_blas_thread():
-            decision = method.decide_jacobian(stacked, tasks, grads.jacobian_matrix())
+            decision = method.decide_jacobian(shown, tasks, jacobian / scale)
         _check_weights(method, decision.weights, len(tasks))
         if decision.update is None:
             raise RuntimeError(f"{method.name} returned no update vector")
         targets = feats if mode == "feature" else (params or [])
-        _apply_update(targets, decision.update, stacked, decision.weights, head_grad,
+        _apply_update(targets, decision.update * scale, stacked, decision.weights, head_grad,
                       grads.head_grads)
-        return _result(tasks, decision.weights, stacked, grads.gramian)
+        return _result(tasks, decision.weights, shown, gramian)
     with one_blas_thread():
-        decision = method.decide(stacked, tasks, grads.gramian)
+        decision = method.decide(shown, tasks, gramian)
     weights = decision.weights
     _check_weights(method, weights, len(tasks))
 
     if method.applies_to_heads:  # a loss weighting driven by gradient information (GradNorm)
         objective = decision.objective
         if objective is None:
-            objective = (weights.to(device=stacked.device, dtype=stacked.dtype) * stacked).sum()
-        objective.backward()
-        return _result(tasks, weights, stacked, grads.gramian)
+            objective = (weights.to(device=stacked.device, dtype=stacked.dtype) * shown).sum()
+        (objective * scale if scale != 1.0 else objective).backward()
+        return _result(tasks, weights, shown, gramian)
 
     # The shared part gets sum_k w_k g_k: replace the gradient that reaches each feature tensor.
     update = torch.cat(
@@ -175,7 +193,7 @@ def backward(
         ]
     )
     _apply_update(feats, update, stacked, weights, head_grad, grads.head_grads)
-    return _result(tasks, weights, stacked, grads.gramian)
+    return _result(tasks, weights, shown, gramian)
 
 
 def gradient_inputs(

@@ -50,7 +50,7 @@ class TrainConfig:
     schedule_interval: Literal["step", "epoch"] = "step"
     schedule_steps: int | None = None  # the schedule's length (default: the whole run)
     accumulate: int = 1  # micro-batches per optimiser step (exactly one batch N times larger)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward under torch.autocast
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 with a grad scaler
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
     seed: int = 0
     run_dir: str | None = None
@@ -91,7 +91,7 @@ class TrainConfig:
             "head_grad": ("own", "weighted"),
             "log_format": ("csv", "jsonl"),
             "schedule_interval": ("step", "epoch"),
-            "precision": ("fp32", "bf16"),
+            "precision": ("fp32", "bf16", "fp16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -4,7 +4,8 @@
 else the CPU). Under ``torchrun`` (``LOCAL_RANK`` set) ``cuda`` means the process's own GPU,
 ``cuda:LOCAL_RANK``. ``precision``: ``fp32``, or ``bf16`` (forward passes and losses under
 ``torch.autocast`` with bfloat16; weights, gradients, Gramians and optimiser state stay in
-float32, so a method decides on float32 per-task gradients).
+float32, so a method decides on float32 per-task gradients), or ``fp16`` (float16 autocast
+with a gradient scaler; the Trainer divides the scale out before the method decides).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 _DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps|auto)")
 
 
@@ -64,9 +65,10 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
-    """``torch.autocast`` to bfloat16 for ``bf16``; nothing for ``fp32``."""
+    """``torch.autocast`` to bfloat16 or float16; nothing for ``fp32``."""
     if precision == "fp32":
         yield
         return
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
         yield

@@ -19,7 +19,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ..backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
+from ..backward import (
+    BackwardResult,
+    GradientOverflowError,
+    HeadGrad,
+    NonFiniteLossError,
+    backward,
+)
 from ..balancers import Balancer, make_balancer
 from ..config import check_run_dir
 from ..flat import check_flat_method, flat_backward
@@ -101,7 +107,9 @@ class Trainer:
         accumulate: take one optimiser step per this many micro-batches, exactly as one
             batch of all their samples (see :meth:`_losses`; memory is not saved, as the
             micro-batches' graphs are kept until the step).
-        precision: ``"fp32"`` or ``"bf16"`` (forward and losses under ``torch.autocast``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (forward and losses under
+            ``torch.autocast``; fp16 with a ``GradScaler`` whose scale the method never sees,
+            and a step whose scaled gradients overflow skipped before the method decides).
         flat_rho: if set, task-based flat regions (:func:`manytask.flat_backward`) with this
             SAM radius around the gradient-level ``balancer``: each step re-runs the forward
             once per task at that task's perturbed point (1 + K forwards, about 1 + K
@@ -188,6 +196,11 @@ class Trainer:
         if accumulate > 1 and flat_rho is not None:
             raise ValueError("flat_rho re-runs each batch's forward: it cannot accumulate")
         self.accumulate = accumulate
+        if precision == "fp16" and (self._dist is not None or flat_rho is not None):
+            raise ValueError("precision fp16 is for one process without flat_rho")
+        # fp16: a gradient scaler (its scale removed before any decision, see backward())
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        self.overflow_steps = 0
         self.model = model.to(self.device)
         self.balancer.setup([t.name for t in self.tasks])
         self.balancer.to(self.device)
@@ -255,6 +268,9 @@ class Trainer:
                 mode=self.mode,
                 shared_params=self._shared,
             ).gramian
+        scale = 1.0 if self.scaler is None else float(self.scaler.get_scale())
+        if self.scaler is not None:  # fp16: scaled losses; backward divides the scale out
+            losses = {k: self.scaler.scale(v) for k, v in losses.items()}
         try:
             if rng is not None:  # flat regions
                 result = self._flat_backward(x, targets, rng)
@@ -262,6 +278,7 @@ class Trainer:
                 result = backward(
                     losses,
                     self.balancer,
+                    loss_scale=scale,
                     features=features,
                     shared_params=self._shared,
                     mode=self.mode,
@@ -269,6 +286,9 @@ class Trainer:
                     step=self.step,
                     counts=counts,
                 )
+        except GradientOverflowError:  # before the method decided: its state is untouched
+            self._overflow(scale, unscaled=False)
+            return None
         except NonFiniteLossError:
             if not self.skip_nonfinite:
                 raise
@@ -278,9 +298,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         sync_gradients(self._model_params, self._dist)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(
             self._params, self.clip_grad_norm if self.clip_grad_norm else math.inf
         )
+        if not bool(torch.isfinite(norm)) and self.scaler is not None:
+            self._overflow(scale, unscaled=True)
+            return None
         if not bool(torch.isfinite(norm)):
             if not self.skip_nonfinite:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -290,7 +315,11 @@ class Trainer:
                 )
             self._skip("non-finite gradient")
             return None
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.step += 1
         if self.schedule is not None:
             self.schedule.after_step()
@@ -373,6 +402,16 @@ class Trainer:
             with open(self.run_dir / "experts.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, **entry}) + "\n")
         return entry
+
+    def _overflow(self, scale: float, *, unscaled: bool) -> None:
+        """fp16: the scaled gradients overflowed. No weight moves, the scale is reduced."""
+        self.optimizer.zero_grad(set_to_none=True)
+        assert self.scaler is not None
+        if unscaled:
+            self.scaler.update()  # unscale_ recorded the overflow: the scaler backs off
+        else:
+            self.scaler.update(scale * self.scaler.get_backoff_factor())
+        self.overflow_steps += 1
 
     def _skip(self, why: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -465,6 +504,9 @@ class Trainer:
         self.skipped_steps = state.get("skipped_steps", 0)
         if self.schedule is not None and state.get("schedule") is not None:
             self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.overflow_steps = int(state.get("overflow_steps", 0))
         saved = state.get("callbacks", {})
         for key, cb in zip(self._callback_keys(), self.callbacks, strict=True):
             if key in saved:
@@ -567,6 +609,8 @@ class Trainer:
                 "step": self.step,
                 "skipped_steps": self.skipped_steps,
                 "schedule": None if self.schedule is None else self.schedule.state_dict(),
+                "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                "overflow_steps": self.overflow_steps,
                 "callbacks": {
                     k: cb.state_dict()
                     for k, cb in zip(self._callback_keys(), self.callbacks, strict=True)
