@@ -28,7 +28,7 @@ from ..backward import (
 )
 from ..balancers import Balancer, make_balancer
 from ..config import check_run_dir
-from ..flat import check_flat_method, flat_backward
+from ..flat import flat_backward
 from ..gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..models.experts import ExpertSet
@@ -46,24 +46,15 @@ from .checkpoint import (
 )
 from .devices import Precision, autocast, check_precision, resolve_device
 from .distributed import barrier, context, sync_gradients
-from .logs import LogFormat, RunLog, replace_lines
+from .evaluation import Results, evaluate, to_device
+from .logs import LogFormat, RunLog
 from .optim import SCHEDULES, Interval, Schedule, build_optimizer, param_groups
 from .progress import Progress, epoch_line
 from .run_folder import Resume, open_run
+from .support import RngState, check_flat, rng_state, set_rng_state, truncate_jsonl
 
 Batch = tuple[Any, Mapping[str, Tensor]]
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
-Results = dict[str, dict[str, float]]
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, Tensor):
-        return x.to(device)
-    if isinstance(x, Mapping):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
 
 
 class Trainer:
@@ -183,7 +174,7 @@ class Trainer:
         self._dist = context()
         self.balancer = make_balancer(balancer) if isinstance(balancer, str) else balancer
         if flat_rho is not None:
-            _check_flat(flat_rho, self.balancer, mode, self._dist)
+            check_flat(flat_rho, self.balancer, mode, self._dist)
         self.flat_rho = flat_rho
         if tensorboard and run_dir is None:
             raise ValueError("tensorboard=True needs a run_dir (events go to run_dir/tensorboard)")
@@ -193,8 +184,9 @@ class Trainer:
         self.precision: Precision = precision
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
-        if accumulate > 1 and flat_rho is not None:
-            raise ValueError("flat_rho re-runs each batch's forward: it cannot accumulate")
+        if flat_rho is not None and (accumulate > 1 or precision != "fp32"):
+            raise ValueError("flat_rho re-runs each batch's forward in fp32: it takes neither "
+                             "accumulate nor another precision")
         self.accumulate = accumulate
         if precision == "fp16" and (self._dist is not None or flat_rho is not None):
             raise ValueError("precision fp16 is for one process without flat_rho")
@@ -243,7 +235,7 @@ class Trainer:
         micro-batches; returns the log row, or ``None`` if the step was skipped."""
         micro = cast(list[Batch], list(batch) if self.accumulate > 1 else [batch])
         self.model.train()
-        rng = _rng_state(self.device) if self.flat_rho is not None else None
+        rng = rng_state(self.device) if self.flat_rho is not None else None
         if rng is not None:
             # flat regions run their own 1 + K forwards (same dropout draws, from this RNG
             # state); this one only finds which tasks are labelled, so it keeps no graph
@@ -348,7 +340,7 @@ class Trainer:
         """
         parts = []
         for x, targets in micro:
-            x, targets = _to_device(x, self.device), _to_device(targets, self.device)
+            x, targets = to_device(x, self.device), to_device(targets, self.device)
             with autocast(self.device, self.precision):
                 outputs, features = self.model(x, return_features=True)
                 losses = task_losses(self.tasks, outputs, targets)
@@ -376,7 +368,7 @@ class Trainer:
         """Task-based flat regions (:func:`manytask.flat.flat_backward`): 1 + K forwards."""
 
         def compute_losses() -> tuple[dict[str, Tensor], Any]:
-            _set_rng_state(rng, self.device)
+            set_rng_state(rng, self.device)
             outputs, features = self.model(x, return_features=True)
             return task_losses(self.tasks, outputs, targets), features
 
@@ -514,7 +506,7 @@ class Trainer:
         if step_log is not None and epoch_log is not None:
             step_log.truncate_after("step", self.step)
             epoch_log.truncate_after("epoch", state["epoch"])
-            _truncate_jsonl(run_dir / "experts.jsonl", "epoch", state["epoch"])
+            truncate_jsonl(run_dir / "experts.jsonl", "epoch", state["epoch"])
         return int(state["epoch"]) + 1
 
     def _make_schedule(
@@ -686,77 +678,6 @@ class Trainer:
                 )
 
     # ------------------------------------------------------------------ evaluate
-    @torch.no_grad()
     def evaluate(self, data: Iterable[Batch]) -> Results:
         """Per-task loss and metrics over ``data`` (labelled samples only)."""
-        self.model.eval()
-        outs: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
-        tgts: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
-        for x, targets in data:
-            outputs = self.model(_to_device(x, self.device))
-            for task in self.tasks:
-                if task.name not in targets:
-                    continue
-                target = targets[task.name]
-                task.check_target(outputs[task.name], target)
-                mask = task.labelled(target)
-                outs[task.name].append(outputs[task.name][mask.to(self.device)].float().cpu())
-                tgts[task.name].append(target[mask].cpu())
-        results: Results = {}
-        for task in self.tasks:
-            if not outs[task.name]:
-                continue
-            out, tgt = torch.cat(outs[task.name]), torch.cat(tgts[task.name])
-            if out.shape[0] == 0:
-                continue
-            loss = task.loss(out, tgt)
-            results[task.name] = {"loss": float(loss) if loss is not None else math.nan}
-            for metric in task.metrics:
-                results[task.name][metric.name] = metric.fn(out, tgt)
-        return results
-
-
-RngState = tuple[Tensor, Tensor | None]
-
-
-def _rng_state(device: torch.device) -> RngState:
-    """The CPU generator's state, and the accelerator's when training on CUDA."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: RngState, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
-def _check_flat(rho: float, balancer: Balancer, mode: str, dist: Any) -> None:
-    if not rho >= 0:
-        raise ValueError(f"flat_rho must be >= 0, got {rho}")
-    check_flat_method(balancer, "flat_rho")
-    if mode != "exact":
-        raise ValueError("flat_rho perturbs the shared parameters: it needs mode='exact'")
-    if dist is not None:
-        raise ValueError("flat_rho is not supported under torchrun (one process only)")
-
-
-def _truncate_jsonl(path: Path, key: str, last: int) -> None:
-    """Drop the lines of ``path`` whose ``key`` exceeds ``last`` (epochs a resume redoes)."""
-    if not path.exists():
-        return
-    text = path.read_text()
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):  # a write cut off by a kill: drop the partial line
-        lines.pop()
-        text = ""  # forces the rewrite below
-
-    def keep(line: str) -> bool:
-        try:
-            return bool(line.strip()) and json.loads(line)[key] <= last
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return False
-
-    kept = [ln for ln in lines if keep(ln)]
-    if len(kept) != len(lines) or not text:
-        replace_lines(path, [ln + "\n" for ln in kept])
+        return evaluate(self.model, self.tasks, data, self.device, self.precision)
