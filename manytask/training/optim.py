@@ -140,25 +140,62 @@ def build_optimizer(
 
 
 # ------------------------------------------------------------------------------ schedules
+def constant(optimizer: torch.optim.Optimizer, length: int | None) -> None:
+    """the learning rate of the optimiser, unchanged"""
+    return None
+
+
+def cosine(optimizer: torch.optim.Optimizer, length: int | None,
+           eta_min: float = 0.0) -> lr_scheduler.LRScheduler:
+    """cosine decay to eta_min over the schedule (Loshchilov & Hutter 2017, eq. 5, without
+    restarts): lr_t = eta_min + (lr - eta_min) (1 + cos(pi t / T)) / 2"""
+    return lr_scheduler.CosineAnnealingLR(optimizer, _length(length, "cosine"), eta_min)
+
+
+def linear(optimizer: torch.optim.Optimizer, length: int | None,
+           end_factor: float = 0.0) -> lr_scheduler.LRScheduler:
+    """linear decay to end_factor * lr over the schedule"""
+    return lr_scheduler.LinearLR(optimizer, 1.0, end_factor, _length(length, "linear"))
+
+
+def step(optimizer: torch.optim.Optimizer, length: int | None, step_size: int = 1,
+         gamma: float = 0.1) -> lr_scheduler.LRScheduler:
+    """multiply the lr by gamma every step_size steps or epochs"""
+    return lr_scheduler.StepLR(optimizer, step_size, gamma)
+
+
+def plateau(optimizer: torch.optim.Optimizer, length: int | None, factor: float = 0.1,
+            patience: int = 2, threshold: float = 1e-4,
+            min_lr: float = 0.0) -> lr_scheduler.ReduceLROnPlateau:
+    """multiply the lr by factor when the main validation score stops improving"""
+    return lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=factor,
+                                          patience=patience, threshold=threshold, min_lr=min_lr)
+
+
+def _length(length: int | None, name: str) -> int:
+    if length is None:
+        raise ValueError(f"schedule {name!r} needs its length (schedule_steps)")
+    return length
+
+
 SCHEDULES: Registry[Any] = Registry("schedule")
-SCHEDULES.add("constant", None, {}, summary="the learning rate of the optimiser, unchanged")
-SCHEDULES.add("cosine", lr_scheduler.CosineAnnealingLR, {
+SCHEDULES.add("constant", constant, {})
+SCHEDULES.add("cosine", cosine, {
     "eta_min": Param("float", 0.0, "the final learning rate", low=0),
-}, summary="cosine decay to eta_min over the schedule (Loshchilov & Hutter 2017, eq. 5, "
-           "without restarts)")
-SCHEDULES.add("linear", lr_scheduler.LinearLR, {
+})
+SCHEDULES.add("linear", linear, {
     "end_factor": Param("float", 0.0, "final lr as a fraction of lr", low=0, high=1),
-}, summary="linear decay to end_factor * lr over the schedule")
-SCHEDULES.add("step", lr_scheduler.StepLR, {
+})
+SCHEDULES.add("step", step, {
     "step_size": Param("int", 1, "steps (or epochs) between decays", low=1),
     "gamma": Param("float", 0.1, "decay factor", low=0, low_open=True, high=1),
-}, summary="multiply the lr by gamma every step_size steps or epochs")
-SCHEDULES.add("plateau", lr_scheduler.ReduceLROnPlateau, {
+})
+SCHEDULES.add("plateau", plateau, {
     "factor": Param("float", 0.1, "decay factor", low=0, low_open=True, high=1, high_open=True),
     "patience": Param("int", 2, "validated epochs without improvement", low=0),
     "threshold": Param("float", 1e-4, "relative improvement that counts", low=0),
     "min_lr": Param("float", 0.0, low=0),
-}, summary="multiply the lr by factor when the main validation score stops improving")
+})
 
 
 class Schedule:
@@ -184,19 +221,11 @@ class Schedule:
         if warmup:
             parts.append(lr_scheduler.LinearLR(optimizer, 1 / (warmup + 1), 1.0, warmup))
         rest = None if total is None else max(1, total - warmup)
-        if name in ("cosine", "linear") and rest is None:
-            raise ValueError(f"schedule {name!r} needs its length (schedule_steps)")
-        main: lr_scheduler.LRScheduler | None = None
-        if name == "cosine":
-            main = lr_scheduler.CosineAnnealingLR(optimizer, rest, **valid)  # type: ignore[arg-type]
-        elif name == "linear":
-            main = lr_scheduler.LinearLR(optimizer, 1.0, valid["end_factor"], rest)  # type: ignore[arg-type]
-        elif name == "step":
-            main = lr_scheduler.StepLR(optimizer, **valid)
-        elif name == "plateau":
-            self.plateau = lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", **valid)
-        if main is not None:
-            parts.append(main)
+        made = SCHEDULES.get(name)(optimizer, rest, **valid)
+        if isinstance(made, lr_scheduler.ReduceLROnPlateau):
+            self.plateau = made
+        elif made is not None:
+            parts.append(made)
         self.scheduler: lr_scheduler.LRScheduler | None = (
             parts[0] if len(parts) == 1 and not warmup else
             lr_scheduler.SequentialLR(optimizer, parts, [warmup]) if len(parts) == 2 else

@@ -166,3 +166,11 @@ def test_cli_options_and_errors_before_any_data(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "r").exists()
+
+
+def test_declared_parameters_agree_with_the_targets() -> None:
+    from manytask.registry import check_declared
+
+    problems = [p for reg in (OPTIMIZERS, SCHEDULES) for e in reg.entries()
+                for p in check_declared(e)]
+    assert problems == []
