@@ -131,7 +131,7 @@ class Trainer:
         tasks: Sequence[Task],
         balancer: Balancer | str = "equal",
         *,
-        optimizer: OptimizerFactory | str = "adam",
+        optimizer: OptimizerFactory | str | None = "adam",
         optimizer_params: Mapping[str, Any] | None = None,
         lr: float = 1e-3,
         lrs: Mapping[str, float] | None = None,
@@ -198,9 +198,12 @@ class Trainer:
         self.balancer.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += [p for p in self.balancer.parameters() if p.requires_grad]
-        if isinstance(optimizer, str):
+        if optimizer is None or isinstance(optimizer, str):  # None: Adam, as it always was
             groups = param_groups(self.model, self.balancer, lr, lrs)
-            self.optimizer = build_optimizer(optimizer, groups, lr, optimizer_params)
+            self.optimizer = build_optimizer(optimizer or "adam", groups, lr, optimizer_params)
+        elif lrs or optimizer_params:
+            raise ValueError("lrs and optimizer_params apply to a named optimizer, not to a "
+                             "factory (give the factory its own groups)")
         else:
             self.optimizer = optimizer(params)
         SCHEDULES.validate(schedule, schedule_params)  # built by fit, which knows the length
