@@ -3,10 +3,11 @@ accumulation over N = 1, 4, 16 micro-batches for a loss-level and a gradient-lev
 
 Model: a shared MLP 256 -> 512 -> 512 with 4 linear heads of 10 classes, random data,
 batch 128 (small enough for a couple of minutes on a loaded 2-core machine; ``--width``,
-``--hidden``, ``--tasks``, ``--batch`` give the step-cost reference shape on a GPU). Each configuration runs ``--warmup`` untimed
-steps then ``--steps`` timed ones; the median step time is reported. For accumulation the
-*same* 128 samples per optimiser step are split into N micro-batches (so the ratios show the
-overhead of N smaller forwards/backwards, not of more data). Ratios are against the fp32 /
+``--hidden``, ``--tasks``, ``--batch`` give the step-cost reference shape on a GPU). Each
+configuration runs ``--warmup`` untimed steps then ``--steps`` timed ones; the median step
+time is reported. For accumulation the *same* 128 samples per optimiser step are split into
+N micro-batches (so the ratios show the overhead of N smaller forwards/backwards, not of
+more data). Ratios are against the fp32 /
 N = 1 row of the same method, measured in the same run (rows interleaved, ``--repeats``
 rounds, median over rounds).
 
