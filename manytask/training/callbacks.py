@@ -110,6 +110,8 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         check_monitor(self.monitor, trainer.tasks)
+        if self.stopped_epoch is not None:  # a resumed run that had stopped stays stopped
+            trainer.should_stop = True
 
     def on_validation_end(self, trainer: Trainer, results: Results) -> None:
         score = main_score(results, trainer.tasks, self.monitor)

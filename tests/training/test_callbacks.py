@@ -77,6 +77,13 @@ def test_early_stopping_stops_after_patience_epochs_without_progress() -> None:
     assert history[1]["score"] <= history[0]["score"] + 0.0
 
 
+def test_a_stopped_run_resumed_with_more_epochs_stays_stopped(tmp_path: Path) -> None:
+    _trainer(tmp_path, [EarlyStopping(1)], lr=1e-12).fit(_batches(), 4, val_data=_batches(16, 1))
+    resumed = _trainer(tmp_path, [EarlyStopping(1)], lr=1e-12)
+    history = resumed.fit(_batches(), 8, val_data=_batches(16, 1), resume=True)
+    assert history == [] and resumed.step == 2 * 6  # stopped after epoch 1, as before
+
+
 def test_best_checkpoint_is_kept_and_restored(tmp_path: Path) -> None:
     best = BestCheckpoint()
     trainer = _trainer(tmp_path, [best], lr=0.3, keep_checkpoints=1)
