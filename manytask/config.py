@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -38,9 +39,27 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    # optimiser by name (sgd, adam, adamw, rmsprop, adagrad, torch.optim.NAME) + its keywords
+    optimizer: str = "adam"
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
+    weight_decay: float | None = None  # shorthand for optimizer_params.weight_decay
+    head_lr: float | None = None  # the heads' learning rate (default: lr)
+    balancer_lr: float | None = None  # a method's own parameters' learning rate (default: lr)
+    clip_grad_norm: float | None = None
+    # learning-rate schedule: constant | cosine | linear | step | plateau, after `warmup`
+    schedule: str = "constant"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    warmup: int = 0  # steps (or epochs, with schedule_interval: epoch) of linear warm-up
+    schedule_interval: Literal["step", "epoch"] = "step"
+    schedule_steps: int | None = None  # the schedule's length (default: the whole run)
+    accumulate: int = 1  # micro-batches per optimiser step (exactly one batch N times larger)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 with a grad scaler
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
     seed: int = 0
     run_dir: str | None = None
     resume: bool = False
+    resume_if_exists: bool = False
+    overwrite: bool = False
     log_format: Literal["csv", "jsonl"] = "csv"
     log_every: int = 10
     skip_nonfinite: bool = False
@@ -48,6 +67,12 @@ class TrainConfig:
     cosine_every: int | None = None
     flat_rho: float | None = None
     tensorboard: bool = False
+    # the main validation score ("mean" of the tasks' main metrics by direction, "loss",
+    # or "TASK/METRIC"), followed by early stopping and the best checkpoint
+    monitor: str = "mean"
+    early_stopping: int | None = None  # patience in epochs (none: train every epoch)
+    min_delta: float = 0.0
+    keep_best: bool = True  # keep the best epoch's checkpoint; test metrics are taken there
     # data sets read from disk (text, census): the folder that holds them
     data_root: str | None = None
     census_group: int = 1
@@ -68,6 +93,8 @@ class TrainConfig:
             "mode": ("exact", "feature"),
             "head_grad": ("own", "weighted"),
             "log_format": ("csv", "jsonl"),
+            "schedule_interval": ("step", "epoch"),
+            "precision": ("fp32", "bf16", "fp16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -109,8 +136,20 @@ class TrainConfig:
             raise ConfigError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
         if self.finetune_layers > 0 and self.data != "text":
             raise ConfigError("finetune_layers applies to data: text only")
-        if self.finetune_lr is not None and not self.finetune_lr > 0:
-            raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
+        for key in ("finetune_lr", "head_lr", "balancer_lr", "clip_grad_norm"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.accumulate < 1:
+            raise ConfigError(f"accumulate must be >= 1, got {self.accumulate}")
+        if not re.fullmatch(r"cpu|cuda|cuda:\d+|mps|auto", self.device):
+            raise ConfigError(f"device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ConfigError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
         if self.census_group not in (1, 2):
             raise ConfigError(f"census_group must be 1 or 2, got {self.census_group}")
         if self.flat_rho is not None and not self.flat_rho >= 0:
@@ -119,8 +158,26 @@ class TrainConfig:
             self.run_dir = None
         if self.resume and not self.run_dir:
             raise ConfigError("resume needs run_dir")
+        if self.resume_if_exists and not self.run_dir:
+            raise ConfigError("resume_if_exists needs run_dir")
+        if sum((self.resume, self.resume_if_exists, self.overwrite)) > 1:
+            raise ConfigError("resume, resume_if_exists and overwrite exclude each other")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ConfigError(f"early_stopping must be >= 1 epoch, got {self.early_stopping}")
+        if not self.min_delta >= 0:
+            raise ConfigError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.run_dir:
             check_run_dir(self.run_dir)
+
+
+# Settings that may differ when a run is resumed (recorded in config_history.jsonl); every
+# other key defines the run and must match the recorded config.yaml.
+CHANGEABLE = frozenset({
+    "epochs", "run_dir", "resume", "resume_if_exists", "overwrite", "log_every", "progress",
+    "tensorboard", "cosine_every", "skip_nonfinite", "early_stopping", "min_delta",
+    "keep_best", "data_root", "cache_dir", "schedule_steps",
+    "device",
+})
 
 
 def check_run_dir(run_dir: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,13 +15,18 @@ from torch import nn
 
 from .balancers import make_balancer
 from .balancers.registry import BALANCERS
-from .config import ConfigError, TrainConfig
+from .config import CHANGEABLE, ConfigError, TrainConfig
 from .finite import check_state
 from .models import ARCHITECTURES, MultiTaskModel, make_model
 from .registry import Registry, RegistryError
 from .tasks import Task
 from .training import Trainer
+from .training.callbacks import BestCheckpoint, Callback, EarlyStopping
+from .training.devices import resolve_device
 from .training.distributed import ShardedBatches, init_from_env
+from .training.optim import SCHEDULES, check_optimizer
+from .training.pretrained import save_pretrained
+from .training.run_folder import Resume, plan_run
 
 
 @dataclass
@@ -36,6 +42,10 @@ class Prepared:
     input_layer: Callable[[], nn.Module] | None = None
     # text with fine-tuned top layers: builds the model (its shared part is MiniLM's top layers)
     model_factory: Callable[..., MultiTaskModel] | None = None
+    # how the input layer is built, for manytask.json (tabular: its vocabulary sizes)
+    input_spec: dict[str, Any] | None = None
+    # what the inputs must be, for manytask.json
+    preprocessing: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,10 @@ def _census(cfg: TrainConfig) -> Prepared:
         batches(census.test, False),
         0,
         input_layer,
+        input_spec={"kind": "tabular", "cardinalities": list(census.cardinalities),
+                    "n_dense": census.n_dense, "embedding_dim": 8},
+        preprocessing={"data": "census", "census_group": group,
+                       "inputs": "{categorical: codes, dense: standardised}"},
     )
 
 
@@ -224,6 +238,33 @@ def build_model(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
     return make_model(cfg.arch, data.tasks, input_layer=data.input_layer(), **params)
 
 
+def model_spec(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
+    """How :func:`build_model` made the model, for ``manytask.json``."""
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in arch_params(cfg).items()}
+    return {"arch": cfg.arch, "arch_params": params, "in_features": data.in_features,
+            "input": data.input_spec}
+
+
+def _preprocessing(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
+    if data.preprocessing is not None:
+        return data.preprocessing
+    if cfg.data == "text":
+        return {"data": "text", "inputs": "frozen MiniLM sentence embeddings",
+                "max_length": cfg.max_length}
+    return {"data": cfg.data, "inputs": f"flat float vectors of {data.in_features} features"}
+
+
+def optimizer_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The optimiser's keywords (``weight_decay`` folded in), validated; reads no data."""
+    params = dict(cfg.optimizer_params)
+    if cfg.weight_decay is not None:
+        if "weight_decay" in params:
+            raise ConfigError("weight_decay is given twice (also in optimizer_params)")
+        params["weight_decay"] = cfg.weight_decay
+    check_optimizer(cfg.optimizer, params)
+    return params
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -233,21 +274,47 @@ def seed_everything(seed: int) -> None:
 def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; return ``{"config", "val", "test"}`` with per-task metrics."""
     validate_config(cfg)
+    optimizer_params = optimizer_options(cfg)
+    SCHEDULES.validate(cfg.schedule, cfg.schedule_params, "schedule_params")
+    resume: Resume = "if_exists" if cfg.resume_if_exists else cfg.resume
+    if cfg.run_dir and os.environ.get("RANK", "0") == "0":  # before any data is read
+        plan_run(cfg.run_dir, resume=resume, overwrite=cfg.overwrite, config=asdict(cfg),
+                 changeable=CHANGEABLE)
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
-    ctx = init_from_env()
+    device = resolve_device(cfg.device)  # under torchrun, cuda is the process's own GPU
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    ctx = init_from_env("nccl" if device.type == "cuda" else "gloo")
     seed_everything(cfg.seed)
     data = DATASETS.get(cfg.data).prepare(cfg)
     if ctx is not None:
         data.train = ShardedBatches(data.train, ctx.rank, ctx.world_size)
     model = build_model(cfg, data)
     balancer = make_balancer(cfg.balancer, **cfg.balancer_params)
-    layered = getattr(model, "optimizer_factory", None)  # fine-tuned layers: their own lr
+    callbacks: list[Callback] = []
+    if cfg.early_stopping is not None:
+        callbacks.append(
+            EarlyStopping(cfg.early_stopping, min_delta=cfg.min_delta, monitor=cfg.monitor)
+        )
+    if cfg.keep_best:
+        callbacks.append(BestCheckpoint(cfg.monitor))
+    lrs = {role: value for role, value in (
+        ("heads", cfg.head_lr), ("balancer", cfg.balancer_lr), ("encoder", cfg.finetune_lr)
+    ) if value is not None}
     trainer = Trainer(
         model,
         data.tasks,
         balancer,
-        optimizer=layered(cfg.lr, cfg.finetune_lr or cfg.lr) if layered else None,
+        optimizer=cfg.optimizer,
+        optimizer_params=optimizer_params,
         lr=cfg.lr,
+        lrs=lrs,
+        schedule=cfg.schedule,
+        schedule_params=cfg.schedule_params,
+        warmup=cfg.warmup,
+        schedule_interval=cfg.schedule_interval,
+        schedule_steps=cfg.schedule_steps,
+        clip_grad_norm=cfg.clip_grad_norm,
         mode=cfg.mode,
         head_grad=cfg.head_grad,
         run_dir=cfg.run_dir,
@@ -258,26 +325,35 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         log_every=cfg.log_every,
         flat_rho=cfg.flat_rho,
         tensorboard=cfg.tensorboard and cfg.run_dir is not None,
+        callbacks=callbacks,
+        monitor=cfg.monitor,
+        accumulate=cfg.accumulate,
+        precision=cfg.precision,
+        device=device,
     )
-    if cfg.run_dir and (ctx is None or ctx.is_main):
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run_dir) / "config.yaml").write_text(_yaml(asdict(cfg)))
-    history = trainer.fit(data.train, cfg.epochs, val_data=data.val, resume=cfg.resume)
+    history = trainer.fit(
+        data.train, cfg.epochs, val_data=data.val, resume=resume, overwrite=cfg.overwrite,
+        config=asdict(cfg), changeable=CHANGEABLE,
+    )
     # a last step that overflowed (or NaN weights kept under skip_nonfinite) is a failure,
     # not a table of NaN metrics at exit 0
     check_state(model.state_dict(), "the trained model (lower lr, or check the data)")
+    # test metrics at the best validation epoch (keep_best), else at the last
+    best_epoch = trainer.restore_best()
+    val = next((h["val"] for h in history if h["epoch"] == best_epoch), None)
+    if val is None:
+        val = history[-1]["val"] if history and best_epoch is None else trainer.evaluate(data.val)
+    if cfg.run_dir and (ctx is None or ctx.is_main) and data.model_factory is None:
+        # the model for inference (the best epoch's weights when keep_best)
+        save_pretrained(trainer.model, Path(cfg.run_dir) / "model", tasks=data.tasks,
+                        build=model_spec(cfg, data), preprocessing=_preprocessing(cfg, data))
     return {
         "config": asdict(cfg),
-        "val": history[-1]["val"] if history else trainer.evaluate(data.val),
+        "val": val,
         "test": trainer.evaluate(data.test),
+        "best_epoch": best_epoch,
         "trainer": trainer,
     }
-
-
-def _yaml(values: dict[str, Any]) -> str:
-    import yaml
-
-    return str(yaml.safe_dump(values, sort_keys=False))
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -293,7 +369,9 @@ def format_results(results: dict[str, Any]) -> str:
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     out = [
         f"test results: data={cfg['data']} arch={cfg['arch']} balancer={cfg['balancer']} "
-        f"mode={cfg['mode']} epochs={cfg['epochs']} seed={cfg['seed']}",
+        f"mode={cfg['mode']} epochs={cfg['epochs']} seed={cfg['seed']}"
+        + (f" (best validation epoch {results['best_epoch'] + 1})"
+           if results.get("best_epoch") is not None else ""),
         line,
         "-" * len(line),
     ]

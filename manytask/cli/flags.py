@@ -15,7 +15,8 @@ from ..config import ConfigError, TrainConfig, config_from_mapping, load_config
 from ..files import UnsafeFileError, parse_yaml
 
 # dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
-PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch"}
+PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch",
+               "optimizer_params": "optimizer", "schedule_params": "schedule"}
 
 FIELD_HELP: dict[str, str] = {
     "data": "the data set",
@@ -53,6 +54,27 @@ FIELD_HELP: dict[str, str] = {
     "trec_fine": "TREC with its 50 fine classes instead of 6",
     "finetune_layers": "fine-tune MiniLM's top N layers (text; 0: frozen embeddings)",
     "finetune_lr": "learning rate of the fine-tuned layers (default: --lr)",
+    "optimizer": "optimiser by name (sgd, adam, adamw, rmsprop, adagrad, or any torch.optim "
+    "class); its options with --optimizer-param KEY=VALUE",
+    "weight_decay": "weight decay (not applied to a method's own parameters)",
+    "head_lr": "learning rate of the heads (default: --lr)",
+    "balancer_lr": "learning rate of the method's own parameters (default: --lr)",
+    "clip_grad_norm": "clip the gradient's global norm to this value (default: no clipping)",
+    "schedule": "learning-rate schedule after the warm-up (constant, cosine, linear, step, "
+    "plateau); its options with --schedule-param KEY=VALUE",
+    "warmup": "linear warm-up length, in steps (or epochs with --schedule-interval epoch)",
+    "schedule_interval": "step the schedule every optimiser step or every epoch",
+    "schedule_steps": "the schedule's length (default: the whole run)",
+    "accumulate": "micro-batches per optimiser step (exactly one batch N times larger)",
+    "precision": "fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler)",
+    "device": "cpu, cuda, cuda:N, mps or auto",
+    "resume_if_exists": "resume when --run-dir holds a checkpoint, else start (job schedulers)",
+    "overwrite": "replace the run in --run-dir (only the run's own files are removed)",
+    "monitor": "validation score for early stopping and the best checkpoint: mean (each "
+    "task's main metric, by direction), loss, or TASK/METRIC",
+    "early_stopping": "stop after this many epochs without improvement (default: never)",
+    "min_delta": "smallest improvement of the monitored score that counts",
+    "keep_best": "keep the best epoch's checkpoint and take the test metrics there",
 }
 
 

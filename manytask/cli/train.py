@@ -7,7 +7,8 @@ import argparse
 from .flags import add_config_flags, config_from_args
 
 # Keys a bench grid sets per cell, so they are not flags of `manytask bench`.
-GRID_KEYS = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress")
+GRID_KEYS = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress",
+             "resume_if_exists", "overwrite")
 
 
 def add_train_commands(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ decide, apply the decision), with its composable parts (Rep-MTL, flat regions) a
 process-group helpers it uses."""
 
 from .apply import HeadGrad
-from .backward import BackwardResult, NonFiniteLossError, backward
+from .backward import BackwardResult, GradientOverflowError, NonFiniteLossError, backward
 from .collectives import DistContext, context, init_from_env, is_main_process, sync_gradients
 from .flat import FlatRegions, flat_backward
 from .gradients import MODES, Features, Mode, TaskGradients, cosine_similarity, task_gradients
@@ -17,6 +17,7 @@ __all__ = [
     "DistContext",
     "Features",
     "FlatRegions",
+    "GradientOverflowError",
     "HeadGrad",
     "Mode",
     "NonFiniteLossError",

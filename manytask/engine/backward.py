@@ -68,6 +68,7 @@ def backward(
     counts: Mapping[str, float] | None = None,
     process_group: Any = None,
     parts: Sequence[Part] = (),
+    loss_scale: float = 1.0,
 ) -> BackwardResult:
     """Backpropagate the per-task ``losses`` as ``method`` decides.
 
@@ -104,6 +105,11 @@ def backward(
             is backpropagated and the result has no task.
         parts: composable additions to the pipeline (:class:`~manytask.engine.rep_mtl.RepMTL`,
             :class:`~manytask.engine.flat.FlatRegions`).
+        loss_scale: the factor the ``losses`` were multiplied by (fp16 gradient scaling). The
+            method decides on the losses, Gramian and Jacobian with it divided out (as in
+            float32, up to rounding); the gradients written stay scaled, for the scaler to
+            unscale. A non-finite scaled Gramian or Jacobian (an overflow) raises
+            :class:`GradientOverflowError` before the method decides, so its state is kept.
 
     Raises:
         NonFiniteLossError: a loss is NaN or inf (checked before anything is backpropagated).
@@ -114,6 +120,9 @@ def backward(
         raise ValueError(f"head_grad must be 'own' or 'weighted', got {head_grad!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    scale = float(loss_scale)
+    if not (scale > 0 and scale < float("inf")):
+        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
     check_losses(losses)
     check_stepped(method)
     group = group_of(process_group)
@@ -122,7 +131,8 @@ def backward(
         return BackwardResult(tasks=(), weights={}, losses={})
     for part in parts:
         part.on_losses(losses, features)
-    result = decide_and_apply(batch, method, features, shared_params, mode, head_grad, parts)
+    result = decide_and_apply(batch, method, features, shared_params, mode, head_grad, parts,
+                              scale)
     record_stepped(method)
     return result
 
@@ -135,20 +145,24 @@ def decide_and_apply(
     mode: Mode,
     head_grad: HeadGrad,
     parts: Sequence[Part],
+    scale: float = 1.0,
 ) -> BackwardResult:
-    """Steps 4 and 5 of the pipeline, dispatched on the method's kind."""
+    """Steps 4 and 5 of the pipeline, dispatched on the method's kind. With a loss ``scale``
+    (fp16), the method sees the unscaled losses and gradient information (:class:`Unscale`)."""
     tasks, stacked = batch.tasks, batch.stacked
+    unscale = Unscale(scale)
+    shown = unscale.losses(stacked)
     schedule = method.schedule
     if method.requires == "losses":
         with one_blas_thread():
-            decision = cast(LossWeighting, method).decide(stacked, tasks)
+            decision = cast(LossWeighting, method).decide(shown, tasks)
         check_weights(method, decision.weights, len(tasks))
-        backward_objective(decision.objective, decision.weights, stacked)
-        return result_of(tasks, decision.weights, stacked, None)
+        backward_objective(unscale.objective(decision.objective), decision.weights, stacked)
+        return result_of(tasks, decision.weights, shown, None)
     if schedule is not None and not schedule.due():  # reuse: no task gradient at all
         weights = schedule.reuse(method.index(tasks))
         backward_objective(None, weights, stacked)
-        return result_of(tasks, weights, stacked, None)
+        return result_of(tasks, weights, shown, None)
 
     feats, params = gradient_inputs(method, features, shared_params)
     if mode == "exact" and not params:
@@ -167,7 +181,7 @@ def decide_and_apply(
     if (at_features and mode == "feature" and r_is_one(batch) and method.requires == "gramian"):
         fast = linear_heads(batch.local_losses, feats)
         if fast is not None:  # no per-task gradient at all (see .linear_heads)
-            return apply_linear_heads(batch, method, fast, feats, head_grad)
+            return apply_linear_heads(batch, method, fast, feats, head_grad, unscale)
     grads = local_gradients(batch, feats, mode, params, at_features)
     r = batch.group.world_size
     blocks = grads.blocks
@@ -180,14 +194,16 @@ def decide_and_apply(
         offset = 0
         if mode == "feature" and r > 1:
             jac, offset = gather_columns(jac / r, batch.group)
-        gramian = grads.gramian if r == 1 else gramian_of([jac])
+        gramian = unscale.gramian(grads.gramian if r == 1 else gramian_of([jac]))
         with one_blas_thread():
-            decision = cast(JacobianAggregator, method).decide(stacked, tasks, jac)
+            decision = cast(JacobianAggregator, method).decide(shown, tasks,
+                                                               unscale.jacobian(jac))
         weights = check_weights(method, decision.weights, len(tasks))
         if schedule is not None:
             schedule.record(method.index(tasks), weights)
         if decision.update is None:
             raise RuntimeError(f"{method.name} returned no update vector")
+        decision.update = decision.update * scale if scale != 1.0 else decision.update
         if mode == "exact":  # already global: averaging identical values keeps it
             apply_local(params or [], decision.update, batch.local_losses, weights, batch.local,
                         head_grad, None)
@@ -195,7 +211,7 @@ def decide_and_apply(
             update = decision.update[offset: offset + width]
             apply_local(feats, update * r if r > 1 else update, batch.local_losses, weights,
                         batch.local, head_grad, grads.head_grads)
-        return result_of(tasks, weights, stacked, gramian)
+        return result_of(tasks, weights, shown, gramian)
 
     if r == 1:
         gramian = grads.gramian
@@ -203,16 +219,17 @@ def decide_and_apply(
         gramian = gramian_of(blocks)
     else:
         gramian = all_reduce_sum(grads.gramian.clone(), batch.group) / (r * r)
+    gramian = unscale.gramian(gramian)
     with one_blas_thread():
         decision = cast(GramianWeighting | GramianLossWeighting, method).decide(
-            stacked, tasks, gramian
+            shown, tasks, gramian
         )
     weights = check_weights(method, decision.weights, len(tasks))
     if schedule is not None:
         schedule.record(method.index(tasks), weights)
     if method.weights_losses:  # a loss weighting driven by gradient information
-        backward_objective(decision.objective, weights, stacked)
-        return result_of(tasks, weights, stacked, gramian)
+        backward_objective(unscale.objective(decision.objective), weights, stacked)
+        return result_of(tasks, weights, shown, gramian)
     if extra:  # applied at the parameters: sum_k w_k g_k plus each part's addition
         jac = torch.cat([b.reshape(len(tasks), -1) for b in blocks], dim=1)
         update = weights.to(jac.dtype) @ jac
@@ -221,7 +238,7 @@ def decide_and_apply(
             update = update + part.shared_update(view)
         apply_local(params or [], update, batch.local_losses, weights, batch.local, head_grad,
                     None)
-        return result_of(tasks, weights, stacked, gramian)
+        return result_of(tasks, weights, shown, gramian)
     # The shared part gets sum_k w_k g_k: replace the gradient that reaches each feature tensor.
     update = torch.cat(
         [
@@ -233,7 +250,7 @@ def decide_and_apply(
     heads = weights if decision.head_weights is None else decision.head_weights
     apply_local(feats, update, batch.local_losses, heads, batch.local, head_grad,
                 grads.head_grads)
-    return result_of(tasks, weights, stacked, gramian)
+    return result_of(tasks, weights, shown, gramian)
 
 
 def r_is_one(batch: TaskBatch) -> bool:
@@ -242,14 +259,14 @@ def r_is_one(batch: TaskBatch) -> bool:
 
 def apply_linear_heads(
     batch: TaskBatch, method: Balancer, heads: LinearHeads, feats: list[Tensor],
-    head_grad: HeadGrad,
+    head_grad: HeadGrad, unscale: Unscale,
 ) -> BackwardResult:
     """Decide on the Gramian of :class:`LinearHeads` and send ``sum_k w_k g_k`` into the
     features, each head its own gradient (or weighted)."""
-    tasks, stacked = batch.tasks, batch.stacked
-    gramian = heads.gramian()
+    tasks, shown = batch.tasks, unscale.losses(batch.stacked)
+    gramian = unscale.gramian(heads.gramian())
     with one_blas_thread():
-        decision = cast(GramianWeighting, method).decide(stacked, tasks, gramian)
+        decision = cast(GramianWeighting, method).decide(shown, tasks, gramian)
     weights = check_weights(method, decision.weights, len(tasks))
     if method.schedule is not None:
         method.schedule.record(method.index(tasks), weights)
@@ -257,7 +274,41 @@ def apply_linear_heads(
     head_weights = weights if decision.head_weights is None else decision.head_weights
     apply_local(feats, update, batch.local_losses, head_weights, batch.local, head_grad,
                 heads.head_grads)
-    return result_of(tasks, weights, stacked, gramian)
+    return result_of(tasks, weights, shown, gramian)
+
+
+class GradientOverflowError(FloatingPointError):
+    """Scaled (fp16) per-task gradients overflowed; the method was not asked to decide."""
+
+
+class Unscale:
+    """What a method sees under a loss scale ``s`` (fp16): losses ``/ s``, Gramian ``/ s^2``,
+    Jacobian ``/ s`` (after checking the scaled ones are finite: an overflow raises
+    :class:`GradientOverflowError` before any decision); its objective goes back ``* s``."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def losses(self, stacked: Tensor) -> Tensor:
+        return stacked / self.scale if self.scale != 1.0 else stacked
+
+    def objective(self, objective: Tensor | None) -> Tensor | None:
+        return objective * self.scale if objective is not None and self.scale != 1.0 else \
+            objective
+
+    def gramian(self, gramian: Tensor) -> Tensor:
+        if self.scale == 1.0:
+            return gramian
+        if not bool(torch.isfinite(gramian).all()):
+            raise GradientOverflowError(f"scaled gradients overflowed (scale {self.scale:g})")
+        return gramian / self.scale**2
+
+    def jacobian(self, jacobian: Tensor) -> Tensor:
+        if self.scale == 1.0:
+            return jacobian
+        if not bool(torch.isfinite(jacobian).all()):
+            raise GradientOverflowError(f"scaled gradients overflowed (scale {self.scale:g})")
+        return jacobian / self.scale
 
 
 def gradient_inputs(

@@ -97,7 +97,8 @@ def cell_dir(run_dir: Path, base: TrainConfig, cell: Cell) -> Path:
 def cell_config(base: TrainConfig, cell: Cell, run_dir: Path) -> TrainConfig:
     values = _cell_values(base, cell)
     # an interrupted cell continues from its last epoch
-    values.update(run_dir=str(cell_dir(run_dir, base, cell)), resume=True)
+    # an interrupted cell continues from its last epoch
+    values.update(run_dir=str(cell_dir(run_dir, base, cell)), resume_if_exists=True)
     return config_from_mapping(values, source=f"cell {cell.key}")
 
 

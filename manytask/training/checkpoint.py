@@ -16,7 +16,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..finite import check_like, check_state
 
 LATEST = "latest"
 _OWN = "(a run's checkpoints and their files must lie in its own folder)"
+BEST = "best"  # names the checkpoint of the best validation epoch, kept from the clean-up
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -125,8 +126,10 @@ def save_checkpoint(
     balancer: nn.Module,
     info: Mapping[str, Any],
     keep: int = 2,
+    protect: Collection[str] = (),
 ) -> Path:
-    """Write the checkpoint of ``epoch`` atomically; keep the ``keep`` most recent ones."""
+    """Write the checkpoint of ``epoch`` atomically; keep the ``keep`` most recent ones and
+    those named in ``protect`` (the best epoch's)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{epoch:04d}"
@@ -163,7 +166,8 @@ def save_checkpoint(
         key=lambda p: int(p.name[len("epoch-") :]),
     )
     for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -267,3 +271,16 @@ def load_checkpoint(
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path}: malformed random number state: {err}") from err
     return state
+
+
+def load_model_weights(path: Path, model: nn.Module) -> None:
+    """Load only the model weights of the checkpoint at ``path`` into ``model``."""
+    try:
+        tensors = load_file(Path(path) / "model.safetensors")
+    except (OSError, ValueError, SafetensorError) as err:
+        raise CheckpointError(f"cannot read the model weights of {path}: {err}") from err
+    _check_matches(model, tensors, "model", Path(path))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: non-finite values in {bad[:3]}")
+    model.load_state_dict(tensors)

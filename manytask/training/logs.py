@@ -1,10 +1,17 @@
-"""Run logs as CSV or JSON lines, truncated on resume so no row is written twice."""
+"""Run logs as CSV or JSON lines, cut back on resume so no row is written twice.
+
+A resume rewrites a log by writing the kept rows to a new file beside it and renaming that
+over the old one, so a kill at any moment leaves either the old log or the new, never an
+emptied or headless one.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -25,7 +32,7 @@ class RunLog:
         self.fmt = fmt
         self.columns = list(columns)
         self.path = path_stem.with_suffix(f".{fmt}")
-        if not self.path.exists():
+        if not self.path.exists() or self.path.stat().st_size == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "w", newline="") as f:
                 if fmt == "csv":
@@ -73,8 +80,23 @@ class RunLog:
                 value = json.loads(line).get(column)
             if value in ("", None) or float(value) <= last:
                 kept.append(line)
-        with open(self.path, "w", newline="") as f:
-            f.writelines(header + kept)
+        if len(kept) == len(body) and all(ln.endswith("\n") for ln in lines):
+            return  # nothing to drop: leave the file as it is
+        replace_lines(self.path, header + kept)
+
+
+def replace_lines(path: Path, lines: Sequence[str]) -> None:
+    """Replace ``path`` by a file of ``lines``: written beside it, flushed, renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _is_number(text: str) -> bool:

@@ -10,42 +10,47 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..balancers import Balancer, make_balancer
 from ..config import check_run_dir
-from ..engine.backward import BackwardResult, HeadGrad, NonFiniteLossError, backward
-from ..engine.flat import check_flat_method, flat_backward
+from ..engine.backward import (
+    BackwardResult,
+    GradientOverflowError,
+    HeadGrad,
+    NonFiniteLossError,
+    backward,
+)
+from ..engine.flat import flat_backward
 from ..engine.gradients import MODES, Mode, feature_tensors, task_gradients
 from ..models.base import MultiTaskModel
 from ..models.experts import ExpertSet
 from ..models.routing import expert_report
 from ..tasks import Task, task_losses
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import barrier, context, sync_gradients
+from .callbacks import BestCheckpoint, Callback, check_monitor
+from .checkpoint import (
+    BEST,
+    atomic_write_text,
+    latest_checkpoint,
+    load_model_weights,
+)
+from .devices import Precision, autocast, check_precision, resolve_device
+from .distributed import context, sync_gradients
+from .evaluation import Results, evaluate, to_device
 from .logs import LogFormat, RunLog
+from .loop import fit_loop, open_logs
+from .optim import SCHEDULES, Interval, Schedule, build_optimizer, param_groups
+from .run_folder import Resume, open_run
+from .support import RngState, check_flat, rng_state, set_rng_state
 
 Batch = tuple[Any, Mapping[str, Tensor]]
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
-Results = dict[str, dict[str, float]]
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, Tensor):
-        return x.to(device)
-    if isinstance(x, Mapping):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
 
 
 class Trainer:
@@ -55,9 +60,20 @@ class Trainer:
         model: a :class:`~manytask.models.MultiTaskModel` with one head per task.
         tasks: the tasks, in the order used for logs.
         balancer: a :class:`~manytask.balancers.Balancer` or a registry name.
-        optimizer: a factory ``params -> Optimizer`` (default: Adam with ``lr``). The
-            balancer's own parameters (uncertainty weighting's log-variances, ...) are added.
-        lr: learning rate of the default optimizer.
+        optimizer: an optimiser name of :data:`~manytask.training.optim.OPTIMIZERS` (``sgd``,
+            ``adam``, ``adamw``, ..., or ``torch.optim.NAME``), or a factory
+            ``params -> Optimizer``. The balancer's own parameters (uncertainty weighting's
+            log-variances, ...) are included.
+        optimizer_params: keyword arguments of the named optimiser (``momentum``,
+            ``nesterov``, ``weight_decay``, ``betas``, ...).
+        lr: the learning rate (of every parameter group not named in ``lrs``).
+        lrs: other learning rates by role: ``{"heads": ..., "balancer": ..., "encoder": ...,
+            "shared": ...}`` (:func:`~manytask.training.optim.param_groups`).
+        schedule: a learning-rate schedule of :data:`~manytask.training.optim.SCHEDULES`
+            (``constant``, ``cosine``, ``linear``, ``step``, ``plateau``) with
+            ``schedule_params``, after ``warmup`` steps (or epochs) of linear warm-up, stepped
+            every ``schedule_interval`` (``"step"`` or ``"epoch"``); ``schedule_steps`` its
+            length (default: the epochs of :meth:`fit` times the batches per epoch).
         mode: ``"exact"`` or ``"feature"`` for gradient-level methods.
         head_grad: ``"own"`` or ``"weighted"`` (see :func:`manytask.backward`).
         run_dir: where logs and checkpoints go (none: no logs, no checkpoints).
@@ -72,13 +88,29 @@ class Trainer:
         clip_grad_norm: clip the total gradient norm to this value (none: no clipping).
         keep_checkpoints: how many epoch checkpoints to keep.
         progress: show a progress bar.
-        device: where to train.
+        device: where to train: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto`` or a
+            ``torch.device`` (:mod:`manytask.training.devices`); model and method state go
+            there, and each batch.
+        accumulate: take one optimiser step per this many micro-batches, exactly as one
+            batch of all their samples (see :meth:`_losses`; memory is not saved, as the
+            micro-batches' graphs are kept until the step).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (forward and losses under
+            ``torch.autocast``; fp16 with a ``GradScaler`` whose scale the method never sees,
+            and a step whose scaled gradients overflow skipped before the method decides).
         flat_rho: if set, task-based flat regions (:func:`manytask.flat_backward`) with this
             SAM radius around the gradient-level ``balancer``: each step re-runs the forward
             once per task at that task's perturbed point (1 + K forwards, about 1 + K
             backwards), with the same dropout draws. Exact mode, one process.
         tensorboard: also write the step log and the epoch metrics as TensorBoard scalars in
-            ``run_dir/tensorboard`` (needs the ``tensorboard`` package).
+            ``run_dir/tensorboard``, both on the global-step axis (needs ``tensorboard``).
+        callbacks: :class:`~manytask.training.callbacks.Callback` objects (early stopping,
+            best checkpoint, your own), called in order at each hook.
+        monitor: the main validation score logged each epoch (see
+            :func:`~manytask.training.callbacks.main_score`): ``"mean"``, ``"loss"`` or
+            ``"TASK/METRIC"``.
+
+    Progress: on a terminal a bar per epoch, elsewhere plain lines; one line of validation
+    metrics per epoch, printed (unless ``progress=False``) and appended to ``run_dir/train.log``.
 
     Distributed: when ``torch.distributed`` is initialised with several processes (e.g. under
     ``torchrun``), each rank trains on its shard of every global batch (wrap the data in
@@ -95,8 +127,15 @@ class Trainer:
         tasks: Sequence[Task],
         balancer: Balancer | str = "equal",
         *,
-        optimizer: OptimizerFactory | None = None,
+        optimizer: OptimizerFactory | str | None = "adam",
+        optimizer_params: Mapping[str, Any] | None = None,
         lr: float = 1e-3,
+        lrs: Mapping[str, float] | None = None,
+        schedule: str = "constant",
+        schedule_params: Mapping[str, Any] | None = None,
+        warmup: int = 0,
+        schedule_interval: Interval = "step",
+        schedule_steps: int | None = None,
         mode: Mode = "exact",
         head_grad: HeadGrad = "own",
         run_dir: str | Path | None = None,
@@ -110,6 +149,10 @@ class Trainer:
         device: str | torch.device = "cpu",
         flat_rho: float | None = None,
         tensorboard: bool = False,
+        accumulate: int = 1,
+        precision: Precision = "fp32",
+        callbacks: Sequence[Callback] = (),
+        monitor: str = "mean",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -119,21 +162,50 @@ class Trainer:
             raise ValueError(f"cosine_every must be >= 1, got {cosine_every}")
         self.tasks = list(tasks)
         model.check_tasks(self.tasks)
+        check_monitor(monitor, self.tasks)
+        self.monitor = monitor
+        self.callbacks = list(callbacks)
+        self.should_stop = False  # a callback sets it to end training after this epoch
+        self.protected_epochs: set[int] = set()  # checkpoints the clean-up keeps
         self._dist = context()
         self.balancer = make_balancer(balancer) if isinstance(balancer, str) else balancer
         if flat_rho is not None:
-            _check_flat(flat_rho, self.balancer, mode, self._dist)
+            check_flat(flat_rho, self.balancer, mode, self._dist)
         self.flat_rho = flat_rho
         if tensorboard and run_dir is None:
             raise ValueError("tensorboard=True needs a run_dir (events go to run_dir/tensorboard)")
         self.tensorboard = tensorboard
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        check_precision(precision, self.device)
+        self.precision: Precision = precision
+        if accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        if flat_rho is not None and (accumulate > 1 or precision != "fp32"):
+            raise ValueError("flat_rho re-runs each batch's forward in fp32: it takes neither "
+                             "accumulate nor another precision")
+        self.accumulate = accumulate
+        if precision == "fp16" and (self._dist is not None or flat_rho is not None):
+            raise ValueError("precision fp16 is for one process without flat_rho")
+        # fp16: a gradient scaler (its scale removed before any decision, see backward())
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        self.overflow_steps = 0
         self.model = model.to(self.device)
         self.balancer.setup([t.name for t in self.tasks])
         self.balancer.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += [p for p in self.balancer.parameters() if p.requires_grad]
-        self.optimizer = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(params)
+        if optimizer is None or isinstance(optimizer, str):  # None: Adam, as it always was
+            groups = param_groups(self.model, self.balancer, lr, lrs)
+            self.optimizer = build_optimizer(optimizer or "adam", groups, lr, optimizer_params)
+        elif lrs or optimizer_params:
+            raise ValueError("lrs and optimizer_params apply to a named optimizer, not to a "
+                             "factory (give the factory its own groups)")
+        else:
+            self.optimizer = optimizer(params)
+        SCHEDULES.validate(schedule, schedule_params)  # built by fit, which knows the length
+        self._schedule_spec = (schedule, dict(schedule_params or {}), warmup,
+                               schedule_interval, schedule_steps)
+        self.schedule: Schedule | None = None
         self.mode: Mode = mode
         self.head_grad: HeadGrad = head_grad
         if run_dir is not None:
@@ -154,27 +226,25 @@ class Trainer:
         self._params = params
         self._model_params = [p for p in self.model.parameters() if p.requires_grad]
         self._last_x: Any = None
+        self._last_targets: Any = None
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: Batch) -> dict[str, Any] | None:
-        """One optimisation step; returns the log row, or ``None`` if the step was skipped."""
-        x, targets = _to_device(batch[0], self.device), _to_device(batch[1], self.device)
-        self._last_x = x  # the gate report at the end of the epoch reads this batch
+    def train_step(self, batch: Batch | Sequence[Batch]) -> dict[str, Any] | None:
+        """One optimisation step on one batch, or (with ``accumulate`` > 1) on a list of
+        micro-batches; returns the log row, or ``None`` if the step was skipped."""
+        micro = cast(list[Batch], list(batch) if self.accumulate > 1 else [batch])
         self.model.train()
-        rng = _rng_state(self.device) if self.flat_rho is not None else None
-        if self.flat_rho is not None:
+        rng = rng_state(self.device) if self.flat_rho is not None else None
+        if rng is not None:
             # flat regions run their own 1 + K forwards (same dropout draws, from this RNG
             # state); this one only finds which tasks are labelled, so it keeps no graph
             with torch.no_grad():
-                outputs, features = self.model(x, return_features=True)
+                losses, features, counts = self._losses(micro)
         else:
-            outputs, features = self.model(x, return_features=True)
-        losses = task_losses(self.tasks, outputs, targets)
+            losses, features, counts = self._losses(micro)
         if not losses and self._dist is None:  # no labelled sample: nothing to learn from
             return None  # (a rank still joins the collectives: another may have labels)
-        counts = {
-            t.name: int(t.labelled(targets[t.name]).sum()) for t in self.tasks if t.name in losses
-        }
+        x, targets = self._last_x, self._last_targets
         self.optimizer.zero_grad(set_to_none=True)
         gramian = None
         if (
@@ -189,6 +259,9 @@ class Trainer:
                 mode=self.mode,
                 shared_params=self._shared,
             ).gramian
+        scale = 1.0 if self.scaler is None else float(self.scaler.get_scale())
+        if self.scaler is not None:  # fp16: scaled losses; backward divides the scale out
+            losses = {k: self.scaler.scale(v) for k, v in losses.items()}
         try:
             if rng is not None:  # flat regions
                 result = self._flat_backward(x, targets, rng)
@@ -196,6 +269,7 @@ class Trainer:
                 result = backward(
                     losses,
                     self.balancer,
+                    loss_scale=scale,
                     features=features,
                     shared_params=self._shared,
                     mode=self.mode,
@@ -203,6 +277,9 @@ class Trainer:
                     step=self.step,
                     counts=counts,
                 )
+        except GradientOverflowError:  # before the method decided: its state is untouched
+            self._overflow(scale, unscaled=False)
+            return None
         except NonFiniteLossError:
             if not self.skip_nonfinite:
                 raise
@@ -212,9 +289,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         sync_gradients(self._model_params, self._dist)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(
             self._params, self.clip_grad_norm if self.clip_grad_norm else math.inf
         )
+        if not bool(torch.isfinite(norm)) and self.scaler is not None:
+            self._overflow(scale, unscaled=True)
+            return None
         if not bool(torch.isfinite(norm)):
             if not self.skip_nonfinite:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -224,8 +306,14 @@ class Trainer:
                 )
             self._skip("non-finite gradient")
             return None
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.step += 1
+        if self.schedule is not None:
+            self.schedule.after_step()
         row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         for task, value in result.losses.items():
             row[f"loss/{task}"] = value
@@ -239,11 +327,47 @@ class Trainer:
                     row[f"cos/{a}/{result.tasks[j]}"] = float(cosine[i, j])
         return row
 
+    def _losses(
+        self, micro: Sequence[Batch]
+    ) -> tuple[dict[str, Tensor], Any, dict[str, int]]:
+        """Per-task losses of the micro-batches together, as of one batch of all their samples.
+
+        A task's loss is the mean over its labelled samples, so that of the union is the mean
+        of the micro-batches' losses weighted by their labelled counts n_m / n (exact, for
+        every method: loss-level ones see the large batch's losses, gradient-level ones its
+        per-task gradients and Gramian). The N graphs are kept until the one backward.
+        """
+        parts = []
+        for x, targets in micro:
+            x, targets = to_device(x, self.device), to_device(targets, self.device)
+            with autocast(self.device, self.precision):
+                outputs, features = self.model(x, return_features=True)
+                losses = task_losses(self.tasks, outputs, targets)
+            counts = {t.name: int(t.labelled(targets[t.name]).sum())
+                      for t in self.tasks if t.name in losses}
+            parts.append((losses, features, counts))
+        self._last_x, self._last_targets = x, targets  # the gate report reads the last batch
+        if len(parts) == 1:
+            return parts[0]
+        total: dict[str, int] = {}
+        for _, _, counts in parts:
+            for name, n in counts.items():
+                total[name] = total.get(name, 0) + n
+        combined = {
+            t.name: sum(
+                (ls[t.name] * (c[t.name] / total[t.name]) for ls, _, c in parts if t.name in ls),
+                torch.zeros((), device=self.device),
+            )
+            for t in self.tasks if t.name in total
+        }
+        features = [f for _, feats, _ in parts for f in feature_tensors(feats)]
+        return combined, features, total
+
     def _flat_backward(self, x: Any, targets: Any, rng: RngState) -> BackwardResult:
-        """Task-based flat regions (:func:`manytask.flat.flat_backward`): 1 + K forwards."""
+        """Task-based flat regions (:func:`manytask.engine.flat.flat_backward`): 1 + K forwards."""
 
         def compute_losses() -> tuple[dict[str, Tensor], Any]:
-            _set_rng_state(rng, self.device)
+            set_rng_state(rng, self.device)
             outputs, features = self.model(x, return_features=True)
             return task_losses(self.tasks, outputs, targets), features
 
@@ -270,6 +394,16 @@ class Trainer:
                 f.write(json.dumps({"epoch": epoch, **entry}) + "\n")
         return entry
 
+    def _overflow(self, scale: float, *, unscaled: bool) -> None:
+        """fp16: the scaled gradients overflowed. No weight moves, the scale is reduced."""
+        self.optimizer.zero_grad(set_to_none=True)
+        assert self.scaler is not None
+        if unscaled:
+            self.scaler.update()  # unscale_ recorded the overflow: the scaler backs off
+        else:
+            self.scaler.update(scale * self.scaler.get_backoff_factor())
+        self.overflow_steps += 1
+
     def _skip(self, why: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
@@ -282,214 +416,68 @@ class Trainer:
         epochs: int,
         *,
         val_data: Iterable[Batch] | None = None,
-        resume: bool = False,
+        resume: Resume = False,
+        overwrite: bool = False,
+        config: Mapping[str, Any] | None = None,
+        changeable: Collection[str] = (),
     ) -> list[dict[str, Any]]:
         """Train for ``epochs`` epochs (in total, counting those of a resumed run).
 
-        With ``resume=True`` the latest checkpoint of ``run_dir`` is restored first (if there is
-        one) and training continues after its epoch. Returns the per-epoch summaries.
+        ``run_dir`` rules (:mod:`manytask.training.run_folder`): a folder that holds anything
+        is refused unless ``resume`` (``True``: its latest checkpoint must exist;
+        ``"if_exists"``: resume if there is one, else start afresh) or ``overwrite``; the
+        folder is locked while training; ``config`` (the run's settings, if given) is written
+        to ``config.yaml``, and on resume must equal the recorded one except for the keys in
+        ``changeable``. Returns the per-epoch summaries.
         """
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
-        start = 0
-        step_log, epoch_log = self._open_logs()
-        if resume:
-            if self.run_dir is None:
-                raise ValueError("resume=True needs a run_dir")
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is not None:
-                state = load_checkpoint(
-                    ckpt, model=self.model, optimizer=self.optimizer, balancer=self.balancer
-                )
-                start, self.step = state["epoch"] + 1, state["step"]
-                self.skipped_steps = state.get("skipped_steps", 0)
-                if step_log is not None and epoch_log is not None:
-                    step_log.truncate_after("step", self.step)
-                    epoch_log.truncate_after("epoch", state["epoch"])
-                    _truncate_jsonl(self.run_dir / "experts.jsonl", "epoch", state["epoch"])
-        summaries: list[dict[str, Any]] = []
-        # opened after the resume, dropping the events of steps the resumed run redoes
-        board = self._open_board(purge_step=self.step + 1 if resume else None)
+        if resume and self.run_dir is None:
+            raise ValueError("resume needs a run_dir")
+        lock = None
+        resuming = False
+        if self.run_dir is not None and self._is_main:
+            plan, lock = open_run(self.run_dir, resume=resume, overwrite=overwrite,
+                                  config=config, changeable=changeable)
+            resuming = plan.resume
+        elif self.run_dir is not None and resume:  # other ranks: rank 0 checked the folder
+            resuming = latest_checkpoint(self.run_dir) is not None
         try:
-            for epoch in range(start, epochs):
-                self.epoch = epoch
-                set_epoch = getattr(train_data, "set_epoch", None) or getattr(
-                    getattr(train_data, "sampler", None), "set_epoch", None
-                )
-                if callable(set_epoch):
-                    set_epoch(epoch)
-                began, first_step = time.perf_counter(), self.step
-                bar = tqdm(
-                    train_data,
-                    desc=f"epoch {epoch + 1}/{epochs}",
-                    # None: off when not a terminal; only rank 0 draws one
-                    disable=None if self.progress and self._is_main else True,
-                    leave=False,
-                )
-                seen = 0
-                for batch in bar:
-                    seen += 1
-                    row = self.train_step(batch)
-                    if row is None:
-                        continue
-                    if step_log is not None and (self.step % self.log_every == 0):
-                        step_log.write(row)
-                        if board is not None:
-                            for key, value in row.items():
-                                if key not in ("step", "epoch"):
-                                    board.add_scalar(key, value, self.step)
-                    bar.set_postfix(
-                        {k[5:]: f"{v:.3f}" for k, v in row.items() if k.startswith("loss/")}
-                    )
-                if seen == 0:  # an empty data set; batches without labels are skipped, not this
-                    raise ValueError(f"train_data yielded no batch in epoch {epoch}")
-                self.balancer.end_epoch()
-                summary: dict[str, Any] = {
-                    "epoch": epoch,
-                    "step": self.step,
-                    "seconds": time.perf_counter() - began,
-                    "steps": self.step - first_step,
-                }
-                if val_data is not None:
-                    summary["val"] = self.evaluate(val_data)
-                    if epoch_log is not None:
-                        self._write_metrics(epoch_log, epoch, "val", summary["val"])
-                    if board is not None:
-                        for task, metrics in summary["val"].items():
-                            for metric, value in metrics.items():
-                                board.add_scalar(f"val/{task}/{metric}", value, epoch)
-                        board.flush()
-                experts = self._report_experts(epoch)
-                if experts is not None:
-                    summary["experts"] = experts
-                summaries.append(summary)
-                if self.run_dir is not None and self._is_main:
-                    save_checkpoint(
-                        self.run_dir,
-                        epoch,
-                        model=self.model,
-                        optimizer=self.optimizer,
-                        balancer=self.balancer,
-                        keep=self.keep_checkpoints,
-                        info={"step": self.step, "skipped_steps": self.skipped_steps},
-                    )
-                barrier(self._dist)  # no rank runs ahead of the checkpoint it could resume from
-        finally:  # events already logged survive an error
-            if board is not None:
-                board.close()
-        self.history = summaries
-        return summaries
+            return fit_loop(self, train_data, epochs, val_data, resuming)
+        finally:
+            if lock is not None:
+                lock.release()
 
-    def _open_board(self, purge_step: int | None = None) -> Any:
-        if not self.tensorboard or self.run_dir is None or not self._is_main:
+    def mark_best(self, epoch: int) -> None:
+        """Point ``checkpoints/best`` at the checkpoint of ``epoch`` (kept from clean-up)."""
+        if self.run_dir is None or not self._is_main:
+            return
+        root = self.run_dir / "checkpoints"
+        if (root / f"epoch-{epoch:04d}").is_dir():
+            atomic_write_text(root / BEST, f"epoch-{epoch:04d}")
+
+    def restore_best(self) -> int | None:
+        """Load the weights of the best validation epoch (kept by a :class:`BestCheckpoint`
+        callback) into the model; return that epoch, or ``None`` when there is none."""
+        best = next((cb for cb in self.callbacks if isinstance(cb, BestCheckpoint)), None)
+        if best is None or best.best_epoch is None:
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ImportError(
-                "tensorboard=True needs the tensorboard package: pip install tensorboard"
-            ) from err
-        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        if self.run_dir is None:
+            assert best.weights is not None
+            self.model.load_state_dict(best.weights)
+        else:
+            path = self.run_dir / "checkpoints" / f"epoch-{best.best_epoch:04d}"
+            load_model_weights(path, self.model)
+        return best.best_epoch
 
     @property
     def _is_main(self) -> bool:
         return self._dist is None or self._dist.is_main
 
     def _open_logs(self) -> tuple[RunLog | None, RunLog | None]:
-        if self.run_dir is None or not self._is_main:
-            return None, None
-        names = [t.name for t in self.tasks]
-        cols = ["step", "epoch"]
-        cols += [f"loss/{n}" for n in names] + [f"weight/{n}" for n in names]
-        cols += [f"cos/{a}/{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
-        step_log = RunLog(self.run_dir / "steps", cols, self.log_format)
-        epoch_log = RunLog(
-            self.run_dir / "metrics", ["epoch", "split", "task", "metric", "value"], self.log_format
-        )
-        return step_log, epoch_log
-
-    @staticmethod
-    def _write_metrics(log: RunLog, epoch: int, split: str, results: Results) -> None:
-        for task, metrics in results.items():
-            for metric, value in metrics.items():
-                log.write(
-                    {"epoch": epoch, "split": split, "task": task, "metric": metric, "value": value}
-                )
+        return open_logs(self)
 
     # ------------------------------------------------------------------ evaluate
-    @torch.no_grad()
     def evaluate(self, data: Iterable[Batch]) -> Results:
         """Per-task loss and metrics over ``data`` (labelled samples only)."""
-        self.model.eval()
-        outs: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
-        tgts: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
-        for x, targets in data:
-            outputs = self.model(_to_device(x, self.device))
-            for task in self.tasks:
-                if task.name not in targets:
-                    continue
-                target = targets[task.name]
-                task.check_target(outputs[task.name], target)
-                mask = task.labelled(target)
-                outs[task.name].append(outputs[task.name][mask.to(self.device)].float().cpu())
-                tgts[task.name].append(target[mask].cpu())
-        results: Results = {}
-        for task in self.tasks:
-            if not outs[task.name]:
-                continue
-            out, tgt = torch.cat(outs[task.name]), torch.cat(tgts[task.name])
-            if out.shape[0] == 0:
-                continue
-            loss = task.loss(out, tgt)
-            results[task.name] = {"loss": float(loss) if loss is not None else math.nan}
-            for metric in task.metrics:
-                results[task.name][metric.name] = metric.fn(out, tgt)
-        return results
-
-
-RngState = tuple[Tensor, Tensor | None]
-
-
-def _rng_state(device: torch.device) -> RngState:
-    """The CPU generator's state, and the accelerator's when training on CUDA."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: RngState, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
-def _check_flat(rho: float, balancer: Balancer, mode: str, dist: Any) -> None:
-    if not rho >= 0:
-        raise ValueError(f"flat_rho must be >= 0, got {rho}")
-    check_flat_method(balancer, "flat_rho")
-    if mode != "exact":
-        raise ValueError("flat_rho perturbs the shared parameters: it needs mode='exact'")
-    if dist is not None:
-        raise ValueError("flat_rho is not supported under torchrun (one process only)")
-
-
-def _truncate_jsonl(path: Path, key: str, last: int) -> None:
-    """Drop the lines of ``path`` whose ``key`` exceeds ``last`` (epochs a resume redoes)."""
-    if not path.exists():
-        return
-    text = path.read_text()
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):  # a write cut off by a kill: drop the partial line
-        lines.pop()
-        text = ""  # forces the rewrite below
-
-    def keep(line: str) -> bool:
-        try:
-            return bool(line.strip()) and json.loads(line)[key] <= last
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return False
-
-    kept = [ln for ln in lines if keep(ln)]
-    if len(kept) != len(lines) or not text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
-        tmp.replace(path)
+        return evaluate(self.model, self.tasks, data, self.device, self.precision)

@@ -21,7 +21,7 @@ from manytask.data import TensorBatches
 from manytask.models import HardSharing
 from manytask.tasks import Task
 from manytask.training import Trainer
-from manytask.training import trainer as trainer_module
+from manytask.training import loop as trainer_module  # the epoch loop saves checkpoints
 from manytask.training.distributed import ShardedBatches, context, init_from_env
 
 CONFIGS: dict[str, tuple[str, dict[str, object], str]] = {

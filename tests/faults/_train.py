@@ -4,7 +4,8 @@
 a checkpoint), prints ``ready`` once imports are done, and writes the final parameters to
 ``RUN_DIR/final.safetensors``. With ``--stall-epoch E`` the checkpoint write of epoch ``E``
 stops half-way (after its first file), touches ``RUN_DIR/stalled`` and sleeps, so that a test
-can kill the process inside the write.
+can kill the process inside the write. With ``--stall-rewrite`` the first log rewrite of a
+resume stops the same way after writing half of the new file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from manytask.models import HardSharing
 from manytask.tasks import Task
 from manytask.training import Trainer
 from manytask.training import checkpoint as checkpoint_module
+from manytask.training import logs as logs_module
 
 EPOCHS = 6
 
@@ -45,7 +47,7 @@ def train(run_dir: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     net = model()
     trainer = Trainer(net, tasks(), "uncertainty", lr=1e-3, run_dir=run_dir, progress=False)
-    trainer.fit(batches, EPOCHS, resume=True)
+    trainer.fit(batches, EPOCHS, resume="if_exists")
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
@@ -61,11 +63,24 @@ def stall_checkpoint(run_dir: Path, epoch: int) -> None:
     checkpoint_module.save_file = stalling
 
 
+def stall_rewrite(run_dir: Path) -> None:
+    def stalling(path: Path, lines: Any) -> None:
+        with open(path.parent / f".tmp-{path.name}.partial", "w") as f:
+            f.writelines(list(lines)[: len(lines) // 2])
+        (run_dir / "stalled").touch()
+        time.sleep(120)
+
+    logs_module.replace_lines = stalling
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--stall-epoch", type=int)
+    parser.add_argument("--stall-rewrite", action="store_true")
     args = parser.parse_args()
+    if args.stall_rewrite:
+        stall_rewrite(args.run_dir)
     torch.set_num_threads(1)
     if args.stall_epoch is not None:
         stall_checkpoint(args.run_dir, args.stall_epoch)

@@ -106,3 +106,31 @@ def test_kill_inside_a_checkpoint_write_keeps_the_previous_one(
     )
     assert state["epoch"] == 1 and state["step"] == 2 * 4
     _assert_identical(_finish(tmp_path), uninterrupted)
+
+
+def _stall_then_kill(run_dir: Path, *extra: str) -> None:
+    (run_dir / "stalled").unlink(missing_ok=True)
+    proc = _start(run_dir, *extra)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "stalled").exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the run never stalled"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    (run_dir / "stalled").unlink()
+
+
+def test_kill_while_a_resume_rewrites_the_logs_keeps_them_whole(
+    tmp_path: Path, uninterrupted: dict[str, torch.Tensor]
+) -> None:
+    straight = tmp_path / "straight"
+    _finish(straight)
+    run = tmp_path / "run"
+    _stall_then_kill(run, "--stall-epoch", "2")  # step 10 logged, checkpoint at step 8
+    before = (run / "steps.csv").read_bytes()
+    assert before.startswith(b"step,") and b"\n10,2," in before
+    _stall_then_kill(run, "--stall-rewrite")  # killed inside the rewrite that drops them
+    assert (run / "steps.csv").read_bytes() == before  # not emptied, header kept
+    _assert_identical(_finish(run), uninterrupted)
+    assert (run / "steps.csv").read_bytes() == (straight / "steps.csv").read_bytes()

@@ -1,0 +1,60 @@
+"""Small pieces of the Trainer's step and resume: random number states for flat regions,
+the flat-regions option check, and the cut-back of the experts log on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..balancers import Balancer
+from ..engine.flat import check_flat_method
+from .logs import replace_lines
+
+RngState = tuple[Tensor, Tensor | None]
+
+
+def rng_state(device: torch.device) -> RngState:
+    """The CPU generator's state, and the accelerator's when training on CUDA."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_state(state: RngState, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def check_flat(rho: float, balancer: Balancer, mode: str, dist: Any) -> None:
+    if not rho >= 0:
+        raise ValueError(f"flat_rho must be >= 0, got {rho}")
+    check_flat_method(balancer, "flat_rho")
+    if mode != "exact":
+        raise ValueError("flat_rho perturbs the shared parameters: it needs mode='exact'")
+    if dist is not None:
+        raise ValueError("flat_rho is not supported under torchrun (one process only)")
+
+
+def truncate_jsonl(path: Path, key: str, last: int) -> None:
+    """Drop the lines of ``path`` whose ``key`` exceeds ``last`` (epochs a resume redoes)."""
+    if not path.exists():
+        return
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):  # a write cut off by a kill: drop the partial line
+        lines.pop()
+        text = ""  # forces the rewrite below
+
+    def keep(line: str) -> bool:
+        try:
+            return bool(line.strip()) and json.loads(line)[key] <= last
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+
+    kept = [ln for ln in lines if keep(ln)]
+    if len(kept) != len(lines) or not text:
+        replace_lines(path, [ln + "\n" for ln in kept])

@@ -1,0 +1,143 @@
+"""Gradient accumulation equals one large batch; bf16 autocast; devices by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import manytask
+from manytask import HardSharing, Task
+from manytask.engine.gradients import task_gradients
+from manytask.training import Trainer
+from manytask.training.devices import resolve_device
+
+TASKS = [Task.classification("a", 3), Task.regression("b"), Task.binary("c")]
+
+
+def _micro(n: int = 64, size: int = 4, seed: int = 0, missing: bool = True) -> list:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    a = torch.randint(0, 3, (n,), generator=g)
+    b = x[:, :1] * 2 + 0.1 * torch.randn(n, 1, generator=g)
+    c = (x[:, 1] > 0).float()
+    if missing:  # unequal labelled counts per micro-batch: the weights n_m / n matter
+        a[torch.rand(n, generator=g) < 0.4] = -1
+        b[torch.rand(n, generator=g) < 0.3] = float("nan")
+    return [(x[i : i + size], {"a": a[i : i + size], "b": b[i : i + size], "c": c[i : i + size]})
+            for i in range(0, n, size)]
+
+
+def _join(micro: list, k: int) -> list:
+    out = []
+    for i in range(0, len(micro), k):
+        group = micro[i : i + k]
+        out.append((torch.cat([m[0] for m in group]),
+                    {t: torch.cat([m[1][t] for m in group]) for t in group[0][1]}))
+    return out
+
+
+def _trainer(balancer: str, **kw) -> Trainer:
+    torch.manual_seed(0)
+    model = HardSharing(TASKS, 5, hidden=(16, 8))
+    return Trainer(model, TASKS, manytask.make_balancer(balancer), progress=False, lr=0.01, **kw)
+
+
+@pytest.mark.parametrize("balancer,mode", [
+    ("equal", "exact"), ("uncertainty", "exact"), ("dwa", "exact"), ("mgda", "exact"),
+    ("pcgrad", "exact"), ("cagrad", "exact"), ("mgda", "feature"),
+])
+def test_n_micro_batches_equal_one_batch_n_times_larger(balancer: str, mode: str) -> None:
+    micro = _micro()
+    small = _trainer(balancer, mode=mode, accumulate=4)
+    large = _trainer(balancer, mode=mode)
+    torch.manual_seed(1)  # pcgrad draws task orders: the same draws for both
+    # 8 steps: later, CAGrad's solver may switch its active set on float noise (seen at 9+)
+    small.fit(micro, 2)
+    torch.manual_seed(1)
+    large.fit(_join(micro, 4), 2)
+    assert small.step == large.step == 2 * 4
+    for (name, got), want in zip(small.model.state_dict().items(),
+                                 large.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+    for name, want in large.balancer.state_dict().items():
+        torch.testing.assert_close(small.balancer.state_dict()[name], want, rtol=1e-4,
+                                   atol=1e-5, msg=name)
+
+
+def test_the_method_sees_the_large_batchs_gramian() -> None:
+    micro = _micro(16, 4)
+    small = _trainer("mgda", accumulate=4)
+    losses, features, counts = small._losses(micro)
+    large_losses, large_features, large_counts = small._losses(_join(micro, 4))
+    assert counts == large_counts
+    shared = list(small.model.shared_parameters())
+    got = task_gradients(list(losses.values()), features, mode="exact",
+                         shared_params=shared).gramian
+    want = task_gradients(list(large_losses.values()), [large_features], mode="exact",
+                          shared_params=shared).gramian
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_last_group_of_fewer_micro_batches_still_steps() -> None:
+    trainer = _trainer("equal", accumulate=3)
+    trainer.fit(_micro(40, 8), 1)  # 5 micro-batches: a step of 3, then one of 2
+    assert trainer.step == 2
+
+
+def test_resume_with_accumulation_and_bf16_is_bit_exact(tmp_path: Path) -> None:
+    kw = dict(accumulate=2, precision="bf16", log_every=1)
+    full = _trainer("uncertainty", run_dir=tmp_path / "full", **kw)
+    full.fit(_micro(), 4)
+    _trainer("uncertainty", run_dir=tmp_path / "cut", **kw).fit(_micro(), 2)
+    torch.manual_seed(3)
+    cut = _trainer("uncertainty", run_dir=tmp_path / "cut", **kw)
+    cut.fit(_micro(), 4, resume=True)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(cut.model.state_dict()[k], v), k
+    assert (tmp_path / "cut" / "steps.csv").read_text() == (
+        tmp_path / "full" / "steps.csv").read_text()
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_float32_weights() -> None:
+    seen = []
+    trainer = _trainer("mgda", precision="bf16")
+    trainer.model.shared.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer.fit(_micro(16, 8), 1)
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    fp32 = _trainer("mgda")
+    fp32.fit(_micro(16, 8), 1)
+    diffs = [float((a - b).detach().abs().max()) for a, b in
+             zip(trainer.model.parameters(), fp32.model.parameters(), strict=True)]
+    assert 0 < max(diffs) < 0.05  # bf16 rounding, not another training
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _trainer("equal", precision="fp8")
+
+
+def test_devices_by_name() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            _trainer("equal", device="cuda:0")
+    with pytest.raises(ValueError, match="accumulate must be"):
+        _trainer("equal", accumulate=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_matches_the_cpu() -> None:
+    cpu = _trainer("mgda")
+    cpu.fit(_micro(16, 8, missing=False), 2)
+    gpu = _trainer("mgda", device="cuda")
+    gpu.fit(_micro(16, 8, missing=False), 2)
+    assert all(p.device.type == "cuda" for p in gpu.model.parameters())
+    for a, b in zip(cpu.model.parameters(), gpu.model.parameters(), strict=True):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-4)
+    bf16 = _trainer("mgda", device="cuda", precision="bf16")
+    bf16.fit(_micro(16, 8, missing=False), 2)
+    assert bf16.evaluate(_micro(16, 8, missing=False))
