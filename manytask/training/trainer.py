@@ -420,31 +420,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, data: Iterable[Batch]) -> Results:
         """Per-task loss and metrics over ``data`` (labelled samples only)."""
+        from ..metrics import TaskEvaluator  # streaming torchmetrics, nothing gathered
+
         self.model.eval()
-        outs: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
-        tgts: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
+        evaluator = TaskEvaluator(self.tasks, self.device)
         for x, targets in data:
-            outputs = self.model(_to_device(x, self.device))
-            for task in self.tasks:
-                if task.name not in targets:
-                    continue
-                target = targets[task.name]
-                task.check_target(outputs[task.name], target)
-                mask = task.labelled(target)
-                outs[task.name].append(outputs[task.name][mask.to(self.device)].float().cpu())
-                tgts[task.name].append(target[mask].cpu())
-        results: Results = {}
-        for task in self.tasks:
-            if not outs[task.name]:
-                continue
-            out, tgt = torch.cat(outs[task.name]), torch.cat(tgts[task.name])
-            if out.shape[0] == 0:
-                continue
-            loss = task.loss(out, tgt)
-            results[task.name] = {"loss": float(loss) if loss is not None else math.nan}
-            for metric in task.metrics:
-                results[task.name][metric.name] = metric.fn(out, tgt)
-        return results
+            evaluator.update(self.model(_to_device(x, self.device)), targets)
+        return evaluator.compute()
 
 
 RngState = tuple[Tensor, Tensor | None]
