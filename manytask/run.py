@@ -34,12 +34,18 @@ class Prepared:
     input_layer: Callable[[], nn.Module] | None = None
     # text with fine-tuned top layers: builds the model (its shared part is MiniLM's top layers)
     model_factory: Callable[..., MultiTaskModel] | None = None
+    # files written into the run folder with the config (the fitted preprocessing)
+    artifacts: dict[str, str] | None = None
 
 
 def task_names(cfg: TrainConfig) -> tuple[str, ...]:
     """The tasks a run trains: ``cfg.tasks``, or the data set's default tasks."""
     if cfg.tasks:
         return tuple(cfg.tasks)
+    if cfg.data == "files":
+        from .data.declared import parse_dataset
+
+        return tuple(t.name for t in parse_dataset(cfg.dataset, cfg.data_root or ".").tasks)
     if cfg.data == "text":
         from .data.text import TEXT_TASKS
 
@@ -162,7 +168,34 @@ def _census(cfg: TrainConfig) -> Prepared:
     )
 
 
+def _files(cfg: TrainConfig) -> Prepared:
+    """Data declared in the ``dataset:`` section (files, columns, splits, tasks); relative
+    file names are under ``data_root`` (default: the working folder)."""
+    from .data.declared import parse_dataset, prepare_declared
+    from .data.tabular import TabularInput
+
+    spec = parse_dataset(cfg.dataset, cfg.data_root or ".")
+    if cfg.tasks:
+        raise ConfigError("data: files: the tasks are those of the dataset: section; "
+                          "drop tasks:")
+    if cfg.finetune_layers:
+        raise ConfigError("finetune_layers: not available for data: files (frozen MiniLM "
+                          "embeddings only)")
+    data = prepare_declared(spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
+                            seed=cfg.seed, tasks_per_batch=cfg.tasks_per_batch,
+                            temperature=cfg.task_temperature)
+
+    def input_layer() -> nn.Module:
+        return TabularInput(data.cardinalities, data.n_dense, embedding_dim=8)
+
+    return Prepared(data.tasks, data.train, data.val, data.test, 0, input_layer,
+                    artifacts={PREPROCESSING: data.preprocessor.to_json()})
+
+
+PREPROCESSING = "preprocessing.json"
+
 DATASETS: dict[str, Callable[[TrainConfig], Prepared]] = {
+    "files": _files,
     "multidigits": _multidigits,
     "text": _text,
     "census": _census,
@@ -237,6 +270,8 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.run_dir and (ctx is None or ctx.is_main):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.run_dir) / "config.yaml").write_text(_yaml(asdict(cfg)))
+        for name, text in (data.artifacts or {}).items():
+            _write_atomic(Path(cfg.run_dir) / name, text)
     history = trainer.fit(data.train, cfg.epochs, val_data=data.val, resume=cfg.resume)
     return {
         "config": asdict(cfg),
@@ -244,6 +279,12 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         "test": trainer.evaluate(data.test),
         "trainer": trainer,
     }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _yaml(values: dict[str, Any]) -> str:
