@@ -128,7 +128,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from .evaluation.report import report
 
-    made = report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    dirs = [Path(d) for d in args.run_dirs]
+    if len(dirs) == 1 and not (dirs[0] / "bench.yaml").exists() and (
+            dirs[0] / "metrics.csv").is_file():  # one training run, not a bench
+        from .evaluation.run_report import run_report
+
+        made = run_report(dirs[0], Path(args.out) if args.out else None)
+    else:
+        made = report(dirs, Path(args.out) if args.out else None)
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0
@@ -162,6 +169,46 @@ def _cmd_architectures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_problems(problems: Sequence[Any], limit: int = 20) -> None:
+    for problem in problems[:limit]:
+        print(f"left out: {problem}", file=sys.stderr)
+    if len(problems) > limit:
+        print(f"left out: ... and {len(problems) - limit} more row problem(s)", file=sys.stderr)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    problems = predict(args.run_dir, args.data, args.out)
+    _print_problems(problems)
+    print(f"predictions: {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .predict import evaluate
+
+    results, problems, path = evaluate(args.run_dir, args.data, args.out)
+    _print_problems(problems)
+    for task, row in results.items():
+        print(f"{task}: " + "  ".join(f"{m}={v:.4f}" for m, v in row.items()))
+    print(f"metrics: {path}")
+    return 0
+
+
+def _add_predict_commands(sub: Any) -> None:
+    pred = sub.add_parser("predict", help="per-task predictions of a data: files run on a file")
+    pred.add_argument("--run-dir", required=True, help="the run folder of manytask train")
+    pred.add_argument("--data", required=True, help="a csv/tsv/jsonl/parquet file")
+    pred.add_argument("--out", required=True, help="where predictions go (.csv/.parquet/.jsonl)")
+    pred.set_defaults(func=_cmd_predict)
+    ev = sub.add_parser("evaluate", help="per-task metrics of a data: files run on a file")
+    ev.add_argument("--run-dir", required=True, help="the run folder of manytask train")
+    ev.add_argument("--data", required=True, help="a csv/tsv/jsonl/parquet file with labels")
+    ev.add_argument("--out", help="metrics JSON (default: RUN_DIR/evaluate-<stem>.json)")
+    ev.set_defaults(func=_cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manytask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dirs", nargs="+")
     rep.add_argument("--out", help="output directory (default: the first run directory)")
     rep.set_defaults(func=_cmd_report)
+    _add_predict_commands(sub)
     from .merging.cli import add_merge_command
 
     add_merge_command(sub)
