@@ -43,8 +43,8 @@ def table_section(file: str, **extra: object) -> dict[str, object]:
 
 
 def write(table: pa.Table, path: Path) -> Path:
-    from pyarrow import csv
     import pyarrow.parquet as pq
+    from pyarrow import csv
 
     name = path.name
     if name.endswith(".csv"):

@@ -8,11 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from declared_tables import TASKS, table_section, write
 
 from manytask.data.declared import parse_dataset, prepare_declared
 from manytask.data.declared.preprocess import Preprocessor
-
-from declared_tables import TASKS, table_section, write
 
 
 def _prepare(section: dict, root: Path):  # type: ignore[no-untyped-def]
