@@ -116,7 +116,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     tasks = list(task_names(base))
     cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
     run_dir = Path(args.run_dir)
-    run_grid(base, cells, run_dir)
+    run_grid(base, cells, run_dir, baseline_steps=args.baseline_steps)
     made = report([run_dir])
     print(made["summary"].read_text())
     print(f"report: {made['html']}")
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train single-task baselines (needed for delta-m)",
     )
     bench.add_argument("--run-dir", required=True, help="where cells, tables and plots go")
+    bench.add_argument("--baseline-steps", choices=["same", "epochs"], default="same",
+                       help="single-task baselines run the joint run's number of optimizer "
+                            "steps (same) or its number of epochs")
     add_config_flags(bench, _GRID_KEYS)
     bench.set_defaults(func=_cmd_bench)
     rep = sub.add_parser("report", help="plots, tables and an HTML page from bench runs")

@@ -172,12 +172,12 @@ def _files(cfg: TrainConfig) -> Prepared:
     """Data declared in the ``dataset:`` section (files, columns, splits, tasks); relative
     file names are under ``data_root`` (default: the working folder)."""
     from .data.declared import parse_dataset, prepare_declared
+    from .data.declared.spec import select_tasks
     from .data.tabular import TabularInput
 
     spec = parse_dataset(cfg.dataset, cfg.data_root or ".")
-    if cfg.tasks:
-        raise ConfigError("data: files: the tasks are those of the dataset: section; "
-                          "drop tasks:")
+    if cfg.tasks:  # a subset of the declared tasks (single-task baselines, task groups)
+        spec = select_tasks(spec, cfg.tasks)
     if cfg.finetune_layers:
         raise ConfigError("finetune_layers: not available for data: files (frozen MiniLM "
                           "embeddings only)")

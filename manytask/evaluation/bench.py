@@ -4,7 +4,9 @@ Each cell is one training run (:func:`manytask.run.train_from_config`) in its ow
 so that its peak memory is its own (read from the child's resource usage) and a crash of one
 cell does not take the grid down. A cell is finished when its ``result.json`` exists (written
 atomically); a re-run skips finished cells. Single-task baselines (one run per task, equal
-weighting) are added when Δm needs them.
+weighting) are added when Δm needs them; by default each runs as many optimizer steps as the
+joint run (its epochs scaled by the ratio of batches per epoch), since a task trained alone on
+mixed per-task batches would otherwise get K times fewer updates and inflate the gain.
 """
 
 from __future__ import annotations
@@ -59,7 +61,22 @@ def grid(
     return cells
 
 
-def cell_config(base: TrainConfig, cell: Cell, run_dir: Path) -> TrainConfig:
+def baseline_epochs(base: TrainConfig, tasks: Sequence[str]) -> dict[str, int]:
+    """Epochs giving each single-task baseline the joint run's number of optimizer steps:
+    ``round(epochs * batches_joint / batches_single)`` (at least 1). Prepares the data once
+    per task to count its batches."""
+    from ..run import DATASETS
+
+    joint = len(DATASETS[base.data](base).train)
+    out = {}
+    for task in tasks:
+        single = len(DATASETS[base.data](dataclasses.replace(base, tasks=[task])).train)
+        out[task] = max(1, round(base.epochs * joint / max(single, 1)))
+    return out
+
+
+def cell_config(base: TrainConfig, cell: Cell, run_dir: Path,
+                epochs: int | None = None) -> TrainConfig:
     values = dataclasses.asdict(base)
     values.update(
         balancer=cell.method,
@@ -73,6 +90,8 @@ def cell_config(base: TrainConfig, cell: Cell, run_dir: Path) -> TrainConfig:
         values["balancer_params"] = {}
     if cell.single_task:
         values["tasks"] = [cell.single_task]
+        if epochs is not None:
+            values["epochs"] = epochs
     return config_from_mapping(values, source=f"cell {cell.key}")
 
 
@@ -118,12 +137,22 @@ def run_grid(
     run_dir: Path,
     *,
     echo: Any = print,
+    baseline_steps: str = "same",
 ) -> list[dict[str, Any]]:
-    """Run every unfinished cell; return the results of all finished cells, in grid order."""
+    """Run every unfinished cell; return the results of all finished cells, in grid order.
+
+    ``baseline_steps="same"``: single-task baselines run the joint run's number of optimizer
+    steps (see :func:`baseline_epochs`); ``"epochs"``: the same number of epochs.
+    """
+    if baseline_steps not in ("same", "epochs"):
+        raise ValueError(f"baseline_steps must be 'same' or 'epochs', got {baseline_steps!r}")
+    singles = sorted({c.single_task for c in cells if c.single_task})
+    epochs = baseline_epochs(base, singles) if singles and baseline_steps == "same" else {}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "bench.yaml").write_text(
         yaml.safe_dump(
-            {"base": dataclasses.asdict(base), "cells": [dataclasses.asdict(c) for c in cells]},
+            {"base": dataclasses.asdict(base), "cells": [dataclasses.asdict(c) for c in cells],
+             "baseline_steps": baseline_steps, "baseline_epochs": epochs},
             sort_keys=False,
         )
     )
@@ -131,7 +160,8 @@ def run_grid(
     echo(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
     began = time.perf_counter()
     for i, cell in enumerate(todo):
-        cfg = cell_config(base, cell, run_dir)
+        cfg = cell_config(base, cell, run_dir,
+                          epochs.get(cell.single_task) if cell.single_task else None)
         cell_dir = Path(str(cfg.run_dir))
         cell_dir.mkdir(parents=True, exist_ok=True)
         config_path = cell_dir / "cell.yaml"

@@ -24,6 +24,7 @@ Every error is a one-line :class:`DataError` naming where in the section it is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,5 +275,20 @@ def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
     return DatasetSpec(shape, tables, p["pair_encoding"], p["max_length"])
 
 
+def select_tasks(spec: DatasetSpec, names: Sequence[str]) -> DatasetSpec:
+    """``spec`` with only the tasks ``names`` (a single-task baseline, a task group)."""
+    known = [t.name for t in spec.tasks]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise DataError(f"tasks: {unknown[0]!r} is not a task of the dataset: section"
+                        f"{did_you_mean(unknown[0], known)}; tasks: {', '.join(known)}")
+    tables = []
+    for table in spec.tables:
+        kept = tuple(t for t in table.tasks if t.name in names)
+        if kept:
+            tables.append(dataclasses.replace(table, tasks=kept))
+    return dataclasses.replace(spec, tables=tuple(tables))
+
+
 __all__ = ["FORMATS", "DataError", "DatasetSpec", "TableSpec", "TaskSpec", "did_you_mean",
-           "format_of", "parse_dataset"]
+           "format_of", "parse_dataset", "select_tasks"]
