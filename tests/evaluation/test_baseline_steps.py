@@ -15,7 +15,7 @@ from manytask.evaluation.measures import delta_m
 from manytask.evaluation.summary import steps_note
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_declared"))
-from declared_tables import TASKS, make_table  # noqa: E402
+from declared_tables import TASKS, make_table
 
 
 def test_baselines_of_mixed_sources_get_the_joint_steps(tmp_path: Path) -> None:
