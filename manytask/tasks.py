@@ -44,10 +44,20 @@ class Metric:
         return build_metric(self.name, self.kind, self.out_features)
 
     def fn(self, outputs: Tensor, targets: Tensor) -> float:
-        metric = self.build()
+        # the width is read from the outputs, so one Metric serves heads of any width
+        width = int(outputs.reshape(outputs.shape[0], -1).shape[1]) if outputs.dim() > 1 else 1
+        metric = build_metric(self.name, self.kind, width)
         metric.update(*prepare(self.kind, outputs, targets))
         return finite_value(metric)
 
+
+# The metrics earlier versions exported by name (still used by scripts): binary AUROC,
+# accuracies, regression errors of one output.
+ACCURACY = Metric("accuracy", True, "classification", 2)
+BINARY_ACCURACY = Metric("accuracy", True, "binary", 1)
+AUC = Metric("auc", True, "binary", 1)
+MSE = Metric("mse", False, "regression", 1)
+MAE = Metric("mae", False, "regression", 1)
 
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy",),
