@@ -25,6 +25,8 @@ class TrainConfig:
     """Everything ``manytask train`` needs. Each field is a YAML key and a ``--flag``."""
 
     data: str = "multidigits"
+    # data: files: the files, columns, splits and tasks (manytask.data.declared.spec)
+    dataset: dict[str, Any] | None = None
     tasks: list[str] | None = None
     train_size: int = 6000
     missing_rate: float = 0.0
@@ -126,6 +128,9 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be positive, got {value}")
         if not self.task_temperature > 0:
             raise ConfigError(f"task_temperature must be > 0, got {self.task_temperature}")
+        if (self.data == "files") != (self.dataset is not None):
+            raise ConfigError("data: files needs a dataset: section (and dataset: needs "
+                              "data: files)")
         if self.data in ("text", "census") and not self.data_root:
             example = {"text": "text", "census": "census_income_kdd"}[self.data]
             raise ConfigError(

@@ -16,6 +16,7 @@ from torch import nn
 from .balancers import make_balancer
 from .balancers.registry import BALANCERS
 from .config import CHANGEABLE, ConfigError, TrainConfig
+from .files import atomic_write_text
 from .finite import check_state
 from .models import ARCHITECTURES, MultiTaskModel, make_model
 from .registry import Registry, RegistryError
@@ -46,6 +47,8 @@ class Prepared:
     input_spec: dict[str, Any] | None = None
     # what the inputs must be, for manytask.json
     preprocessing: dict[str, Any] | None = None
+    # files written into the run folder after training (the fitted preprocessing)
+    artifacts: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,12 @@ def _text_tasks(cfg: TrainConfig) -> tuple[str, ...]:
     from .data.text import TEXT_TASKS
 
     return tuple(TEXT_TASKS)
+
+
+def _declared_tasks(cfg: TrainConfig) -> tuple[str, ...]:
+    from .data.declared import parse_dataset
+
+    return tuple(t.name for t in parse_dataset(cfg.dataset, cfg.data_root or ".").tasks)
 
 
 def _census_tasks(cfg: TrainConfig) -> tuple[str, ...]:
@@ -190,6 +199,35 @@ def _census(cfg: TrainConfig) -> Prepared:
     )
 
 
+def _files(cfg: TrainConfig) -> Prepared:
+    """Data declared in the ``dataset:`` section (files, columns, splits, tasks); relative
+    file names are under ``data_root`` (default: the working folder)."""
+    from .data.declared import parse_dataset, prepare_declared
+    from .data.declared.spec import select_tasks
+    from .models.inputs import TabularInput
+
+    spec = parse_dataset(cfg.dataset, cfg.data_root or ".")
+    if cfg.tasks:  # a subset of the declared tasks (single-task baselines, task groups)
+        spec = select_tasks(spec, cfg.tasks)
+    if cfg.finetune_layers:
+        raise ConfigError("finetune_layers: not available for data: files (frozen MiniLM "
+                          "embeddings only)")
+    data = prepare_declared(spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
+                            seed=cfg.seed, tasks_per_batch=cfg.tasks_per_batch,
+                            temperature=cfg.task_temperature)
+
+    def input_layer() -> nn.Module:
+        return TabularInput(data.cardinalities, data.n_dense, embedding_dim=8)
+
+    return Prepared(data.tasks, data.train, data.val, data.test, 0, input_layer,
+                    input_spec={"kind": "tabular", "cardinalities": list(data.cardinalities),
+                                "n_dense": data.n_dense, "embedding_dim": 8},
+                    preprocessing={"data": "files", "file": PREPROCESSING},
+                    artifacts={PREPROCESSING: data.preprocessor.to_json()})
+
+
+PREPROCESSING = "preprocessing.json"
+
 DATASETS: Registry[DataSet] = Registry("data set")
 DATASETS.add("multidigits", DataSet(_multidigits, lambda cfg: ("left", "right")),
              summary="MultiDigits: two-digit images generated in memory (bundled, no download)")
@@ -197,6 +235,8 @@ DATASETS.add("text", DataSet(_text, _text_tasks), summary="text classification t
              "`data_root`, over frozen MiniLM sentence embeddings (or its fine-tuned top layers)")
 DATASETS.add("census", DataSet(_census, _census_tasks), summary="Census-Income (KDD) under "
              "`data_root`, task group 1 or 2 (`census_group`)")
+DATASETS.add("files", DataSet(_files, _declared_tasks), summary="your own data: files and "
+             "tasks declared in the config's `dataset:` section (docs/own-data.md)")
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -347,6 +387,10 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         # the model for inference (the best epoch's weights when keep_best)
         save_pretrained(trainer.model, Path(cfg.run_dir) / "model", tasks=data.tasks,
                         build=model_spec(cfg, data), preprocessing=_preprocessing(cfg, data))
+    if cfg.run_dir and (ctx is None or ctx.is_main):
+        # what predict/evaluate need to prepare new rows as training did
+        for name, text in (data.artifacts or {}).items():
+            atomic_write_text(Path(cfg.run_dir) / name, text)
     return {
         "config": asdict(cfg),
         "val": val,

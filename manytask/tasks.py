@@ -4,67 +4,83 @@ Targets travel as a mapping ``{task_name: tensor}``. A task absent from the mapp
 sample whose label is missing, contributes nothing to that task's loss:
 
 * classification targets are integer class indices; a negative index marks a missing label;
-* binary and regression targets are floats; ``NaN`` marks a missing label.
+* binary, multi-label and regression targets are floats; ``NaN`` marks a missing label (for
+  multi-label and multi-output regression: a row with any ``NaN`` counts as unlabelled).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-TaskKind = Literal["classification", "binary", "regression"]
+from .losses import Loss, make_loss
+from .metrics.catalogue import METRICS, build_metric, metric_names_for, prepare
+from .metrics.stream import finite_value
+from .registry import RegistryError
+
+TaskKind = Literal["classification", "binary", "multilabel", "regression"]
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A per-task metric computed on labelled samples only.
+    """A per-task metric by name (see :data:`manytask.metrics.METRICS`), computed by
+    torchmetrics on labelled samples only.
 
-    ``fn(outputs, targets)`` receives the model's raw outputs (logits for classification and
-    binary tasks) and the labelled targets, both as tensors on the CPU, and returns a float.
+    :meth:`build` returns a fresh streaming torchmetrics object for the task;
+    :meth:`fn` computes the metric on whole tensors (raw outputs, labelled targets).
     """
 
     name: str
-    fn: Callable[[Tensor, Tensor], float]
     higher_is_better: bool
+    kind: str
+    out_features: int
+
+    def build(self) -> Any:
+        return build_metric(self.name, self.kind, self.out_features)
+
+    def fn(self, outputs: Tensor, targets: Tensor) -> float:
+        # the width is read from the outputs, so one Metric serves heads of any width
+        width = int(outputs.reshape(outputs.shape[0], -1).shape[1]) if outputs.dim() > 1 else 1
+        metric = build_metric(self.name, self.kind, width)
+        metric.update(*prepare(self.kind, outputs, targets))
+        return finite_value(metric)
 
 
-def _accuracy(outputs: Tensor, targets: Tensor) -> float:
-    return float((outputs.argmax(dim=-1) == targets).float().mean())
+# The metrics earlier versions exported by name (still used by scripts): binary AUROC,
+# accuracies, regression errors of one output.
+ACCURACY = Metric("accuracy", True, "classification", 2)
+BINARY_ACCURACY = Metric("accuracy", True, "binary", 1)
+AUC = Metric("auc", True, "binary", 1)
+MSE = Metric("mse", False, "regression", 1)
+MAE = Metric("mae", False, "regression", 1)
+
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy",),
+    "binary": ("auc", "accuracy"),
+    "multilabel": ("f1_macro", "accuracy"),
+    "regression": ("mse", "mae"),
+}
 
 
-def _binary_accuracy(outputs: Tensor, targets: Tensor) -> float:
-    return float(((outputs.reshape(-1) > 0).float() == targets.reshape(-1)).float().mean())
-
-
-def _auc(outputs: Tensor, targets: Tensor) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    y = targets.reshape(-1).numpy()
-    if np.unique(y).size < 2:  # AUC is undefined with one class present
-        return float("nan")
-    return float(roc_auc_score(y, outputs.reshape(-1).float().numpy()))
-
-
-def _mse(outputs: Tensor, targets: Tensor) -> float:
-    return float(F.mse_loss(outputs.reshape(targets.shape).float(), targets.float()))
-
-
-def _mae(outputs: Tensor, targets: Tensor) -> float:
-    return float(F.l1_loss(outputs.reshape(targets.shape).float(), targets.float()))
-
-
-ACCURACY = Metric("accuracy", _accuracy, higher_is_better=True)
-BINARY_ACCURACY = Metric("accuracy", _binary_accuracy, higher_is_better=True)
-AUC = Metric("auc", _auc, higher_is_better=True)
-MSE = Metric("mse", _mse, higher_is_better=False)
-MAE = Metric("mae", _mae, higher_is_better=False)
+def make_metrics(names: Sequence[str] | None, kind: str, out_features: int,
+                 where: str) -> tuple[Metric, ...]:
+    """The metrics ``names`` (default: the kind's) for a task; the first is its main metric."""
+    chosen = tuple(names) if names else DEFAULT_METRICS[kind]
+    if len(set(chosen)) != len(chosen):
+        raise RegistryError(f"{where}: a metric is listed twice in {list(chosen)}")
+    out = []
+    for name in chosen:
+        definition = METRICS.get(name)  # unknown name: one line with a hint
+        if kind not in definition.builders:
+            raise RegistryError(f"{where}: metric {name!r} does not apply to a {kind} task; "
+                                f"choose from {metric_names_for(kind)}")
+        out.append(Metric(name, definition.higher_is_better, kind, out_features))
+    return tuple(out)
 
 
 class TargetError(ValueError):
@@ -79,31 +95,59 @@ class OutputError(ValueError):
 class Task:
     """One task of a multi-task model.
 
-    Build tasks with :meth:`classification`, :meth:`binary` or :meth:`regression`.
-    ``out_features`` is the width of the head's output.
+    Build tasks with :meth:`classification`, :meth:`binary`, :meth:`multilabel` or
+    :meth:`regression` (or :meth:`of_kind`). ``out_features`` is the width of the head's
+    output; ``metrics[0]`` is the task's main metric; ``loss_fn`` its loss (the kind's default
+    unless chosen by name, see :data:`manytask.losses.LOSSES`).
     """
 
     name: str
     kind: TaskKind
     out_features: int
     metrics: tuple[Metric, ...] = field(default=())
+    loss_fn: Loss | None = field(default=None, compare=False)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def classification(cls, name: str, num_classes: int) -> Task:
-        if num_classes < 2:
-            raise ValueError(f"task {name!r}: num_classes must be >= 2, got {num_classes}")
-        return cls(name, "classification", num_classes, (ACCURACY,))
+    def of_kind(cls, name: str, kind: str, out_features: int = 1, *,
+                loss: str | None = None, loss_params: Mapping[str, Any] | None = None,
+                metrics: Sequence[str] | None = None) -> Task:
+        """A task of ``kind`` with ``out_features`` outputs (classes, labels or values), the
+        loss ``loss`` (with ``loss_params``) and the metrics named ``metrics``."""
+        where = f"task {name!r}"
+        if kind not in DEFAULT_METRICS:
+            raise RegistryError(f"{where}: kind must be one of {list(DEFAULT_METRICS)}, "
+                                f"got {kind!r}")
+        least = {"classification": 2, "binary": 1, "multilabel": 1, "regression": 1}[kind]
+        if kind == "binary" and out_features != 1:
+            raise ValueError(f"{where}: a binary task has one output, got {out_features}")
+        if out_features < least:
+            what = "num_classes" if kind == "classification" else "dim"
+            raise ValueError(f"{where}: {what} must be >= {least}, got {out_features}")
+        loss_fn = make_loss(loss, dict(loss_params or {}), kind, out_features, where)
+        return cls(name, kind, out_features,  # type: ignore[arg-type]
+                   make_metrics(metrics, kind, out_features, where), loss_fn)
 
     @classmethod
-    def binary(cls, name: str) -> Task:
-        return cls(name, "binary", 1, (AUC, BINARY_ACCURACY))
+    def classification(cls, name: str, num_classes: int, **options: Any) -> Task:
+        return cls.of_kind(name, "classification", num_classes, **options)
 
     @classmethod
-    def regression(cls, name: str, dim: int = 1) -> Task:
-        if dim < 1:
-            raise ValueError(f"task {name!r}: dim must be >= 1, got {dim}")
-        return cls(name, "regression", dim, (MSE, MAE))
+    def binary(cls, name: str, **options: Any) -> Task:
+        return cls.of_kind(name, "binary", 1, **options)
+
+    @classmethod
+    def multilabel(cls, name: str, num_labels: int, **options: Any) -> Task:
+        """One binary decision per label: targets ``(batch, num_labels)`` of 0/1."""
+        return cls.of_kind(name, "multilabel", num_labels, **options)
+
+    @classmethod
+    def regression(cls, name: str, dim: int = 1, **options: Any) -> Task:
+        return cls.of_kind(name, "regression", dim, **options)
+
+    @property
+    def main_metric(self) -> Metric | None:
+        return self.metrics[0] if self.metrics else None
 
     # ------------------------------------------------------------------ labels
     def labelled(self, target: Tensor) -> Tensor:
@@ -150,10 +194,10 @@ class Task:
             )
         if torch.isinf(target).any():
             raise TargetError(f"task {self.name!r}: targets contain inf")
-        if self.kind == "binary":
+        if self.kind in ("binary", "multilabel"):
             known = target[~torch.isnan(target)]
             if known.numel() and bool(((known < 0) | (known > 1)).any()):
-                raise TargetError(f"task {self.name!r}: binary targets must lie in [0, 1]")
+                raise TargetError(f"task {self.name!r}: {self.kind} targets must lie in [0, 1]")
 
     def check_output(self, output: Tensor) -> None:
         """Raise :class:`OutputError` if ``output`` is not ``(batch, out_features)`` (a
@@ -179,16 +223,9 @@ class Task:
         mask = self.labelled(target)
         if not bool(mask.any()):
             return None
-        out, tgt = output[mask], target[mask]
-        if self.kind == "classification":
-            return F.cross_entropy(out, tgt.long())
-        if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(
-                out.reshape(-1), tgt.reshape(-1).to(out.dtype)
-            )
-        return F.mse_loss(
-            out.reshape(out.shape[0], -1), tgt.reshape(tgt.shape[0], -1).to(out.dtype)
-        )
+        loss_fn = self.loss_fn or make_loss(None, None, self.kind, self.out_features,
+                                            f"task {self.name!r}")
+        return loss_fn(output[mask], target[mask])
 
 
 def task_losses(

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .grouping import add_affinity_commands
     from .listing import add_listing_commands
     from .merging import add_merge_command
+    from .predict import add_predict_commands
     from .train import add_train_commands
 
     parser = Parser(prog="manytask", description=__doc__,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_commands(sub)
+    add_predict_commands(sub)
     add_merge_command(sub)
     add_affinity_commands(sub)
     add_listing_commands(sub)

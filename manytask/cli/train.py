@@ -37,11 +37,15 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--single-task", action=argparse.BooleanOptionalAction, default=True,
                        help="also train single-task baselines (needed for delta-m)")
     bench.add_argument("--run-dir", required=True, help="where cells, tables and plots go")
+    bench.add_argument("--baseline-steps", choices=["same", "epochs"], default="same",
+                       help="single-task baselines run the joint run's number of optimizer "
+                            "steps (same) or its number of epochs")
     add_config_flags(bench, GRID_KEYS)
     bench.set_defaults(func=run_bench)
 
     rep = sub.add_parser("report", help="plots, tables and an HTML page from bench runs")
-    rep.add_argument("run_dirs", nargs="+", help="run directories of `manytask bench`")
+    rep.add_argument("run_dirs", nargs="+",
+                     help="run directories of `manytask bench`, or one of `manytask train`")
     rep.add_argument("--out", help="output directory (default: the first run directory)")
     rep.add_argument(
         "--compare",
@@ -89,7 +93,7 @@ def run_bench(args: argparse.Namespace) -> int:
     tasks = list(task_names(base))
     cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
     run_dir = Path(args.run_dir)
-    run_grid(base, cells, run_dir)
+    run_grid(base, cells, run_dir, baseline_steps=args.baseline_steps)
     made = report([run_dir])
     print(made["summary"].read_text())
     print(f"report: {made['html']}")
@@ -101,9 +105,14 @@ def run_report(args: argparse.Namespace) -> int:
 
     from ..evaluation.report import report
 
-    made = report(
-        [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, args.compare
-    )
+    dirs = [Path(d) for d in args.run_dirs]
+    if len(dirs) == 1 and not (dirs[0] / "bench.yaml").exists() and (
+            dirs[0] / "metrics.csv").is_file():  # one training run, not a bench
+        from ..evaluation.run_report import run_report as one_run
+
+        made = one_run(dirs[0], Path(args.out) if args.out else None)
+    else:
+        made = report(dirs, Path(args.out) if args.out else None, args.compare)
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0

@@ -292,7 +292,7 @@ def _check_features(features: Mapping[str, Features], labels: Mapping[str, Tenso
         y = labels[task]
         for key, x in columns.items():
             where = f"features {tuple(x.shape)}" if not key else f"{key!r} {tuple(x.shape)}"
-            if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            if x.dim() < 2 or y.dim() < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
                 raise ValueError(f"{owner}: task {task!r} has {where} and labels "
                                  f"{tuple(y.shape)}; expected (n, ...) and (n,) with n >= 1")
         shapes = {k: x.shape[1:] for k, x in columns.items()}
@@ -300,6 +300,15 @@ def _check_features(features: Mapping[str, Features], labels: Mapping[str, Tenso
             raise ValueError(f"{owner}: task {task!r} has features of shape "
                              f"{_describe(shapes)} per example, others {_describe(width)}")
         width = shapes
+
+
+def missing_labels(labels: Tensor, rows: int) -> Tensor:
+    """``rows`` missing labels shaped and typed like ``labels``: -1 for integer class indices,
+    NaN for float labels (binary, multi-label, regression), which keep their dtype."""
+    shape = (rows, *labels.shape[1:])
+    if labels.is_floating_point():
+        return torch.full(shape, float("nan"), dtype=labels.dtype)
+    return torch.full(shape, -1, dtype=labels.dtype)
 
 
 def _describe(shapes: Mapping[str, torch.Size]) -> str:
@@ -320,7 +329,7 @@ def stacked_batches(features: Mapping[str, Features], labels: Mapping[str, Tenso
     targets = {}
     start = 0
     for task, n in zip(tasks, sizes, strict=True):
-        column = torch.full((total,), -1, dtype=torch.int64)
+        column = missing_labels(labels[task], total)
         column[start:start + n] = labels[task]
         targets[task] = column
         start += n
@@ -419,7 +428,7 @@ class MixedTaskBatches:
             x = _cat_rows([_take(self.features[t], i) for t, i in zip(owners, parts,
                                                                        strict=True)])
             rows = sum(int(i.shape[0]) for i in parts)
-            targets = {t: torch.full((rows,), -1, dtype=torch.int64) for t in self.tasks}
+            targets = {t: missing_labels(self.labels[t], rows) for t in self.tasks}
             start = 0
             for task, idx in zip(owners, parts, strict=True):
                 targets[task][start:start + idx.shape[0]] = self.labels[task].index_select(0, idx)

@@ -4,7 +4,9 @@ Each cell is one training run (:func:`manytask.run.train_from_config`) in its ow
 so that its peak memory is its own (read from the child's resource usage) and a crash of one
 cell does not take the grid down. A cell is finished when its ``result.json`` exists (written
 atomically); a re-run skips finished cells. Single-task baselines (one run per task, equal
-weighting) are added when Δm needs them.
+weighting) are added when Δm needs them; by default each runs as many optimizer steps as the
+joint run (its epochs scaled by the ratio of batches per epoch), since a task trained alone on
+mixed per-task batches would otherwise get K times fewer updates and inflate the gain.
 
 Every cell's name and parameters are validated before the first cell runs
 (:func:`validate_cells`). A cell's folder is named by its full configuration (a digest of
@@ -46,12 +48,15 @@ class CellsFailedError(ValueError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid. ``single_task`` names the task of a single-task baseline."""
+    """One run of the grid. ``single_task`` names the task of a single-task baseline;
+    ``epochs`` (baselines) overrides the grid's epochs so it runs as many steps as the joint
+    run (:func:`baseline_epochs`)."""
 
     method: str
     arch: str
     seed: int
     single_task: str | None = None
+    epochs: int | None = None
 
     @property
     def key(self) -> str:
@@ -75,6 +80,21 @@ def grid(
     return cells
 
 
+def baseline_epochs(base: TrainConfig, tasks: Sequence[str]) -> dict[str, int]:
+    """Epochs giving each single-task baseline the joint run's number of optimizer steps:
+    ``round(epochs * batches_joint / batches_single)`` (at least 1). Prepares the data once
+    per task to count its batches."""
+    from ..run import DATASETS
+
+    prepare = DATASETS.get(base.data).prepare
+    joint = len(prepare(base).train)
+    out = {}
+    for task in tasks:
+        single = len(prepare(dataclasses.replace(base, tasks=[task])).train)
+        out[task] = max(1, round(base.epochs * joint / max(single, 1)))
+    return out
+
+
 def _cell_values(base: TrainConfig, cell: Cell) -> dict[str, Any]:
     values = dataclasses.asdict(base)
     values.update(balancer=cell.method, arch=cell.arch, seed=cell.seed, progress=False)
@@ -82,6 +102,8 @@ def _cell_values(base: TrainConfig, cell: Cell) -> dict[str, Any]:
         values["balancer_params"] = {}
     if cell.single_task:
         values["tasks"] = [cell.single_task]
+    if cell.epochs is not None:
+        values["epochs"] = cell.epochs
     return values
 
 
@@ -173,16 +195,27 @@ def run_grid(
     run_dir: Path,
     *,
     echo: Any = print,
+    baseline_steps: str = "same",
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell; return the results of all finished cells, in grid order.
 
+    ``baseline_steps="same"``: single-task baselines run the joint run's number of optimizer
+    steps (see :func:`baseline_epochs`); ``"epochs"``: the same number of epochs.
     Raises :class:`CellsFailedError` after the grid when any cell failed."""
+    if baseline_steps not in ("same", "epochs"):
+        raise ValueError(f"baseline_steps must be 'same' or 'epochs', got {baseline_steps!r}")
     validate_cells(base, cells)  # before the first cell: no baseline wasted on a typo
+    singles = sorted({c.single_task for c in cells if c.single_task})
+    epochs = baseline_epochs(base, singles) if singles and baseline_steps == "same" else {}
+    cells = [dataclasses.replace(c, epochs=epochs[c.single_task])
+             if c.single_task in epochs else c for c in cells]
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {
         "base": dataclasses.asdict(base),
         "cells": [dataclasses.asdict(c) for c in cells],
         "cell_dirs": [cell_dir(run_dir, base, c).name for c in cells],
+        "baseline_steps": baseline_steps,
+        "baseline_epochs": epochs,
     }
     atomic_write_text(run_dir / "bench.yaml", yaml.safe_dump(spec, sort_keys=False))
     todo = [c for c in cells if not (cell_dir(run_dir, base, c) / RESULT).exists()]

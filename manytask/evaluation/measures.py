@@ -6,6 +6,7 @@ lower is better) comes from the :class:`~manytask.Task` objects or an explicit m
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -32,6 +33,7 @@ def delta_m(
     *,
     metrics: Mapping[str, Sequence[str]] | None = None,
     average: Literal["tasks", "metrics"] = "tasks",
+    near_zero: float = 0.05,
 ) -> float:
     """The multi-task gain Δm, in percent (positive: better than the baselines).
 
@@ -40,7 +42,9 @@ def delta_m(
     FAMO papers). ``average="tasks"`` (LibMTL) first averages each task's metrics, then the
     tasks; ``average="metrics"`` (Nash-MTL, FAMO) averages over all metrics at once. Which
     metrics count is given by ``metrics`` (default: every metric present in both, except the
-    loss). A zero baseline value is an error (the relative change is undefined).
+    loss). A zero baseline value is an error (the relative change is undefined); a baseline
+    with ``|M_b| < near_zero`` (an MCC, R² or correlation near 0) gives a warning, since its
+    relative change can dominate the mean.
     """
     if average not in ("tasks", "metrics"):
         raise ValueError(f"average must be 'tasks' or 'metrics', got {average!r}")
@@ -61,7 +65,12 @@ def delta_m(
             if b == 0:
                 raise ValueError(f"delta_m: baseline {task}/{name} is 0; relative change undefined")
             sign = 1.0 if directions[task][name] else -1.0
-            changes.append(sign * (m - b) / abs(b) * 100.0)
+            change = sign * (m - b) / abs(b) * 100.0
+            if abs(b) < near_zero:
+                warnings.warn(
+                    f"delta_m: baseline {task}/{name} = {b:.3g} is near zero; its relative "
+                    f"change ({change:+.0f} %) can dominate Δm", stacklevel=2)
+            changes.append(change)
         if changes:
             per_task.append(changes)
     if not per_task:

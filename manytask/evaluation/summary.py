@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,10 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import METRICS
 from .measures import delta_m, mean_rank, pareto_front
 
-# Metric directions of the task kinds' metrics (see manytask.tasks).
-HIGHER_IS_BETTER = {"accuracy": True, "auc": True, "mse": False, "mae": False, "loss": False}
+
+def higher_is_better(metric: str) -> bool:
+    """The direction of a metric by name (:data:`manytask.metrics.METRICS`); the loss and any
+    unknown name: lower is better."""
+    return metric in METRICS and METRICS.get(metric).higher_is_better
 
 
 @dataclass
@@ -49,7 +54,7 @@ def directions_for(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
     for r in results:
         for task, metrics in r["test"].items():
             for metric in metrics:
-                dirs[task][metric] = HIGHER_IS_BETTER.get(metric, False)
+                dirs[task][metric] = higher_is_better(metric)
     return dict(dirs)
 
 
@@ -109,7 +114,8 @@ def summarise(results: Sequence[Mapping[str, Any]], main_metric: str | None = No
 def _main_metric(metrics: Mapping[str, bool], preferred: str | None) -> str:
     if preferred and preferred in metrics:
         return preferred
-    for name in ("auc", "accuracy", "mse", "mae"):  # AUC first: binary tasks are often imbalanced
+    # AUC first: binary tasks are often imbalanced
+    for name in ("auc", "auroc", "accuracy", "mse", "mae"):
         if name in metrics:
             return name
     return next(iter(metrics))
@@ -202,6 +208,27 @@ def write_tables(run_dir: Path, results: Sequence[Mapping[str, Any]]) -> list[Ro
                             r.get("peak_rss_mib"),
                         ]
                     )
-    rows = summarise(results)
-    (run_dir / "summary.md").write_text(markdown(rows))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = summarise(results)
+    notes = sorted({str(w.message) for w in caught if "near zero" in str(w.message)})
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    (run_dir / "summary.md").write_text(markdown(rows) + steps_note(results)
+                                        + "".join(f"\nWarning: {n}\n" for n in notes))
     return rows
+
+
+def steps_note(results: Sequence[Mapping[str, Any]]) -> str:
+    """One line saying how many optimizer steps the baselines and the joint runs took."""
+    single = [r.get("steps") for r in results if r["cell"]["single_task"]]
+    joint = [r.get("steps") for r in results if not r["cell"]["single_task"]]
+    single_n = sorted({s for s in single if s is not None})
+    joint_n = sorted({s for s in joint if s is not None})
+    if not single_n or not joint_n:
+        return ""
+    same = single_n == joint_n
+    return (f"\nSingle-task baselines: {', '.join(map(str, single_n))} optimizer steps; joint "
+            f"runs: {', '.join(map(str, joint_n))}"
+            + (" (the same number)." if same else " (Δm compares unequal training budgets).")
+            + "\n")

@@ -45,6 +45,7 @@ TMP_PREFIX = ".tmp-"
 RUN_ENTRIES = frozenset({
     CONFIG, HISTORY, LOCK, "checkpoints", "model", "tensorboard", "train.log",
     "steps.csv", "steps.jsonl", "metrics.csv", "metrics.jsonl", "experts.jsonl",
+    "preprocessing.json",  # the fitted preprocessing of `data: files` runs
 })
 Resume = bool | Literal["if_exists"]
 

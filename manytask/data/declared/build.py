@@ -1,0 +1,101 @@
+"""From a validated ``dataset:`` section to batches: read, fit on train, convert every split.
+
+Shape (a): one :class:`~manytask.data.TensorBatches` per split over ``{"categorical",
+"dense"}`` inputs. Shape (b): each source's training rows mixed by the task sampler
+(:class:`~manytask.data.text.MixedTaskBatches`), its validation and test rows stacked, each
+labelled for its own task only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...tasks import Task
+from ..batching import TensorBatches
+from ..text import MixedTaskBatches, stacked_batches
+from .preprocess import Converted, Features, Labels, Preprocessor
+from .read import SplitRows, read_splits
+from .spec import SPLITS, DatasetSpec
+from .text_columns import TextColumns
+
+
+@dataclass
+class DeclaredData:
+    """Tasks, batches per split, the input's shape and the fitted preprocessing."""
+
+    tasks: list[Task]
+    train: Any
+    val: Any
+    test: Any
+    cardinalities: tuple[int, ...]
+    n_dense: int
+    preprocessor: Preprocessor
+
+
+def inputs(conv: Converted, text: Tensor | None) -> dict[str, Tensor]:
+    dense = conv.dense if text is None else torch.cat([conv.dense, text.float()], dim=1)
+    return {"categorical": conv.categorical, "dense": dense}
+
+
+def fit(spec: DatasetSpec, splits: list[dict[str, SplitRows]],
+        cache_dir: str | Path) -> tuple[Preprocessor, TextColumns | None]:
+    """Fit features (on every table's training rows), labels and the text length."""
+    first = spec.tables[0]
+    train = [s["train"] for s in splits]
+    features = Features.fit(first.numeric, first.categorical, train)
+    labels = {}
+    for table, parts in zip(spec.tables, splits, strict=True):
+        for task in table.tasks:
+            labels[task.name] = Labels.fit(task, parts["train"])
+    text = None
+    if first.text:
+        text = TextColumns(first.text, spec.pair_encoding, spec.max_length, cache_dir)
+        text.fit(train)
+    return Preprocessor(features, labels), text
+
+
+def prepare_declared(spec: DatasetSpec, *, cache_dir: str | Path, batch_size: int,
+                     seed: int = 0, tasks_per_batch: int = 4,
+                     temperature: float = 2.0) -> DeclaredData:
+    """Read and prepare the data of ``spec`` for training."""
+    splits = [read_splits(table) for table in spec.tables]
+    pre, text = fit(spec, splits, cache_dir)
+    per_table: list[dict[str, dict[str, Any]]] = []
+    for t, (table, parts) in enumerate(zip(spec.tables, splits, strict=True)):
+        names = [task.name for task in table.tasks]
+        out = {}
+        for split in SPLITS:
+            conv = pre.convert(parts[split], names, strict=True)
+            emb = None
+            if text is not None:
+                text.report(f"{split}" if len(spec.tables) == 1 else f"{split}-{t + 1}",
+                            parts[split])
+                emb = text.embed(parts[split], f"{split}-{t + 1}")
+            out[split] = {"x": inputs(conv, emb), "y": conv.targets}
+        per_table.append(out)
+    if text is not None:
+        pre.text = text.state()
+    tasks = pre.tasks()
+    n_dense = int(per_table[0]["train"]["x"]["dense"].shape[1])
+    if spec.shape == "table":
+        data = per_table[0]
+        batches: dict[str, Any] = {s: TensorBatches(data[s]["x"], data[s]["y"], batch_size,
+                                    shuffle=s == "train", seed=seed) for s in SPLITS}
+    else:
+        feats = {s: {table.tasks[0].name: per_table[i][s]["x"]
+                     for i, table in enumerate(spec.tables)} for s in SPLITS}
+        labels = {s: {table.tasks[0].name: per_table[i][s]["y"][table.tasks[0].name]
+                      for i, table in enumerate(spec.tables)} for s in SPLITS}
+        batches = {"train": MixedTaskBatches(
+            feats["train"], labels["train"], batch_size,
+            tasks_per_batch=min(tasks_per_batch, len(tasks)), temperature=temperature,
+            seed=seed)}
+        for s in ("val", "test"):
+            batches[s] = stacked_batches(feats[s], labels[s], batch_size)
+    return DeclaredData(tasks, batches["train"], batches["val"], batches["test"],
+                        pre.features.cardinalities, n_dense, pre)

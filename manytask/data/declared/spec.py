@@ -1,0 +1,294 @@
+"""The ``dataset:`` section of a configuration: files, columns, splits and tasks, validated
+before any file is read.
+
+Two shapes::
+
+    dataset:                      # (a) one table whose rows carry every task
+      table:
+        file: data.csv            # or files: {train: a.csv, val: b.csv, test: c.csv}
+        split: {ratio: [0.8, 0.1, 0.1], seed: 0}   # or {column: split}
+        numeric: [age, income]
+        categorical: [city]
+        text: [question]          # one text column, or two: a pair
+        tasks:
+          - {name: topic, kind: classification, label: topic, metrics: [accuracy, f1_macro]}
+          - {name: score, kind: regression, label: score, loss: huber}
+
+    dataset:                      # (b) one source per task, mixed by the task sampler
+      sources:
+        - {file: a.csv, split: {column: split}, text: [s1, s2],
+           task: {name: nli, kind: classification, label: label}}
+
+Every error is a one-line :class:`DataError` naming where in the section it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...registry import Param, Registry, RegistryError, did_you_mean, resolve, short
+from ...tasks import Task
+
+
+class DataError(ValueError):
+    """A data file, column, row or value that cannot be used; the message is one line."""
+
+
+# File formats by name; the target is the list of file-name endings that select it.
+FORMATS: Registry[tuple[str, ...]] = Registry("data format")
+FORMATS.add("csv", (".csv", ".csv.gz"), summary="comma-separated values with a header row")
+FORMATS.add("tsv", (".tsv", ".tsv.gz"), summary="tab-separated values with a header row")
+FORMATS.add("jsonl", (".jsonl", ".json"), summary="JSON lines: one object per row")
+FORMATS.add("parquet", (".parquet", ".pq"), summary="Apache Parquet (read with pyarrow)")
+FORMATS.add("hf", (), summary="a Hugging Face datasets folder written by save_to_disk")
+
+SPLITS = ("train", "val", "test")
+SPLIT_PARAMS = {
+    "ratio": Param("floats", None, "train/val/test shares", low=0, low_open=True, nullable=True),
+    "seed": Param("int", 0, "seed of the random split", low=0),
+    "column": Param("str", None, "column naming each row's split", nullable=True),
+    "names": Param("strs", ("train", "val", "test"), "values (or HF splits) of train/val/test"),
+}
+TASK_PARAMS = {
+    "name": Param("str", doc="the task's name"),
+    "kind": Param("choice", choices=("classification", "binary", "multilabel", "regression")),
+    "label": Param("any", doc="label column (multi-label, multi-output regression: a list)"),
+    "loss": Param("str", None, "loss by name (default: the kind's)", nullable=True),
+    "loss_params": Param("any", None, "the loss's parameters", nullable=True),
+    "metrics": Param("strs", None, "metrics by name; the first is the main one", nullable=True),
+}
+TABLE_PARAMS = {
+    "file": Param("str", None, "one file (or HF folder) holding every split", nullable=True),
+    "files": Param("any", None, "{train: ..., val: ..., test: ...}", nullable=True),
+    "format": Param("choice", None, "file format (default: from the file name)",
+                    choices=(None, "csv", "tsv", "jsonl", "parquet", "hf"), nullable=True),
+    "split": Param("any", None, "how rows are split (see above)", nullable=True),
+    "numeric": Param("strs", (), "numeric feature columns"),
+    "categorical": Param("strs", (), "categorical feature columns"),
+    "text": Param("strs", (), "a text column, or two (a pair)"),
+    "tasks": Param("any", None, "the tasks (shape a)", nullable=True),
+    "task": Param("any", None, "the task (shape b)", nullable=True),
+}
+DATASET_PARAMS = {
+    "table": Param("any", None, "shape (a): one table with every task", nullable=True),
+    "sources": Param("any", None, "shape (b): one source per task", nullable=True),
+    "pair_encoding": Param("choice", "combine", "text pairs: [u, v, |u-v|, u*v] or one "
+                           "joined sequence", choices=("combine", "joined")),
+    "max_length": Param("int", None, "tokens per text (default: fits the training texts)",
+                        low=8, high=512, nullable=True),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str
+    label: tuple[str, ...]
+    loss: str | None
+    loss_params: dict[str, Any]
+    metrics: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table: where its rows are, how they split, its feature columns and its tasks."""
+
+    where: str
+    files: dict[str, Path] | None  # one file per split
+    file: Path | None  # or one file split by column or ratio
+    format: str
+    ratio: tuple[float, float, float] | None
+    seed: int
+    split_column: str | None
+    split_names: tuple[str, str, str]
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    text: tuple[str, ...]
+    tasks: tuple[TaskSpec, ...]
+
+    def columns(self) -> tuple[str, ...]:
+        """Every column the table reads (features, labels, the split column)."""
+        cols = [*self.numeric, *self.categorical, *self.text]
+        cols += [c for t in self.tasks for c in t.label]
+        if self.split_column:
+            cols.append(self.split_column)
+        return tuple(dict.fromkeys(cols))
+
+    def feature_columns(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.categorical, *self.text)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    shape: str  # "table" or "sources"
+    tables: tuple[TableSpec, ...]
+    pair_encoding: str
+    max_length: int | None
+
+    @property
+    def tasks(self) -> tuple[TaskSpec, ...]:
+        return tuple(t for table in self.tables for t in table.tasks)
+
+
+def format_of(path: Path, given: str | None, where: str) -> str:
+    if given:
+        return given
+    if path.is_dir():
+        return "hf"
+    name = path.name.lower()
+    for entry in FORMATS.entries():
+        if any(name.endswith(end) for end in entry.target):
+            return entry.name
+    raise DataError(f"{where}: {str(path)!r}: unknown file format (name endings: "
+                    + ", ".join(e for f in FORMATS.entries() for e in f.target)
+                    + "; or set format: csv|tsv|jsonl|parquet|hf)")
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise DataError(f"{where} must be a mapping, got {short(value)}")
+    return value
+
+
+def _task(value: Any, where: str) -> TaskSpec:
+    p = resolve(TASK_PARAMS, _mapping(value, where), where)
+    label = p["label"]
+    labels = (label,) if isinstance(label, str) else label
+    if (not isinstance(labels, Sequence) or not labels
+            or not all(isinstance(c, str) and c for c in labels)):
+        raise DataError(f"{where}: label must be a column name or a list of them, "
+                        f"got {short(label)}")
+    if len(labels) > 1 and p["kind"] in ("classification", "binary"):
+        raise DataError(f"{where}: a {p['kind']} task has one label column, got {list(labels)}")
+    params = p["loss_params"] or {}
+    _mapping(params, f"{where}: loss_params")
+    spec = TaskSpec(p["name"], p["kind"], tuple(labels), p["loss"], dict(params),
+                    p["metrics"])
+    # builds the task once with a placeholder width: unknown losses, metrics or parameters
+    # fail here, before any file is read (class counts are checked again after reading)
+    width = {"classification": 2, "binary": 1}.get(spec.kind, len(labels))
+    if not (spec.kind == "classification" and spec.loss_params.get("class_weights")):
+        Task.of_kind(spec.name, spec.kind, width, loss=spec.loss,
+                     loss_params=spec.loss_params, metrics=spec.metrics)
+    return spec
+
+
+def _path(value: Any, root: Path, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{where} must be a file name, got {short(value)}")
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
+    p = resolve(TABLE_PARAMS, _mapping(value, where), where)
+    if shape == "table" and (p["tasks"] is None or p["task"] is not None):
+        raise DataError(f"{where}: a table lists its tasks under 'tasks:'")
+    if shape == "sources" and (p["task"] is None or p["tasks"] is not None):
+        raise DataError(f"{where}: a source names its one task under 'task:'")
+    raw_tasks = [p["task"]] if shape == "sources" else p["tasks"]
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise DataError(f"{where}: tasks must be a non-empty list, got {short(raw_tasks)}")
+    tasks = tuple(_task(t, f"{where}: task {i + 1}") for i, t in enumerate(raw_tasks))
+    if (p["file"] is None) == (p["files"] is None):
+        raise DataError(f"{where}: give either file (split by column or ratio) or files "
+                        "(one per split)")
+    split = dict(_mapping(p["split"] or {}, f"{where}: split"))
+    sp = resolve(SPLIT_PARAMS, split, f"{where}: split")
+    files = None
+    if p["files"] is not None:
+        given = _mapping(p["files"], f"{where}: files")
+        if set(given) != set(SPLITS):
+            raise DataError(f"{where}: files needs exactly train, val and test, got "
+                            f"{sorted(given)}")
+        files = {s: _path(given[s], root, f"{where}: files: {s}") for s in SPLITS}
+        first = files["train"]
+        if sp["ratio"] or sp["column"]:
+            raise DataError(f"{where}: files are the splits; drop split:")
+    else:
+        first = _path(p["file"], root, f"{where}: file")
+    fmt = format_of(first, p["format"], where)
+    ratio = sp["ratio"]
+    if ratio is not None and (len(ratio) != 3 or abs(sum(ratio) - 1) > 1e-6):
+        raise DataError(f"{where}: split: ratio must be three shares summing to 1, got "
+                        f"{list(ratio)}")
+    if files is None and fmt != "hf" and ratio is None and sp["column"] is None:
+        raise DataError(f"{where}: one file needs split: {{column: NAME}} or "
+                        "{ratio: [train, val, test]}")
+    if ratio is not None and sp["column"] is not None:
+        raise DataError(f"{where}: split: give column or ratio, not both")
+    if len(sp["names"]) != 3:
+        raise DataError(f"{where}: split: names must be three values (train, val, test)")
+    if len(p["text"]) > 2:
+        raise DataError(f"{where}: text takes one column or a pair, got {list(p['text'])}")
+    features = [*p["numeric"], *p["categorical"], *p["text"]]
+    if not features:
+        raise DataError(f"{where}: no feature column (numeric, categorical or text)")
+    twice = sorted({c for c in features if features.count(c) > 1})
+    if twice:
+        raise DataError(f"{where}: column(s) {twice} listed twice among the features")
+    for t in tasks:
+        clash = sorted(set(t.label) & set(features))
+        if clash:
+            raise DataError(f"{where}: task {t.name!r}: label column {clash[0]!r} is also a "
+                            "feature")
+    return TableSpec(where, files, None if files else first, fmt,
+                     None if ratio is None else (ratio[0], ratio[1], ratio[2]), sp["seed"],
+                     sp["column"], (sp["names"][0], sp["names"][1], sp["names"][2]),
+                     tuple(p["numeric"]), tuple(p["categorical"]), tuple(p["text"]), tasks)
+
+
+def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
+    """Validate the ``dataset:`` section (relative file names are under ``root``)."""
+    try:
+        p = resolve(DATASET_PARAMS, _mapping(value, "dataset"), "dataset")
+        if (p["table"] is None) == (p["sources"] is None):
+            raise DataError("dataset: give either table: (shape a) or sources: (shape b)")
+        root = Path(root)
+        if p["table"] is not None:
+            tables: tuple[TableSpec, ...] = (_table(p["table"], root, "dataset: table",
+                                                    "table"),)
+            shape = "table"
+        else:
+            if not isinstance(p["sources"], list) or not p["sources"]:
+                raise DataError("dataset: sources must be a non-empty list")
+            tables = tuple(_table(s, root, f"dataset: source {i + 1}", "sources")
+                           for i, s in enumerate(p["sources"]))
+            shape = "sources"
+    except RegistryError as err:
+        raise DataError(str(err)) from None
+    names = [t.name for table in tables for t in table.tasks]
+    for name in names:
+        if names.count(name) > 1:
+            raise DataError(f"dataset: two tasks are named {name!r}")
+    if shape == "sources":
+        first = tables[0]
+        for table in tables[1:]:
+            if (table.numeric, table.categorical, len(table.text)) != (
+                    first.numeric, first.categorical, len(first.text)):
+                raise DataError(f"{table.where}: every source needs the same feature columns "
+                                f"as source 1 (they share one model input)")
+    return DatasetSpec(shape, tables, p["pair_encoding"], p["max_length"])
+
+
+def select_tasks(spec: DatasetSpec, names: Sequence[str]) -> DatasetSpec:
+    """``spec`` with only the tasks ``names`` (a single-task baseline, a task group)."""
+    known = [t.name for t in spec.tasks]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise DataError(f"tasks: {unknown[0]!r} is not a task of the dataset: section"
+                        f"{did_you_mean(unknown[0], known)}; tasks: {', '.join(known)}")
+    tables = []
+    for table in spec.tables:
+        kept = tuple(t for t in table.tasks if t.name in names)
+        if kept:
+            tables.append(dataclasses.replace(table, tasks=kept))
+    return dataclasses.replace(spec, tables=tuple(tables))
+
+
+__all__ = ["FORMATS", "DataError", "DatasetSpec", "TableSpec", "TaskSpec", "did_you_mean",
+           "format_of", "parse_dataset", "select_tasks"]
