@@ -18,8 +18,8 @@ class MoaDelta(nn.Module):
     def __init__(self, n_in: int, n_out: int, owner: MixtureOfLoras) -> None:
         super().__init__()
         k, r = owner.n_tasks, owner.r
-        self.task_A = nn.Parameter(torch.cat([kaiming_rows(r, n_in) for _ in range(k)]))
-        self.task_B = nn.Parameter(torch.zeros(n_out, k * r))
+        self.expert_A = nn.Parameter(torch.cat([kaiming_rows(r, n_in) for _ in range(k)]))
+        self.expert_B = nn.Parameter(torch.zeros(n_out, k * r))
         self.router = nn.Linear(n_in, k)
         nn.init.zeros_(self.router.weight)
         nn.init.zeros_(self.router.bias)
@@ -42,7 +42,7 @@ class MoaDelta(nn.Module):
             ce = nn.functional.cross_entropy(logits, ctx.tasks.long())
             ctx.losses.append(owner.route_weight * ce / max(len(owner.layers), 1))
         gate = w.repeat_interleave(self.r, dim=1)
-        return self.scale * gated_lowrank(x, self.task_A, self.task_B, gate)
+        return self.scale * gated_lowrank(x, self.expert_A, self.expert_B, gate)
 
 
 @ADAPTERS.register()
