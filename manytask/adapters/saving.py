@@ -7,7 +7,9 @@ files, so that ``peft.PeftModel.from_pretrained(base, folder)`` gives the same o
 ``lora`` and ``align_lora`` as one LoRA adapter (``adapter_config.json`` and
 ``adapter_model.safetensors`` at the top, also what ``manytask merge`` reads as a LoRA
 source), ``lora_per_task`` as one LoRA adapter per task in ``peft/<task>/``, ``poly`` and
-``mhr`` as PEFT's ``POLY`` adapter (call it with ``task_ids=``). Nothing non-finite is
+``mhr`` as PEFT's ``POLY`` adapter (call it with ``task_ids=``; PEFT's Poly adapts
+``nn.Linear`` only, so a Poly on GPT-2's ``Conv1D`` is saved in our format alone, and the
+JSON says ``"peft": false``). Nothing non-finite is
 written or loaded; every file is written to a temporary name and renamed into place, and
 a refused save writes nothing.
 """
@@ -112,7 +114,7 @@ def peft_files(model: AdapterModel, task_names: Sequence[str]) -> dict[str, byte
             folder = f"peft/{_safe_name(task, 'task name')}/"
             out[folder + PEFT_CONFIG] = json.dumps(lora_config, indent=2).encode()
             out[folder + PEFT_TENSORS] = _tensors_bytes(tensors, {"format": "pt"})
-    elif method.name in ("poly", "mhr"):
+    elif method.name in ("poly", "mhr") and not fan:  # PEFT's poly takes nn.Linear only
         config = {"peft_type": "POLY", "r": method.r, "target_modules": targets,
                   "n_tasks": method.n_tasks, "n_skills": method.n_skills,
                   "n_splits": method.n_splits, "poly_type": "poly", "init_weights": True,
@@ -143,8 +145,10 @@ def save_adapter(model: AdapterModel, folder: str | Path, *, overwrite: bool = F
         "tasks": [{"name": t, "out_features": _out_features(model.heads[t])}
                         for t in tasks],
         "head_hidden": heads_hidden}
+    peft = peft_files(model, tasks)
+    config["peft"] = bool(peft)
     files = {CONFIG: json.dumps(config, indent=2).encode(),
-             TENSORS: _tensors_bytes(state, {"format": "pt"}), **peft_files(model, tasks)}
+             TENSORS: _tensors_bytes(state, {"format": "pt"}), **peft}
     for rel, data in files.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +213,9 @@ def fold(model: AdapterModel, task: str) -> nn.Module:
         raise ValueError(f"fold: no task {task!r}; tasks are {list(model.task_index)}")
     k = model.task_index[task]
     adapted = model.adapted
+    if not adapted.method.uses_layers:
+        raise TypeError(f"{adapted.method.name} cannot be folded into the base weights: a soft "
+                        "prompt adds input positions, not a weight change")
     was_training = adapted.training
     adapted.eval()
     try:
