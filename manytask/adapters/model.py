@@ -1,8 +1,8 @@
 """A frozen Hugging Face model with a multi-task adapter, and the multi-task model around it.
 
 Inputs are mappings of tensors: ``input_ids`` and ``attention_mask`` (B, L) padded on the
-right, ``task_ids`` (B,) each example's task index (its position in the model's task list),
-and optionally ``token_type_ids`` (B, L), ``languages`` (B,) (Hyper-X) and ``intuition``
+right, ``task_ids`` (B,) or (B, 1) each example's task index (its position in the model's
+task list), and optionally ``token_type_ids`` (B, L), ``languages`` (B,) (Hyper-X) and ``intuition``
 (B, d) (MoR1E). The features the heads read are the pooled last hidden state: the mean over
 real tokens (encoders; what sentence-transformers' MiniLM embeds, without the
 normalisation) or the last real token (``pooling="last"``, decoders such as GPT-2).
@@ -28,6 +28,12 @@ OPTIONAL = ("token_type_ids", "languages", "intuition")
 def is_task_specific(name: str) -> bool:
     """Whether a parameter name (dotted) is task-specific: its own name starts ``task_``."""
     return name.rsplit(".", 1)[-1].startswith("task_") or ".task_" in name
+
+
+def _column(ids: Tensor) -> Tensor:
+    """Indices (B,) from (B,) or (B, 1): batch builders that need 2-D columns store them so."""
+    ids = ids.long()
+    return ids[:, 0] if ids.dim() == 2 and ids.shape[1] == 1 else ids
 
 
 class AdaptedBase(nn.Module):
@@ -63,15 +69,16 @@ class AdaptedBase(nn.Module):
         if missing:
             raise ValueError(f"adapter model input lacks {missing}; it needs input_ids, "
                              "attention_mask and task_ids (one task index per example)")
-        tasks = x["task_ids"].long()
+        tasks = _column(x["task_ids"])
         if tasks.dim() != 1 or tasks.shape[0] != x["input_ids"].shape[0]:
             raise ValueError(f"task_ids must be (B,) = ({x['input_ids'].shape[0]},), got "
                              f"{tuple(tasks.shape)}")
         if tasks.numel() and (int(tasks.min()) < 0 or int(tasks.max()) >= self.method.n_tasks):
             raise ValueError(f"task_ids must lie in [0, {self.method.n_tasks}), got values "
                              f"{int(tasks.min())}..{int(tasks.max())}")
-        return Context(tasks=tasks, mask=x["attention_mask"], languages=x.get("languages"),
-                       intuition=x.get("intuition"))
+        languages = x.get("languages")
+        return Context(tasks=tasks, mask=x["attention_mask"], intuition=x.get("intuition"),
+                       languages=None if languages is None else _column(languages))
 
     def hidden_states(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The base's last hidden state (B, L', H) over the real positions kept and their
