@@ -53,8 +53,8 @@ class MixtureOfLoras(AdapterMethod):
     labels by the routing loss ``L_route = CE(p, task)`` (weighted ``route_weight``, averaged
     over layers, added as the model's auxiliary loss). Output ``h = W0 x + (alpha/r) sum_k
     p_k B_k A_k x``. At inference ``top1`` keeps only the router's best LoRA (as the paper
-    routes), ``soft`` keeps the mixture; no task id is used there. The router's bias is
-    shared; its rows (like the LoRAs) are per task, so its parameters are named ``router``."""
+    routes), ``soft`` keeps the mixture; no task id is used there. The LoRAs and the router
+    count as shared parameters: every example reaches them through the router's weights."""
 
     name = "moa"
     params: ClassVar[dict[str, Param]] = {

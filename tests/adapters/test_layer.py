@@ -80,3 +80,13 @@ def test_task_ids_are_checked():
     del x["task_ids"]
     with pytest.raises(ValueError, match="lacks"):
         model(x)
+
+
+@pytest.mark.parametrize("name", ADAPTERS.names())
+def test_declared_parameters_match_the_constructors(name):
+    from manytask.registry import check_declared
+
+    entry = ADAPTERS.entry(name)
+    assert check_declared(entry) == []
+    assert entry.summary and "20" in entry.summary  # cites its paper and year
+    assert ADAPTERS.validate(name, {}) == {k: p.default for k, p in entry.params.items()}
