@@ -39,9 +39,9 @@ QV = ["query", "value"]
 # name: (method, parameters, target modules); the routed ones have total rank 32
 CONFIGS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "lora_per_task": ("lora_per_task", {"r": 4}, QV),       # = single-task LoRA (see above)
+    "lora_r32": ("lora", {"r": 32}, QV),
     "task_prompt_vectors": ("task_prompt_vectors", {"length": 10}, None),
     "lora_r4": ("lora", {"r": 4}, QV),
-    "lora_r32": ("lora", {"r": 32}, QV),
     "align_lora_r32": ("align_lora", {"r": 32}, QV),
     "mtl_lora": ("mtl_lora", {"r": 8, "n_up": 3}, QV),
     "moa": ("moa", {"r": 4}, QV),
@@ -264,10 +264,10 @@ def main() -> None:
             r = results[-1]
             print(f"{cfg} seed {seed}: mean acc {statistics.mean(r['accuracy'].values()):.3f}, "
                   f"{r['step_s']:.3f} s/step ({time.perf_counter() - began:.0f} s)", flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    text = table(results, args.configs)
-    (out / "table.md").write_text(text)
-    print(text)
+            # after every run, so that an interrupted benchmark keeps what it measured
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+            (out / "table.md").write_text(table(results, args.configs))
+    print((out / "table.md").read_text() if results else "no result")
     print(f"total {time.perf_counter() - began:.0f} s")
 
 
