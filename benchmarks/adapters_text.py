@@ -15,6 +15,7 @@ gradients (and Adam states) of training that task alone on the same sub-batches.
     python benchmarks/adapters_text.py --data-root ../shared/data/text          # full
     python benchmarks/adapters_text.py --data-root ../shared/data/text --train-cap 400 \
         --test-cap 200 --steps 60 --batch-size 16 --seeds 0                     # reduced
+    python benchmarks/adapters_text.py --data-root ../shared/data/text --timing-only  # paired
 """
 
 from __future__ import annotations
@@ -202,6 +203,54 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             "peak_mb": peak_kb / 1024, "train_s": sum(times)}
 
 
+PAIRED = ["lora_r32", "lora_per_task", "moa", "mor1e", "poly", "peft_poly", "mhr", "peft_mhr"]
+
+
+def paired_timing(args: argparse.Namespace) -> str:
+    """Step times measured in turn on one batch in one process: every model takes one step,
+    then the next, round after round, so that the machine's load hits all of them alike
+    (what a loaded machine needs for a fair ratio). Returns a Markdown table of medians."""
+    import manytask
+    from manytask.adapters import AdapterModel
+    from manytask.data.encoders import load_minilm
+    from manytask.tasks import task_losses
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    encoder, tokenizer = load_minilm()
+    tasks, train, _ = load_data(args, tokenizer)
+    mt_tasks = [t.task() for t in tasks]
+    per = max(args.batch_size // len(tasks), 1)
+    x = {k: torch.cat([train[t.name][0][k][:per] for t in tasks]) for k in train[tasks[0].name][0]}
+    x["intuition"] = torch.randn(x["input_ids"].shape[0], 384)
+    y = {t.name: torch.full((x["input_ids"].shape[0],), -1) for t in tasks}
+    for k, t in enumerate(tasks):
+        y[t.name][k * per:(k + 1) * per] = train[t.name][1][:per]
+    models = {c: build(c, encoder, tasks, args).train() for c in PAIRED}
+    optimizers = {c: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], 1e-4)
+                  for c, m in models.items()}
+    balancer = manytask.make_balancer("equal")
+    times: dict[str, list[float]] = {c: [] for c in PAIRED}
+    for _ in range(args.timing_rounds):
+        for c, model in models.items():
+            began = time.perf_counter()
+            losses = task_losses(mt_tasks, model(x), y)
+            optimizers[c].zero_grad(set_to_none=True)
+            aux = model.auxiliary_loss() if isinstance(model, AdapterModel) else None
+            if aux is not None:
+                aux.backward(retain_graph=True)
+            manytask.backward(losses, balancer)
+            optimizers[c].step()
+            times[c].append(time.perf_counter() - began)
+    med = {c: statistics.median(v[1:]) for c, v in times.items()}
+    rows = ["| method | median step s | / LoRA r32 | / PEFT's own |", "|---|---|---|---|"]
+    for c in PAIRED:
+        peft = {"poly": "peft_poly", "mhr": "peft_mhr"}.get(c)
+        rel = f"{med[c] / med[peft]:.2f}" if peft else "-"
+        rows.append(f"| {c} | {med[c]:.3f} | {med[c] / med['lora_r32']:.2f} | {rel} |")
+    return "\n".join(rows) + "\n"
+
+
 def table(results: list[dict[str, Any]], configs: list[str]) -> str:
     from manytask.evaluation.measures import delta_m
 
@@ -242,11 +291,21 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--out-dir", default="runs/bench-adapters")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only the paired step-time comparison (one process)")
+    parser.add_argument("--timing-rounds", type=int, default=12)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.config:  # one (config, seed) in this process
         print(json.dumps(worker(args)))
+        return
+    if args.timing_only:
+        began = time.perf_counter()
+        text = paired_timing(args)
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.out_dir) / "timing.md").write_text(text)
+        print(text + f"total {time.perf_counter() - began:.0f} s")
         return
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
