@@ -226,11 +226,12 @@ def paired_timing(args: argparse.Namespace) -> str:
     y = {t.name: torch.full((x["input_ids"].shape[0],), -1) for t in tasks}
     for k, t in enumerate(tasks):
         y[t.name][k * per:(k + 1) * per] = train[t.name][1][:per]
-    models = {c: build(c, encoder, tasks, args).train() for c in PAIRED}
+    chosen = [c for c in PAIRED if c in args.configs]
+    models = {c: build(c, encoder, tasks, args).train() for c in chosen}
     optimizers = {c: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], 1e-4)
                   for c, m in models.items()}
     balancer = manytask.make_balancer("equal")
-    times: dict[str, list[float]] = {c: [] for c in PAIRED}
+    times: dict[str, list[float]] = {c: [] for c in chosen}
     for _ in range(args.timing_rounds):
         for c, model in models.items():
             began = time.perf_counter()
@@ -244,10 +245,12 @@ def paired_timing(args: argparse.Namespace) -> str:
             times[c].append(time.perf_counter() - began)
     med = {c: statistics.median(v[1:]) for c, v in times.items()}
     rows = ["| method | median step s | / LoRA r32 | / PEFT's own |", "|---|---|---|---|"]
-    for c in PAIRED:
+    ref = med.get("lora_r32")
+    for c in chosen:
         peft = {"poly": "peft_poly", "mhr": "peft_mhr"}.get(c)
-        rel = f"{med[c] / med[peft]:.2f}" if peft else "-"
-        rows.append(f"| {c} | {med[c]:.3f} | {med[c] / med['lora_r32']:.2f} | {rel} |")
+        rel = f"{med[c] / med[peft]:.2f}" if peft in med else "-"
+        vs = f"{med[c] / ref:.2f}" if ref else "-"
+        rows.append(f"| {c} | {med[c]:.3f} | {vs} | {rel} |")
     return "\n".join(rows) + "\n"
 
 

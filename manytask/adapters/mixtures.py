@@ -27,19 +27,23 @@ class MoaDelta(nn.Module):
         self.owner = [owner]
 
     def weights(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Router logits and the experts' weights (B, K), on the simplex."""
-        logits = self.router(masked_mean(x.to(self.router.weight.dtype), mask))
+        """The router's input (token mean of ``x``) and the experts' weights (B, K), on the
+        simplex."""
+        pooled = masked_mean(x.to(self.router.weight.dtype), mask)
+        logits = self.router(pooled)
         owner = self.owner[0]
         if not self.training and owner.inference == "top1":
-            return logits, nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(
+            return pooled, nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(
                 logits.dtype)
-        return logits, torch.softmax(logits, dim=-1)
+        return pooled, torch.softmax(logits, dim=-1)
 
     def forward(self, x: Tensor, y: Tensor, ctx: Context) -> Tensor:
-        logits, w = self.weights(x, ctx.mask)
+        pooled, w = self.weights(x, ctx.mask)
         owner = self.owner[0]
         if self.training and owner.route_weight > 0:
-            ce = nn.functional.cross_entropy(logits, ctx.tasks.long())
+            # the routing loss trains the router only: through a detached input its backward
+            # stays inside this layer instead of running through the whole network again
+            ce = nn.functional.cross_entropy(self.router(pooled.detach()), ctx.tasks.long())
             ctx.losses.append(owner.route_weight * ce / max(len(owner.layers), 1))
         gate = w.repeat_interleave(self.r, dim=1)
         return self.scale * gated_lowrank(x, self.expert_A, self.expert_B, gate)
@@ -51,10 +55,12 @@ class MixtureOfLoras(AdapterMethod):
     for Large Language Models", Sec. 3): one LoRA (A_k, B_k) per task and, in every adapted
     layer, a router ``p = softmax(W_r mean_tokens(x) + b_r)`` over them, trained with the task
     labels by the routing loss ``L_route = CE(p, task)`` (weighted ``route_weight``, averaged
-    over layers, added as the model's auxiliary loss). Output ``h = W0 x + (alpha/r) sum_k
-    p_k B_k A_k x``. At inference ``top1`` keeps only the router's best LoRA (as the paper
-    routes), ``soft`` keeps the mixture; no task id is used there. The LoRAs and the router
-    count as shared parameters: every example reaches them through the router's weights."""
+    over layers, added as the model's auxiliary loss; it trains the router alone, its input
+    detached, while the task losses reach the router through the mixture). Output
+    ``h = W0 x + (alpha/r) sum_k p_k B_k A_k x``. At inference ``top1`` keeps only the
+    router's best LoRA (as the paper routes), ``soft`` keeps the mixture; no task id is used
+    there. The LoRAs and the router count as shared parameters: every example reaches them
+    through the router's weights."""
 
     name = "moa"
     params: ClassVar[dict[str, Param]] = {
