@@ -37,7 +37,6 @@ class AdapterMethod(nn.Module):
     params: ClassVar[dict[str, Param]] = {
               }
     uses_layers: ClassVar[bool] = True
-    peft_type: ClassVar[str | None] = None  # PEFT's name where PEFT has the method
 
     def __init__(self, n_tasks: int) -> None:
         super().__init__()

@@ -34,7 +34,6 @@ class Lora(AdapterMethod):
     name = "lora"
     params: ClassVar[dict[str, Param]] = {
         "r": RANK, "alpha": ALPHA}
-    peft_type = "LORA"
 
     def __init__(self, n_tasks: int, r: int = 8, alpha: float = 16.0) -> None:
         super().__init__(n_tasks)
@@ -90,7 +89,6 @@ class AlignLora(AdapterMethod):
     params: ClassVar[dict[str, Param]] = {
         "r": RANK, "alpha": ALPHA,
         "align_weight": Param("float", 0.01, "lambda of the alignment loss", low=0)}
-    peft_type = "LORA"
 
     def __init__(self, n_tasks: int, r: int = 8, alpha: float = 16.0,
                  align_weight: float = 0.01) -> None:
@@ -137,7 +135,6 @@ class LoraPerTask(AdapterMethod):
     name = "lora_per_task"
     params: ClassVar[dict[str, Param]] = {
         "r": RANK, "alpha": ALPHA}
-    peft_type = "LORA"
 
     def __init__(self, n_tasks: int, r: int = 8, alpha: float = 16.0) -> None:
         super().__init__(n_tasks)

@@ -76,7 +76,6 @@ class Poly(AdapterMethod):
     params: ClassVar[dict[str, Param]] = {
         "r": Param("int", 8, "rank of each skill", low=1),
         "n_skills": Param("int", 4, "skills S in the inventory", low=1)}
-    peft_type = "POLY"
     n_splits = 1
 
     def __init__(self, n_tasks: int, r: int = 8, n_skills: int = 4) -> None:

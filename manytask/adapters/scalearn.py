@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Param
-from .base import ADAPTERS, ALPHA, RANK, AdapterMethod, positive_int, task_onehot
+from .base import ADAPTERS, ALPHA, RANK, AdapterMethod, positive_int
 from .layer import AdaptedLayer, Context, delta_of, gated_lowrank, in_out, kaiming_rows
 
 
@@ -107,7 +107,3 @@ class ScaLearn(AdapterMethod):
     def fold(self, layer: AdaptedLayer, task: int) -> Tensor:
         return delta_of(layer).fold_weight(task)
 
-
-def onehot_scales(n_tasks: int, sources: list[int]) -> Tensor:
-    """(K, S) scalings choosing source ``sources[t]`` for task t (for tests and analysis)."""
-    return task_onehot(torch.tensor(sources), max(sources) + 1, 1, torch.float32)
