@@ -96,8 +96,8 @@ def throughput(file: str, batch_size: int, steps: int) -> dict:  # type: ignore[
     from manytask import Trainer
     from manytask.balancers import make_balancer
     from manytask.data.declared import parse_dataset, prepare_declared
-    from manytask.models.inputs import TabularInput
     from manytask.models import shared_bottom
+    from manytask.models.inputs import TabularInput
     from manytask.tasks import task_losses
 
     torch.manual_seed(0)
