@@ -268,13 +268,14 @@ def load_json(path: str | os.PathLike[str], *, what: str = "JSON file") -> Any:
 
 
 # ---------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a flushed temporary sibling and ``os.replace``:
-    a reader sees the old file or the new one, never a part."""
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, prefix: str = ".") -> None:
+    """Write ``text`` to ``path`` through a flushed temporary sibling (``prefix`` + name, so a
+    folder's clean-up can recognise leftovers of a kill) and ``os.replace``: a reader sees the
+    old file or the new one, never a part. Newlines are written as given."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f"{prefix}{p.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

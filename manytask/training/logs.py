@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
+
+from ..files import atomic_write_text
 
 LogFormat = Literal["csv", "jsonl"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("csv", "jsonl")
@@ -87,16 +87,7 @@ class RunLog:
 
 def replace_lines(path: Path, lines: Sequence[str]) -> None:
     """Replace ``path`` by a file of ``lines``: written beside it, flushed, renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(lines), prefix=".tmp-")
 
 
 def _is_number(text: str) -> bool:

@@ -15,7 +15,6 @@ import torch
 from manytask import HardSharing, Task
 from manytask.cli import main
 from manytask.training import Trainer
-from manytask.training import logs as logs_module
 from manytask.training.logs import RunLog
 from manytask.training.run_folder import LOCK, RunFolderError, RunLock, plan_run
 
@@ -135,7 +134,7 @@ def test_an_interrupted_log_rewrite_leaves_the_old_log(tmp_path: Path, monkeypat
     def killed(src: str, dst: object) -> None:
         raise KeyboardInterrupt  # as if the process died between the write and the rename
 
-    monkeypatch.setattr(logs_module.os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)  # the rewrite's rename (manytask.files)
     with pytest.raises(KeyboardInterrupt):
         log.truncate_after("step", 2)
     assert log.path.read_bytes() == before

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import BatchCycle
-from .taskvectors import TaskVectors
+from .taskvectors import TaskVectors, prediction_entropy
 
 
 @dataclass
@@ -37,12 +37,6 @@ class AdaMergingResult:
     layer_names: list[str]
     entropy: list[float]  # summed mean entropy over tasks, before each step
     batches_read: list[int]
-
-
-def prediction_entropy(logits: Tensor) -> Tensor:
-    """Mean over samples of the Shannon entropy of ``softmax(logits)`` (natural log)."""
-    logp = logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1).mean()
 
 
 def adamerging(

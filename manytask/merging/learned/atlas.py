@@ -27,11 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adamerging import prediction_entropy
 from .batches import BatchCycle
-from .taskvectors import TaskVectors
-
-OBJECTIVES = ("supervised", "entropy")
+from .taskvectors import OBJECTIVES, TaskVectors, task_objective
 
 
 @dataclass
@@ -79,14 +76,7 @@ def atlas(
     losses: list[float] = []
     for _ in range(steps):
         flat = vectors.merged(coef)
-        loss = torch.zeros((), dtype=vectors.base.dtype)
-        for head, cycle in zip(heads, cycles, strict=True):
-            if objective == "supervised":
-                x, y = cycle.next_batch()
-                loss = loss + nn.functional.cross_entropy(head(vectors.forward(flat, x)), y)
-            else:
-                loss = loss + prediction_entropy(head(vectors.forward(flat,
-                                                                      cycle.next_input())))
+        loss = task_objective(vectors, flat, heads, cycles, objective)
         losses.append(float(loss.detach()))
         (coef.grad,) = torch.autograd.grad(loss, [coef])
         opt.step()

@@ -29,9 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adamerging import prediction_entropy
 from .batches import BatchCycle
-from .taskvectors import TaskVectors
+from .taskvectors import TaskVectors, task_objective
 
 
 def concrete_mask(logits: Tensor, temperature: float, generator: torch.Generator) -> Tensor:
@@ -83,9 +82,7 @@ def concrete_task_arithmetic(
     trace: list[float] = []
     for _ in range(steps):
         flat = vectors.base + scale * concrete_mask(logits, temperature, gen) * summed
-        loss = torch.zeros((), dtype=vectors.base.dtype)
-        for head, cycle in zip(heads, cycles, strict=True):
-            loss = loss + prediction_entropy(head(vectors.forward(flat, cycle.next_input())))
+        loss = task_objective(vectors, flat, heads, cycles, "entropy")
         trace.append(float(loss.detach()))
         (logits.grad,) = torch.autograd.grad(loss, [logits])
         opt.step()

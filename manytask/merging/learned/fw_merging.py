@@ -38,9 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adamerging import prediction_entropy
 from .batches import BatchCycle
-from .taskvectors import TaskVectors
+from .taskvectors import TaskVectors, task_objective
 
 
 @dataclass
@@ -86,14 +85,7 @@ def fw_merging(
     trace: list[float] = []
     for t in range(iterations):
         flat = (vectors.base + scale * (weights @ vectors.taus)).requires_grad_(True)
-        loss = torch.zeros((), dtype=vectors.base.dtype)
-        for head, cycle in zip(heads, cycles, strict=True):
-            if objective == "supervised":
-                x, y = cycle.next_batch()
-                loss = loss + nn.functional.cross_entropy(head(vectors.forward(flat, x)), y)
-            else:
-                loss = loss + prediction_entropy(head(vectors.forward(flat,
-                                                                      cycle.next_input())))
+        loss = task_objective(vectors, flat, heads, cycles, objective)
         trace.append(float(loss.detach()))
         (grad,) = torch.autograd.grad(loss, [flat])
         vertex = int(torch.argmin(_scores(vectors, grad, selection)))

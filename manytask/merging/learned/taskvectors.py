@@ -15,6 +15,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .batches import BatchCycle
+
+OBJECTIVES = ("supervised", "entropy")
+
+
+def prediction_entropy(logits: Tensor) -> Tensor:
+    """Mean over samples of the Shannon entropy of ``softmax(logits)`` (natural log)."""
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
 
 class TaskVectors:
     """The task vectors of ``task_state_dicts`` relative to ``encoder``'s parameters.
@@ -98,3 +108,18 @@ class TaskVectors:
         params = self.params(flat.detach())
         return {n: params[n].clone() if n in params else v.clone()
                 for n, v in self.encoder.state_dict().items()}
+
+
+def task_objective(vectors: TaskVectors, flat: Tensor, heads: Sequence[nn.Module],
+                   cycles: Sequence[BatchCycle], objective: str) -> Tensor:
+    """Summed over tasks, one batch each: the cross-entropy of ``(x, y)`` batches through the
+    task's head (``"supervised"``) or the prediction entropy of inputs (``"entropy"``), of the
+    encoder with parameters ``flat``."""
+    loss = torch.zeros((), dtype=vectors.base.dtype)
+    for head, cycle in zip(heads, cycles, strict=True):
+        if objective == "supervised":
+            x, y = cycle.next_batch()
+            loss = loss + nn.functional.cross_entropy(head(vectors.forward(flat, x)), y)
+        else:
+            loss = loss + prediction_entropy(head(vectors.forward(flat, cycle.next_input())))
+    return loss

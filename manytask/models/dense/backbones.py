@@ -25,6 +25,15 @@ class Backbone(nn.Module):
     stride: int
 
 
+def stage_outputs(backbone: Backbone, x: Tensor) -> list[Tensor]:
+    """Every stage's output of a backbone that applies its ``blocks`` in sequence."""
+    outs = []
+    for block in backbone.blocks:
+        x = block(x)
+        outs.append(x)
+    return outs
+
+
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..per_task import PerTaskModel
 from .architectures import dense_heads
-from .backbones import Backbone
+from .backbones import Backbone, stage_outputs
 
 
 class MedusaBody(nn.Module):
@@ -41,12 +41,8 @@ class MedusaBody(nn.Module):
         self.last_scales: dict[str, Tensor] = {}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        stages = []
-        h = x
-        for block in self.backbone.blocks:
-            h = block(h)
-            stages.append(h)
-        size = stages[-1].shape[-2:]
+        stages = stage_outputs(self.backbone, x)
+        size = (int(stages[-1].shape[-2]), int(stages[-1].shape[-1]))
         out = {}
         for t in self.task_names:
             maps = []

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..per_task import PerTaskModel
 from .architectures import dense_heads
-from .backbones import Backbone
+from .backbones import Backbone, stage_outputs
 
 
 class TaskExpertBody(nn.Module):
@@ -49,12 +49,9 @@ class TaskExpertBody(nn.Module):
         self.last_gates: dict[str, Tensor] = {}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        stages = []
-        h = x
-        for block in self.backbone.blocks:
-            h = block(h)
-            stages.append(h)
-        size = stages[-1].shape[-2:]
+        stages = stage_outputs(self.backbone, x)
+        h = stages[-1]
+        size = (int(stages[-1].shape[-2]), int(stages[-1].shape[-1]))
         memory = {t: torch.zeros(x.shape[0], self.width, *size, dtype=h.dtype, device=h.device)
                   for t in self.task_names}
         for level, feat in enumerate(stages):
