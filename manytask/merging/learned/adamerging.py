@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import BatchCycle
-from .taskvectors import TaskVectors, prediction_entropy
+from .taskvectors import TaskVectors, check_learning, prediction_entropy
 
 
 @dataclass
@@ -58,18 +58,10 @@ def adamerging(
     logits; ``loaders[k]`` yields unlabelled inputs of task ``k`` (or tuples whose first item
     is the input). Returns the merged encoder's state dict.
     """
-    k = len(task_state_dicts)
-    if k < 2 or len(heads) != k or len(loaders) != k:
-        raise ValueError(
-            f"adamerging: needs >= 2 tasks with one head and one loader each; got "
-            f"{k} state dicts, {len(heads)} heads, {len(loaders)} loaders"
-        )
+    check_learning("adamerging", len(task_state_dicts), heads, loaders, steps=steps, lr=lr,
+                   min_tasks=2)
     if granularity not in ("task", "layer"):
         raise ValueError(f"adamerging: granularity must be 'task' or 'layer', got {granularity!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"adamerging: steps must be a non-negative integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"adamerging: lr must be > 0, got {lr!r}")
     if bounds is not None and not bounds[0] <= init <= bounds[1]:
         raise ValueError(f"adamerging: init {init} lies outside bounds {bounds}")
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import BatchCycle
-from .taskvectors import OBJECTIVES, TaskVectors, task_objective
+from .taskvectors import OBJECTIVES, TaskVectors, check_learning, task_objective
 
 
 @dataclass
@@ -58,16 +58,9 @@ def atlas(
     ``heads[k]`` maps encoder features to task ``k``'s logits; ``loaders[k]`` yields
     ``(x, y)`` batches (``objective="supervised"``) or inputs (``"entropy"``) of task ``k``.
     """
-    k = len(task_state_dicts)
-    if k < 1 or len(heads) != k or len(loaders) != k:
-        raise ValueError(f"atlas: needs one head and one loader per task; got {k} state "
-                         f"dicts, {len(heads)} heads, {len(loaders)} loaders")
+    check_learning("atlas", len(task_state_dicts), heads, loaders, steps=steps, lr=lr)
     if objective not in OBJECTIVES:
         raise ValueError(f"atlas: objective must be one of {list(OBJECTIVES)}, got {objective!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"atlas: steps must be a non-negative integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"atlas: lr must be > 0, got {lr!r}")
     vectors = TaskVectors(encoder, task_state_dicts, "atlas", blocks=blocks)
     coef = torch.full(vectors.coefficient_shape("block"), float(init),
                       dtype=vectors.base.dtype, requires_grad=True)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import BatchCycle
-from .taskvectors import TaskVectors, task_objective
+from .taskvectors import TaskVectors, check_learning, task_objective
 
 
 def concrete_mask(logits: Tensor, temperature: float, generator: torch.Generator) -> Tensor:
@@ -62,16 +62,11 @@ def concrete_task_arithmetic(
     seed: int = 0,
 ) -> ConcreteResult:
     """Learn the shared Concrete mask and merge in its subspace (module docstring)."""
-    k = len(task_state_dicts)
-    if k < 1 or len(heads) != k or len(loaders) != k:
-        raise ValueError(f"concrete_task_arithmetic: needs one head and one loader per task; "
-                         f"got {k} state dicts, {len(heads)} heads, {len(loaders)} loaders")
-    if not temperature > 0 or not lr > 0:
-        raise ValueError(f"concrete_task_arithmetic: temperature and lr must be > 0, got "
-                         f"{temperature!r}, {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"concrete_task_arithmetic: steps must be a non-negative integer, "
-                         f"got {steps!r}")
+    check_learning("concrete_task_arithmetic", len(task_state_dicts), heads, loaders,
+                   steps=steps, lr=lr)
+    if not temperature > 0:
+        raise ValueError(f"concrete_task_arithmetic: temperature must be > 0, got "
+                         f"{temperature!r}")
     vectors = TaskVectors(encoder, task_state_dicts, "concrete_task_arithmetic")
     summed = vectors.taus.sum(0)
     logits = torch.full_like(summed, float(init_logit), requires_grad=True)

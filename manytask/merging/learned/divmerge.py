@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import BatchCycle
-from .taskvectors import TaskVectors
+from .taskvectors import TaskVectors, check_learning
 
 
 def js_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
@@ -58,13 +58,7 @@ def divmerge(
 ) -> DivMergeResult:
     """Learn DivMerge coefficients (see the module docstring)."""
     k = len(task_state_dicts)
-    if k < 2 or len(heads) != k or len(loaders) != k:
-        raise ValueError(f"divmerge: needs >= 2 tasks with one head and one loader each; got "
-                         f"{k} state dicts, {len(heads)} heads, {len(loaders)} loaders")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"divmerge: steps must be a non-negative integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"divmerge: lr must be > 0, got {lr!r}")
+    check_learning("divmerge", k, heads, loaders, steps=steps, lr=lr, min_tasks=2)
     vectors = TaskVectors(encoder, task_state_dicts, "divmerge")
     start = 1.0 / k if init is None else float(init)
     coef = torch.full(vectors.coefficient_shape(granularity), start,

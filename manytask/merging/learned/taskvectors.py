@@ -20,6 +20,21 @@ from .batches import BatchCycle
 OBJECTIVES = ("supervised", "entropy")
 
 
+def check_learning(where: str, n_models: int, heads: Sequence[nn.Module],
+                   loaders: Sequence[object], *, steps: int, lr: float,
+                   min_tasks: int = 1) -> None:
+    """The arguments every learned merge shares, checked in one place: one head and one
+    loader per fine-tuned model (at least ``min_tasks``), a whole number of steps, lr > 0."""
+    if n_models < min_tasks or len(heads) != n_models or len(loaders) != n_models:
+        need = f">= {min_tasks} tasks with " if min_tasks > 1 else ""
+        raise ValueError(f"{where}: needs {need}one head and one loader per task; got "
+                         f"{n_models} state dicts, {len(heads)} heads, {len(loaders)} loaders")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{where}: steps must be a non-negative integer, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"{where}: lr must be > 0, got {lr!r}")
+
+
 def prediction_entropy(logits: Tensor) -> Tensor:
     """Mean over samples of the Shannon entropy of ``softmax(logits)`` (natural log)."""
     logp = logits.log_softmax(-1)
