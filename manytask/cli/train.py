@@ -73,23 +73,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..balancers.registry import BALANCERS
-    from ..config import ConfigError
     from ..evaluation.bench import grid, run_grid
     from ..evaluation.report import report
-    from ..models import ARCHITECTURES
-    from ..registry import RegistryError
     from ..run import task_names, validate_config
 
     base = config_from_args(args, GRID_KEYS)
-    validate_config(base)
-    try:  # every name of the grid, before the first cell runs
-        for name in args.methods:
-            BALANCERS.entry(name)
-        for arch in args.archs:
-            ARCHITECTURES.entry(arch)
-    except RegistryError as err:
-        raise ConfigError(str(err)) from None
+    validate_config(base)  # every name of the grid is checked by run_grid before its first cell
     tasks = list(task_names(base))
     cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
     run_dir = Path(args.run_dir)

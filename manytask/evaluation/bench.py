@@ -126,8 +126,10 @@ def cell_config(base: TrainConfig, cell: Cell, run_dir: Path) -> TrainConfig:
 
 def validate_cells(base: TrainConfig, cells: Sequence[Cell]) -> None:
     """Every name and parameter of every cell, checked before the first cell runs."""
-    from ..balancers import available, build
+    from ..balancers import build
+    from ..balancers.registry import BALANCERS
     from ..models import ARCHITECTURES
+    from ..registry import RegistryError
     from ..run import DATASETS
 
     if base.data not in DATASETS:
@@ -140,12 +142,14 @@ def validate_cells(base: TrainConfig, cells: Sequence[Cell]) -> None:
                     f"bench: {what} name {name!r} may hold only letters, digits, '_', '.' "
                     "and '-' (it names the cell's folder)"
                 )
-        if cell.method not in available():
-            raise ConfigError(f"bench: unknown method {cell.method!r}; choose from {available()}")
-        if cell.arch not in ARCHITECTURES:
-            raise ConfigError(
-                f"bench: unknown architecture {cell.arch!r}; choose from {ARCHITECTURES.names()}"
-            )
+        try:  # one-line errors with "did you mean", from the registries
+            BALANCERS.entry(cell.method)
+        except RegistryError as err:
+            raise ConfigError(f"bench: method: {err}") from None
+        try:
+            ARCHITECTURES.entry(cell.arch)
+        except RegistryError as err:
+            raise ConfigError(f"bench: architecture: {err}") from None
         if cell.method not in checked:  # its parameters, by building it once
             params = base.balancer_params if cell.method == base.balancer else {}
             build(cell.method, params)
