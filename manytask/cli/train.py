@@ -59,12 +59,11 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..run import format_results, train_from_config, validate_config
+    from ..run import format_results, train_from_config
     from ..training.distributed import is_main_process
 
     cfg = config_from_args(args)
-    validate_config(cfg)
-    results = train_from_config(cfg)
+    results = train_from_config(cfg)  # validates every name before any data is read
     if is_main_process():  # under torchrun, one table, not one per process
         print(format_results(results))
     return 0
