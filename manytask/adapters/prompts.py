@@ -51,15 +51,14 @@ class MultitaskPromptTuning(AdapterMethod):
         self.shared_prompt = nn.Parameter(init)
         self.task_v = nn.Parameter(torch.ones(self.n_tasks, init.shape[1]))
 
-    def task_prompts(self) -> Tensor:
-        """(K, l, d): every task's prompt P* ∘ (u_t v_t^T)."""
-        rank1 = self.task_u[:, :, None] * self.task_v[:, None, :]
-        return self.shared_prompt[None] * rank1
+    def task_prompts(self, tasks: Tensor | None = None) -> Tensor:
+        """(K, l, d): every task's prompt P* ∘ (u_t v_t^T); with ``tasks``, one per entry."""
+        u, v = (self.task_u, self.task_v) if tasks is None else \
+            (self.task_u[tasks], self.task_v[tasks])
+        return self.shared_prompt[None] * (u[:, :, None] * v[:, None, :])
 
     def prompt(self, ctx: Context) -> Tensor:
-        tasks = ctx.tasks.long()
-        rank1 = self.task_u[tasks, :, None] * self.task_v[tasks, None, :]
-        return self.shared_prompt[None] * rank1
+        return self.task_prompts(ctx.tasks.long())
 
     def init_from_teachers(self, teachers: Tensor) -> None:
         """Set P* to the mean of teacher prompts (S, l, d) and u, v to ones."""
