@@ -15,7 +15,9 @@ The set-up, planned for two CPU cores:
   (all 103 tensors) as a safetensors checkpoint;
 * merge the six checkpoints with every method through :func:`manytask.merging.merge` (the
   on-disk engine) and evaluate each task with its own fine-tuned head; the data-aware methods
-  (Fisher, RegMean, AdaMerging) run on the in-memory top layers, reading a few cached batches;
+  (Fisher, RegMean, AdaMerging, and ``--only learned``: aTLAS, DivMerge, FW-Merging, Concrete
+  masks, STF) run on the in-memory top layers, reading a few cached batches; ColD Fusion
+  (``--only cold_fusion``) re-fine-tunes the shared top layers per task in rounds;
 * references: each task's fine-tuned model (the normaliser), the base encoder with heads
   trained on its frozen features, and joint multi-task training (shared top layers, six heads,
   equal weighting through :func:`manytask.backward`).
@@ -52,7 +54,8 @@ from manytask.models.encoder_top import TopLayers, top_state
 
 TASKS = ("sst2", "mr", "cr", "subj", "mpqa", "trec")
 FROZEN = 5  # default: embeddings + layers 0..FROZEN-1 frozen and cached
-PARTS = ("base", "joint", "merges", "fisher", "regmean", "adamerging")
+PARTS = ("base", "joint", "merges", "fisher", "regmean", "adamerging", "learned",
+         "cold_fusion")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
 
@@ -292,6 +295,20 @@ def merge_configs(paths: Sequence[str], base: str) -> dict[str, dict[str, Any]]:
         "metagpt": cfg("metagpt", {}, {}),
         "consensus (k 2, mask lambda 0.4, lambda 0.3)": cfg(
             "consensus", {"lambda": 0.3, "k": min(2, k)}, {"weight": 1.0, "mask_lambda": 0.4}),
+        # The mergekit methods added since the first table, at mergekit's defaults.
+        "dare_linear (p 0.5, lambda 1)": cfg("dare_linear", {"lambda": 1.0, "seed": 0},
+                                             {"weight": 1.0, "density": 0.5}),
+        "breadcrumbs_ties (p 0.9, gamma 0.01, lambda 0.3)": cfg(
+            "breadcrumbs_ties", {"lambda": 0.3}, {"weight": 1.0, "density": 0.9,
+                                                  "gamma": 0.01}),
+        "della_linear (p 0.5, eps 0.1, lambda 1)": cfg(
+            "della_linear", {"lambda": 1.0, "seed": 0},
+            {"weight": 1.0, "density": 0.5, "epsilon": 0.1}),
+        "sce (select_topk 1)": cfg("sce", {}, {}),
+        "ram (eps 1e-5)": cfg("ram", {}, {}),
+        "ramplus_tl (r 0.1, alpha 0.2)": cfg("ramplus_tl", {}, {}),
+        "multislerp (equal weights)": cfg("multislerp", {}, {"weight": 1.0}),
+        "karcher": cfg("karcher", {}, {}),
     }
 
 
@@ -548,6 +565,81 @@ def _data_aware_rows(parts: set[str], args: argparse.Namespace, xs_train: Sequen
         rows.append((f"adamerging layer-wise ({args.ada_steps} steps)",
                      evaluate(merged_top, heads)))
         log("adamerging done")
+    if "learned" in parts:
+        _learned_rows(args, labelled, xs_train, tops, heads, base_top, merged_top, evaluate,
+                      rows, log)
+    if "cold_fusion" in parts:
+        rows.append(_cold_fusion_row(args, xs_train, data, heads, base_top, evaluate, log))
+
+
+def _learned_rows(args: argparse.Namespace, labelled: Sequence[Sequence[tuple[Tensor, Tensor]]],
+                  xs_train: Sequence[Tensor], tops: Sequence[nn.Module],
+                  heads: Sequence[nn.Module], base_top: nn.Module, merged_top: nn.Module,
+                  evaluate: Callable[[nn.Module, Sequence[nn.Module]], list[float]],
+                  rows: list[tuple[str, list[float]]], log: Callable[[str], None]) -> None:
+    """The paper merges of ``manytask.merging.learned`` that learn or search coefficients,
+    each with the batches the other data-aware rows read (labelled where the method is
+    supervised, the same inputs without labels otherwise)."""
+    from manytask.merging.learned import (
+        atlas,
+        concrete_task_arithmetic,
+        divmerge,
+        fw_merging,
+        stf_merge,
+    )
+
+    states = [tp.state_dict() for tp in tops]
+    inputs = [[x for x, _ in bs] for bs in labelled]
+    steps = args.ada_steps
+    learned: list[tuple[str, Callable[[], dict[str, Tensor]]]] = [
+        (f"atlas few-shot ({steps} steps)", lambda: atlas(
+            copy.deepcopy(base_top), states, heads, labelled, steps=steps, lr=1e-2).state_dict),
+        (f"divmerge task-wise ({steps} steps)", lambda: divmerge(
+            copy.deepcopy(base_top), states, heads, inputs, steps=steps, lr=1e-2).state_dict),
+        (f"fw_merging ({steps} iterations, scale 1)", lambda: fw_merging(
+            copy.deepcopy(base_top), states, heads, labelled, iterations=steps).state_dict),
+        (f"concrete task arithmetic ({steps} steps, lambda 0.3)",
+         lambda: concrete_task_arithmetic(copy.deepcopy(base_top), states, heads, inputs,
+                                          steps=steps).state_dict),
+        ("stf (data-free directions, energy 0.99)",
+         lambda: stf_merge(base_top.state_dict(), states)),
+    ]
+    for label, run in learned:
+        t0 = time.perf_counter()
+        merged_top.load_state_dict(run(), strict=False)
+        rows.append((label, evaluate(merged_top, heads)))
+        log(f"{label}: {time.perf_counter() - t0:.1f} s, mean {sum(rows[-1][1]) / len(heads):.1f}")
+
+
+def _cold_fusion_row(args: argparse.Namespace, xs_train: Sequence[Tensor],
+                     data: Sequence[TaskData], heads: Sequence[nn.Module],
+                     base_top: nn.Module,
+                     evaluate: Callable[[nn.Module, Sequence[nn.Module]], list[float]],
+                     log: Callable[[str], None]) -> tuple[str, list[float]]:
+    """ColD Fusion: each round every task fine-tunes a copy of the shared top layers (with its
+    own head, kept across rounds) and the copies are averaged. The fine-tuning budget per task
+    is split over the rounds, so the total equals one individual fine-tuning."""
+    from manytask.merging.learned import cold_fusion
+
+    rounds = 2
+    own_heads = [copy.deepcopy(h).requires_grad_(True) for h in heads]
+
+    def contributor(t: int) -> Callable[[nn.Module], None]:
+        def run(top: nn.Module) -> None:
+            top.requires_grad_(True)
+            finetune(top, own_heads[t], xs_train[t], data[t].train_y,
+                     steps=max(1, args.steps // rounds), batch=args.batch, lr_top=args.lr,
+                     lr_head=args.lr_head, seed=t)
+        return run
+
+    t0 = time.perf_counter()
+    fused = cold_fusion(base_top, [contributor(t) for t in range(len(data))], rounds=rounds)
+    for h in own_heads:
+        h.requires_grad_(False)
+    label = f"cold_fusion ({rounds} rounds of {max(1, args.steps // rounds)} steps, own heads)"
+    row = evaluate(fused.model, own_heads)
+    log(f"{label}: {time.perf_counter() - t0:.1f} s, mean {sum(row) / len(row):.1f}")
+    return label, row
 
 
 if __name__ == "__main__":
