@@ -101,9 +101,9 @@ def count_into(counts: Tensor, index: Tensor) -> None:
 
 
 def first_argmax(logits: Tensor) -> Tensor:
-    """``logits.argmax(1)`` (int32) for (B, C, H, W) maps, ties to the first maximal channel
+    """``logits.argmax(1)`` for (B, C, H, W) float32 maps, ties to the first maximal channel
     (a pixel with a NaN logit gets class 0): the least ``c + C [logit_c < max]``. Argmax over a
-    non-last dimension is a slow strided loop on the CPU (~30 times slower here)."""
+    non-last dimension is a slow strided loop on the CPU (tens of times slower here)."""
     num = logits.shape[1]
     below = (logits - logits.amax(1, keepdim=True)).lt_(0)  # +inf - +inf is NaN: not below
     channel = torch.arange(num, dtype=below.dtype, device=below.device).view(1, num, 1, 1)
@@ -130,7 +130,7 @@ class SegmentationMeter(Meter):
         """``logits`` (B, C, H, W), ``target`` (B, H, W) class indices."""
         self._place(logits.device)
         c = self.num_classes
-        pred = first_argmax(logits.detach())
+        pred = first_argmax(logits.detach().float())
         tgt = target.reshape(pred.shape).long()
         row = tgt.clamp(-1, c).add_(1)  # 0: below the classes, 1 .. C: a class, C + 1: above
         ignored = tgt.clone().eq_(self.ignore_index).mul_((c + 2) * c)  # to the second half
