@@ -2,7 +2,8 @@
 their losses on valid pixels, and streaming metrics correct under ``torchrun``."""
 
 from .evaluate import directions, evaluate_dense
-from .metrics import DepthMeter, FMeasureMeter, Meter, NormalMeter, SegmentationMeter
+from .fmeasure import FMeasureMeter
+from .metrics import DepthMeter, Meter, NormalMeter, SegmentationMeter
 from .tasks import MAIN_METRIC, DenseTargetError, DenseTask
 
 __all__ = ["MAIN_METRIC", "DenseTargetError", "DenseTask", "DepthMeter", "FMeasureMeter", "Meter",

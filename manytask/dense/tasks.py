@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics import DepthMeter, FMeasureMeter, Meter, NormalMeter, SegmentationMeter
+from .fmeasure import FMeasureMeter
+from .metrics import DepthMeter, Meter, NormalMeter, SegmentationMeter
 
 DenseKind = Literal["segmentation", "depth", "normal", "edge", "saliency"]
 MAIN_METRIC = {"segmentation": "miou", "depth": "abs_err", "normal": "mean_angle",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import decimal
+import math
+from decimal import Decimal
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import confusion_matrix, f1_score
+from torch import Tensor
 
 from manytask.dense import DenseTask, DepthMeter, FMeasureMeter, NormalMeter, SegmentationMeter
 
@@ -142,14 +147,137 @@ def test_evaluate_dense_streams_and_equals_one_big_batch() -> None:
     assert model.training  # restored
 
 
-def test_fmeasure_histogram_path_equals_the_thresholded_loop() -> None:
+def direct_threshold_counts(logits: Tensor, target: Tensor, thresholds: Tensor,
+                            tolerance: int) -> Tensor:
+    """Per threshold, by the definition: predictions are the valid pixels whose probability
+    reaches it; a prediction is matched when a target edge lies within ``tolerance`` pixels,
+    a target edge when a prediction does."""
+    prob = torch.sigmoid(logits.double())
+    valid, pos = (target == 0) | (target == 1), (target == 1).double()
+
+    def dilate(m: Tensor) -> Tensor:
+        k = 2 * tolerance + 1
+        return torch.nn.functional.max_pool2d(m, k, stride=1, padding=tolerance)
+
+    rows = []
+    for thr in thresholds.tolist():
+        pred = ((prob >= thr) & valid).double()
+        rows.append(torch.stack([(pred * dilate(pos)).sum(), pred.sum(),
+                                 (pos * dilate(pred)).sum(), pos.sum()]))
+    return torch.stack(rows, 1)
+
+
+@pytest.mark.parametrize("tolerance", [0, 1, 2])
+def test_fmeasure_counts_equal_the_definition_at_every_threshold(tolerance: int) -> None:
     g = torch.Generator().manual_seed(6)
     target = (torch.rand(3, 1, 12, 12, generator=g) < 0.3).float()
     target[0, 0, 0, :4] = 255.0  # ignored
     logits = 2 * (target.clamp(max=1) - 0.5) + torch.randn(3, 1, 12, 12, generator=g)
-    fast, slow = FMeasureMeter(thresholds=9), FMeasureMeter(thresholds=9, tolerance=0)
-    fast.update(logits, target)
-    # the loop, forced: a tolerance of 0 through the dilation path is the identity
-    slow.tolerance = -1
-    slow.update(logits, target)
-    torch.testing.assert_close(fast.counts, slow.counts)
+    meter = FMeasureMeter(thresholds=9, tolerance=tolerance)
+    meter.update(logits[:2], target[:2])
+    meter.update(logits[2:], target[2:])
+    expected = direct_threshold_counts(logits, target, meter.thresholds, tolerance)
+    torch.testing.assert_close(meter.threshold_counts(), expected, rtol=0, atol=0)
+
+
+def test_fmeasure_levels_are_exact_at_the_thresholds() -> None:
+    # logits on, just below and just above every threshold's logit: a float32 (or even
+    # float64) sigmoid would put some of them on the wrong side. The reference decides
+    # sigmoid(x) >= k / 100, i.e. exp(x) (100 - k) >= k, in 60-digit decimal arithmetic.
+    t = torch.arange(1, 100, dtype=torch.float64) / 100
+    logit = torch.log(t / (1 - t)).float()
+    x = torch.cat([logit, torch.nextafter(logit, torch.tensor(-1e9)),
+                   torch.nextafter(logit, torch.tensor(1e9)),
+                   torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -1e-45])])
+    level = FMeasureMeter()._level(x)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        exact = [0 if math.isnan(v) else sum(Decimal(v).exp() * (100 - k) >= k
+                                             for k in range(1, 100))
+                 for v in x.tolist()]
+    assert level.tolist() == exact
+
+
+def test_first_argmax_equals_torch_argmax_with_ties_and_infinities() -> None:
+    from manytask.dense.metrics import first_argmax
+
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randint(-2, 3, (4, 6, 5, 5), generator=g).float()  # many ties
+    logits[0, 2, 0, 0] = float("inf")
+    logits[0, 4, 0, 0] = float("inf")  # tie of +inf: the first wins
+    logits[1, :, 1, 1] = -float("inf")  # all -inf: class 0
+    logits[2, 3, 2, 2] = -float("inf")
+    assert torch.equal(first_argmax(logits), logits.argmax(1))
+
+
+def test_segmentation_ignore_index_inside_the_classes_and_bad_targets() -> None:
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 4, 6, 6, generator=g)
+    target = torch.randint(0, 4, (2, 6, 6), generator=g)
+    meter = SegmentationMeter(4, ignore_index=0)  # class 0 marks unlabelled pixels
+    meter.update(logits, target)
+    keep = target.reshape(-1) != 0
+    y, p = target.reshape(-1)[keep].numpy(), logits.argmax(1).reshape(-1)[keep].numpy()
+    np.testing.assert_array_equal(meter.confusion.numpy(), confusion_matrix(y, p, labels=range(4)))
+
+    bad = SegmentationMeter(4, ignore_index=255)
+    bad_target = target.to(torch.uint8)
+    bad_target[0, 0, :2] = 255  # ignored
+    bad_target[1, 0, 0] = 7  # outside the classes: reported, not counted
+    bad.update(logits, bad_target)
+    with pytest.raises(ValueError, match=r"outside \[0, 4\) at 1 pixels"):
+        bad.compute()
+    assert int(bad.confusion.sum()) == target.numel() - 3
+
+
+def test_meters_leave_their_inputs_unchanged() -> None:
+    g = torch.Generator().manual_seed(9)
+    cases = [
+        (SegmentationMeter(3), torch.randn(2, 3, 4, 4, generator=g),
+         torch.randint(-1, 3, (2, 4, 4), generator=g)),
+        (DepthMeter(), torch.randn(2, 1, 4, 4, generator=g), torch.rand(2, 1, 4, 4, generator=g)),
+        (NormalMeter(), torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)),
+        (FMeasureMeter(), torch.randn(2, 1, 4, 4, generator=g),
+         (torch.rand(2, 1, 4, 4, generator=g) < 0.5).float()),
+        (FMeasureMeter(tolerance=1), torch.randn(2, 1, 4, 4, generator=g),
+         (torch.rand(2, 1, 4, 4, generator=g) < 0.5).float()),
+    ]
+    for meter, output, target in cases:
+        before = output.clone(), target.clone()
+        meter.update(output, target)
+        assert torch.equal(output, before[0]) and torch.equal(target, before[1]), meter
+
+
+def test_depth_meter_non_positive_predictions_and_nan_targets() -> None:
+    target = torch.tensor([[1.0, 2.0, 0.0, float("nan"), 4.0]])
+    pred = torch.tensor([[-1.0, 0.0, 5.0, 3.0, 4.5]])
+    meter = DepthMeter()
+    meter.update(pred, target)
+    out = meter.compute()
+    v = torch.tensor([True, True, False, False, True])  # 0 and NaN targets are invalid
+    p, t = pred[0, v].double(), target[0, v].double()
+    assert out["abs_err"] == pytest.approx(float((p - t).abs().mean()))
+    assert out["rel_err"] == pytest.approx(float(((p - t).abs() / t).mean()))
+    assert out["delta1"] == pytest.approx(1 / 3)  # only 4.5 vs 4: predictions <= 0 miss all
+    assert out["delta3"] == pytest.approx(1 / 3)
+
+
+def test_normal_angles_are_accurate_near_0_and_180_degrees_and_zero_predictions() -> None:
+    # float32 arccos of the cosine would be off by up to ~0.03 degrees at these angles
+    degrees = torch.tensor([0.003, 0.02, 0.5, 45.0, 90.0, 179.5, 179.99], dtype=torch.float64)
+    rad = torch.deg2rad(degrees)
+    target = torch.zeros(1, 3, 1, 8)
+    target[0, 0] = 1.0
+    pred = torch.zeros(1, 3, 1, 8)
+    pred[0, 0, 0, :7] = torch.cos(rad).float()
+    pred[0, 1, 0, :7] = torch.sin(rad).float()  # pixel 7: a zero prediction
+    meter = NormalMeter()
+    meter.update(pred, target)
+    p = pred[0, :, 0].T.double()
+    exact = torch.rad2deg(torch.atan2(p[:, 1].abs(), p[:, 0]))[:7]  # of the float32 inputs
+    exact = torch.cat([exact, torch.tensor([90.0], dtype=torch.float64)])
+    assert meter.compute()["mean_angle"] == pytest.approx(float(exact.mean()), abs=1e-6)
+    from manytask.dense.metrics import vector_angle
+
+    got = torch.rad2deg(vector_angle(pred, target)[0, 0].double())
+    torch.testing.assert_close(got, exact, rtol=0, atol=2e-5)

@@ -120,32 +120,75 @@ class SegNetBackbone(Backbone):
 
 
 class TimmBackbone(Backbone):
-    """A timm model's last feature map (``features_only``), built without downloading:
-    ``pretrained=False``, optionally loading local weights from a safetensors file."""
+    """A timm model's last feature map, built without downloading.
+
+    ``timm.create_model(name, pretrained=False, features_only=True, out_indices=(-1,),
+    in_chans=in_channels)`` gives a network whose forward returns a list of feature maps and
+    whose ``feature_info.channels()`` and ``feature_info.reduction()`` give each map's channels
+    and stride (timm's feature-extraction interface); the backbone keeps the last map.
+    ``weights``: a local safetensors file of the model's tensors (a full checkpoint's
+    classifier head, which ``features_only`` drops, may be in it); every tensor of the feature
+    network must be in the file, or loading stops naming the first missing one."""
 
     def __init__(self, name: str, weights: str | Path | None = None, in_channels: int = 3) -> None:
         super().__init__()
         try:
             import timm
         except ImportError:
-            raise ImportError("timm backbones need the optional extra: "
+            raise ImportError(f"timm backbone {name!r} needs timm, the optional extra: "
                               "pip install 'manytask[vision]'") from None
-        self.model = timm.create_model(name, pretrained=False, features_only=True,
-                                       out_indices=(-1,), in_chans=in_channels)
+        net = timm.create_model(name, pretrained=False, features_only=True,
+                                out_indices=(-1,), in_chans=in_channels)
+        self.blocks = nn.ModuleList([LastFeatureMap(net)])  # one stage, for MTAN and the rest
         if weights is not None:
-            from safetensors.torch import load_file
-
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"timm weights {path}: not a regular file")
-            self.model.load_state_dict(load_file(str(path)), strict=False)
-        info = self.model.feature_info
+            self._load(Path(weights))
+        info = net.feature_info
         self.channels = (int(info.channels()[-1]),)
         self.stride = int(info.reduction()[-1])
-        self.blocks = nn.ModuleList([self.model])
+
+    @property
+    def model(self) -> nn.Module:
+        """The timm feature network."""
+        last = self.blocks[0]
+        assert isinstance(last, LastFeatureMap)
+        return last.net
+
+    def _load(self, path: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise FileNotFoundError(f"timm weights {path}: not a regular file")
+        try:
+            state = load_file(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"timm weights {path}: not a safetensors file ({err})") from None
+        expected = self.model.state_dict()
+        missing = [k for k in expected if k not in state]
+        if missing:
+            raise ValueError(f"timm weights {path}: {len(missing)} of the model's "
+                             f"{len(expected)} tensors are missing, first {missing[0]!r}")
+        wrong = [k for k in expected if state[k].shape != expected[k].shape]
+        if wrong:
+            raise ValueError(f"timm weights {path}: tensor {wrong[0]!r} has shape "
+                             f"{tuple(state[wrong[0]].shape)}, the model "
+                             f"{tuple(expected[wrong[0]].shape)}")
+        self.model.load_state_dict({k: state[k] for k in expected})
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.model(x)[-1]
+        out: Tensor = self.blocks[0](x)
+        return out
+
+
+class LastFeatureMap(nn.Module):
+    """The last of the maps a ``features_only`` network returns."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.net(x)[-1]
         return out
 
 
