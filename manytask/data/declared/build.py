@@ -43,20 +43,23 @@ def inputs(conv: Converted, text: Tensor | None) -> dict[str, Tensor]:
 
 
 def fit(spec: DatasetSpec, splits: list[dict[str, SplitRows]],
-        cache_dir: str | Path) -> tuple[Preprocessor, TextColumns | None]:
-    """Fit features (on every table's training rows), labels and the text length."""
+        cache_dir: str | Path) -> tuple[Preprocessor, list[TextColumns | None]]:
+    """Fit features (on every table's training rows), labels and each table's text
+    columns (their names may differ between sources; their embedding width may not)."""
     first = spec.tables[0]
     train = [s["train"] for s in splits]
-    features = Features.fit(first.numeric, first.categorical, train)
+    features = Features.fit(first.numeric, first.categorical, train, first.transforms)
     labels = {}
+    texts: list[TextColumns | None] = []
     for table, parts in zip(spec.tables, splits, strict=True):
         for task in table.tasks:
             labels[task.name] = Labels.fit(task, parts["train"])
-    text = None
-    if first.text:
-        text = TextColumns(first.text, spec.pair_encoding, spec.max_length, cache_dir)
-        text.fit(train)
-    return Preprocessor(features, labels), text
+        text = None
+        if table.text:
+            text = TextColumns(table.text, spec.pair_encoding, spec.max_length, cache_dir)
+            text.fit([parts["train"]])
+        texts.append(text)
+    return Preprocessor(features, labels), texts
 
 
 def prepare_declared(spec: DatasetSpec, *, cache_dir: str | Path, batch_size: int,
@@ -64,9 +67,10 @@ def prepare_declared(spec: DatasetSpec, *, cache_dir: str | Path, batch_size: in
                      temperature: float = 2.0) -> DeclaredData:
     """Read and prepare the data of ``spec`` for training."""
     splits = [read_splits(table) for table in spec.tables]
-    pre, text = fit(spec, splits, cache_dir)
+    pre, texts = fit(spec, splits, cache_dir)
     per_table: list[dict[str, dict[str, Any]]] = []
     for t, (table, parts) in enumerate(zip(spec.tables, splits, strict=True)):
+        text = texts[t]
         names = [task.name for task in table.tasks]
         out = {}
         for split in SPLITS:
@@ -78,8 +82,8 @@ def prepare_declared(spec: DatasetSpec, *, cache_dir: str | Path, batch_size: in
                 emb = text.embed(parts[split], f"{split}-{t + 1}")
             out[split] = {"x": inputs(conv, emb), "y": conv.targets}
         per_table.append(out)
-    if text is not None:
-        pre.text = text.state()
+    if texts[0] is not None:  # predict and evaluate read one file: the first table's columns
+        pre.text = texts[0].state()
     tasks = pre.tasks()
     n_dense = int(per_table[0]["train"]["x"]["dense"].shape[1])
     if spec.shape == "table":
