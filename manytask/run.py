@@ -210,8 +210,7 @@ def _files(cfg: TrainConfig) -> Prepared:
     if cfg.tasks:  # a subset of the declared tasks (single-task baselines, task groups)
         spec = select_tasks(spec, cfg.tasks)
     if cfg.finetune_layers:
-        raise ConfigError("finetune_layers: not available for data: files (frozen MiniLM "
-                          "embeddings only)")
+        return _files_finetuned(cfg, spec)
     data = prepare_declared(spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                             seed=cfg.seed, tasks_per_batch=cfg.tasks_per_batch,
                             temperature=cfg.task_temperature)
@@ -224,6 +223,21 @@ def _files(cfg: TrainConfig) -> Prepared:
                                 "n_dense": data.n_dense, "embedding_dim": 8},
                     preprocessing={"data": "files", "file": PREPROCESSING},
                     artifacts={PREPROCESSING: data.preprocessor.to_json()})
+
+
+def _files_finetuned(cfg: TrainConfig, spec: Any) -> Prepared:
+    """Text sources with the encoder's top ``finetune_layers`` trained (the rest cached)."""
+    from .data.declared.build import declared_text_tasks
+    from .training.finetune import prepare_finetune
+
+    text_tasks, pre, max_length = declared_text_tasks(spec, cfg.cache_dir)
+    ft = prepare_finetune(
+        text_tasks, cfg.cache_dir, max_length, cfg.finetune_layers, cfg.batch_size,
+        min(cfg.tasks_per_batch, len(text_tasks)), cfg.task_temperature, cfg.seed,
+    )
+    return Prepared([t.task() for t in text_tasks], ft.train, ft.val, ft.test, 0,
+                    model_factory=ft.model_factory,
+                    artifacts={PREPROCESSING: pre.to_json()})
 
 
 PREPROCESSING = "preprocessing.json"

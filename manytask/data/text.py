@@ -55,13 +55,14 @@ TREC_COARSE = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 
 @dataclass(frozen=True)
 class TextSplit:
-    """Sentences (or sentence pairs, for RTE) and their int64 class indices."""
+    """Sentences (or sentence pairs) and their labels: int64 class indices, or the float
+    targets of a binary, multi-label or regression task (one row per text)."""
 
     texts: tuple[Text, ...]
     labels: Tensor
 
     def __post_init__(self) -> None:
-        if self.labels.dim() != 1 or self.labels.shape[0] != len(self.texts):
+        if self.labels.dim() < 1 or self.labels.shape[0] != len(self.texts):
             raise ValueError(
                 f"TextSplit: {len(self.texts)} texts but labels of shape {tuple(self.labels.shape)}"
             )
@@ -75,19 +76,23 @@ class TextSplit:
 
 @dataclass(frozen=True)
 class TextTask:
-    """One text task: its splits and the names of its classes."""
+    """One text task: its splits and the names of its classes (``kind``: the task when it is
+    not a plain classification over those classes, e.g. declared in a ``dataset:`` section)."""
 
     name: str
     label_names: tuple[str, ...]
     train: TextSplit
     val: TextSplit
     test: TextSplit
+    kind: Task | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
 
     def task(self) -> Task:
+        if self.kind is not None:
+            return self.kind
         return Task.classification(self.name, self.num_classes)
 
     def split(self, name: str) -> TextSplit:
@@ -115,7 +120,8 @@ class TextTask:
                 continue
             rng = np.random.default_rng([seed, i])
             out[name] = split.subset(np.sort(rng.choice(len(split), cap, replace=False)))
-        return TextTask(self.name, self.label_names, out["train"], out["val"], out["test"])
+        return TextTask(self.name, self.label_names, out["train"], out["val"], out["test"],
+                        self.kind)
 
 
 # ------------------------------------------------------------------------------------ parsing

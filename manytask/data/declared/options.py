@@ -12,6 +12,7 @@ Read options (CSV/TSV; ``encoding`` and ``na_values`` also apply to ``lines``)::
     encoding: latin-1             # of the file (default utf-8)
     pattern: '^(?P<label>\\S+) (?P<text>.*)$'   # format lines: one row per line, a regular
                                   # expression whose named groups are the columns
+    nrows: 1000                   # only the first rows of each file (any format)
 
 Numeric transforms (``transforms: {column: log1p}``) apply before the scaling is fitted.
 A fixed-seed sample of each split (``sample: {train: 2000, val: 500}``) keeps at most that
@@ -45,6 +46,8 @@ READ_PARAMS = {
     "encoding": Param("str", "utf-8", "the files' text encoding"),
     "pattern": Param("str", None, "format lines: a regular expression with named groups",
                      nullable=True),
+    "nrows": Param("int", None, "keep only the first N rows of each file", low=1,
+                   nullable=True),
 }
 SAMPLE_PARAMS = {
     "train": Param("int", None, "at most this many training rows", low=1, nullable=True),
@@ -77,6 +80,7 @@ class ReadOptions:
     na_values: tuple[str, ...] = ()
     encoding: str = "utf-8"
     pattern: str | None = None
+    nrows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -105,7 +109,7 @@ def read_options(given: Mapping[str, Any], fmt: str, where: str) -> ReadOptions:
     p = resolve(READ_PARAMS, {k: v for k, v in given.items() if k in READ_PARAMS}, where)
     opts = ReadOptions(p["header"], p["columns"], p["delimiter"], p["quoting"],
                        p["skip_initial_space"], tuple(p["na_values"]), p["encoding"],
-                       p["pattern"])
+                       p["pattern"], p["nrows"])
     check_options(opts, fmt, where)
     return opts
 
@@ -123,6 +127,8 @@ def check_options(opts: ReadOptions, fmt: str, where: str) -> None:
     if not text_like and (opts.na_values or opts.encoding != "utf-8"):
         raise DataError(f"{where}: na_values and encoding apply to csv, tsv and lines files, "
                         f"not {fmt}")
+    if fmt == "hf" and opts.nrows is not None:
+        raise DataError(f"{where}: nrows applies to files, not a datasets folder")
     if fmt in ("csv", "tsv") and not opts.header and not opts.columns:
         raise DataError(f"{where}: header: false needs columns: [names]")
     if opts.columns is not None and len(set(opts.columns)) != len(opts.columns):

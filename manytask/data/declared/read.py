@@ -57,6 +57,8 @@ def read_file(path: Path, fmt: str, columns: tuple[str, ...], where: str,
         raise DataError(f"{path}: column {missing[0]!r} does not exist (columns: "
                         f"{', '.join(table.column_names[:20])})")
     table = table.select([c for c in columns if c in table.column_names])
+    if options.nrows is not None:
+        table = table.slice(0, options.nrows)
     return _clean(table, options) if fmt in ("csv", "tsv", "lines") else table
 
 
