@@ -18,9 +18,9 @@ from torch import Tensor
 from ...tasks import Task
 from ..batching import TensorBatches
 from ..text import MixedTaskBatches, TextSplit, TextTask, stacked_batches
+from .errors import DataError
 from .preprocess import Converted, Features, Labels, Preprocessor
 from .read import SplitRows, read_splits
-from .errors import DataError
 from .spec import SPLITS, DatasetSpec
 from .text_columns import TextColumns, texts_of
 
