@@ -60,7 +60,8 @@ def fit(spec: DatasetSpec, splits: list[dict[str, SplitRows]],
             text = TextColumns(table.text, spec.pair_encoding, spec.max_length, cache_dir)
             text.fit([parts["train"]])
         texts.append(text)
-    return Preprocessor(features, labels), texts
+    read = {"format": first.format, "options": first.read.to_dict()}
+    return Preprocessor(features, labels, read=read), texts
 
 
 def prepare_declared(spec: DatasetSpec, *, cache_dir: str | Path, batch_size: int,

@@ -15,6 +15,7 @@ from the training split only and saved with the run as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from .columns import (
     to_float,
     to_text,
 )
-from .options import TRANSFORMS
+from .options import TRANSFORMS, ReadOptions
 from .read import SplitRows
 from .spec import DataError, TaskSpec
 
@@ -226,10 +227,31 @@ class Preprocessor:
     """Everything fitted on the training split, for one data set (every table)."""
 
     def __init__(self, features: Features, labels: dict[str, Labels],
-                 text: dict[str, Any] | None = None) -> None:
+                 text: dict[str, Any] | None = None,
+                 read: dict[str, Any] | None = None) -> None:
         self.features = features
         self.labels = labels
         self.text = text or {}  # text columns' encoding: columns, max_length, pair mode
+        # how the training files were read: {"format": ..., "options": ReadOptions fields}
+        self.read = read or {}
+
+    def read_as_trained(self, fmt: str | None) -> tuple[str, ReadOptions]:
+        """The format and read options for a new file of format ``fmt`` (``None``: its name
+        does not tell): the training files' options when the format is theirs, every row."""
+        trained = self.read.get("format")
+        fmt = fmt or trained
+        if fmt is None:
+            raise DataError("the file name does not tell its format (.csv, .tsv, .jsonl, "
+                            ".parquet)")
+        if fmt != trained:
+            return fmt, ReadOptions()
+        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in (self.read.get("options") or {}).items()}
+        try:
+            options = ReadOptions(**given)
+        except TypeError as err:
+            raise DataError(f"preprocessing.json: read options {given}: {err}") from None
+        return fmt, dataclasses.replace(options, nrows=None)
 
     def tasks(self) -> list[Task]:
         return [label.task() for label in self.labels.values()]
@@ -259,6 +281,7 @@ class Preprocessor:
                        "classes": lab.classes, **_values(lab.spec)}
                       for lab in self.labels.values()],
             "text": self.text,
+            "read": self.read,
         }, indent=1)
 
     @classmethod
@@ -282,7 +305,7 @@ class Preprocessor:
                                 *(None if t.get(k) is None else tuple(t[k])
                                   for k in ("declared_classes", "positive", "negative")))
                 labels[spec.name] = Labels(spec, t["classes"])
-            return cls(features, labels, state.get("text") or {})
+            return cls(features, labels, state.get("text") or {}, state.get("read") or {})
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             if isinstance(err, DataError):
                 raise
