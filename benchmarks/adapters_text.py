@@ -60,7 +60,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], Any]] = {
 
 
 def load_data(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any], dict, dict]:
-    from manytask.data.text import load_text_task
+    from bundled import load_text_task
 
     tasks, train, test = [], {}, {}
     for k, name in enumerate(args.tasks):

@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from bundled import COLLEGE
 from torch import Tensor
 
 from manytask import HardSharing, Task, Trainer
 from manytask.data import TensorBatches
-from manytask.data.census import COLLEGE
 from manytask.evaluation import delta_m
 from manytask.grouping import (
     AffinityMatrix,
@@ -83,8 +83,10 @@ class Problem:
 
 
 def text_problem(args: argparse.Namespace) -> Problem:
+    from bundled import TEXT_TASKS, load_text_task
+
     from manytask.data.encoders import text_embeddings
-    from manytask.data.text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
+    from manytask.data.text import MixedTaskBatches, stacked_batches
 
     texts = [
         load_text_task(args.data_root or SHARED / "text", n).capped(
@@ -119,7 +121,7 @@ def text_problem(args: argparse.Namespace) -> Problem:
 
 
 def census_problem(args: argparse.Namespace) -> Problem:
-    from manytask.data.census import load_census
+    from bundled import load_census
 
     path = args.data_root or SHARED / "census_income_kdd"
     two = load_census(str(path), 2)  # features without education, marital status or income
@@ -201,7 +203,7 @@ CENSUS8_LABELS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
 
 
 def census8_problem(args: argparse.Namespace) -> Problem:
-    from manytask.data.census import COLUMNS, DENSE, LOG_DENSE, read_census
+    from bundled import COLUMNS, DENSE, LOG_DENSE, read_census
 
     raw = read_census(str(args.data_root or SHARED / "census_income_kdd"))
     col = {name: raw[i] for i, name in enumerate(COLUMNS)}

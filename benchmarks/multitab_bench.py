@@ -41,9 +41,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from bundled import load_census
 
 import manytask
-from manytask.data.census import load_census
 from manytask.data.multitab_bench import multitab_bench
 from manytask.data.tabular import TabularDataset
 from manytask.evaluation import delta_m

@@ -35,11 +35,11 @@ import time
 from typing import Any
 
 import numpy as np
+from bundled import load_census
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.metrics import roc_auc_score
 
 from manytask.boosting import PooledBoosting, RMTGBClassifier, RMTGBRegressor, SingleTaskBoosting
-from manytask.data.census import load_census
 
 DEFAULT_CENSUS = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "census_income_kdd"

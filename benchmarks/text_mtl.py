@@ -2,9 +2,10 @@
 
 Each task (sst2, mr, cr, subj, mpqa, cola, rte, trec) has its own sentences and head; a shared
 MLP trunk runs on cached all-MiniLM-L6-v2 embeddings (:mod:`manytask.data.encoders`), trained
-jointly on mixed batches (:class:`manytask.data.text.MixedTaskBatches`). Examples are capped
-per task (default 2000 train / 500 val / 1000 test) because embedding on 2 CPU cores is slow;
-the embeddings are computed once into ``--cache-dir``.
+jointly on mixed batches (:class:`manytask.data.text.MixedTaskBatches`); the data are
+``configs/text.yaml`` (the files route), whose ``sample:`` caps each task at 2000 train / 500
+val / 1000 test examples because embedding on 2 CPU cores is slow; the embeddings are computed
+once into ``--cache-dir``.
 
     python benchmarks/text_mtl.py --data-root ../shared/data/text --embed-only
     python benchmarks/text_mtl.py --data-root ../shared/data/text --run-dir runs/bench-text
@@ -20,8 +21,8 @@ from pathlib import Path
 import torch
 
 from manytask.config import load_config
-from manytask.data.encoders import text_embeddings
-from manytask.data.text import TEXT_TASKS, load_text_task
+from manytask.data.declared import parse_dataset, prepare_declared
+from manytask.data.declared.spec import select_tasks
 from manytask.evaluation.bench import grid, run_grid
 from manytask.evaluation.report import report
 
@@ -46,18 +47,12 @@ def main() -> None:
         overrides["epochs"] = args.epochs
     base = load_config(args.config, overrides)
     base = dataclasses.replace(base, progress=False)
-    names = base.tasks or list(TEXT_TASKS)
+    spec = parse_dataset(base.dataset, args.data_root)
+    names = base.tasks or [t.name for t in spec.tasks]
     began = time.perf_counter()
-    tasks = [
-        load_text_task(args.data_root, n, fine=base.trec_fine).capped(
-            base.train_cap, base.val_cap, base.test_cap
-        )
-        for n in names
-    ]
-    for t in tasks:  # one task at a time, so the log shows progress
-        text_embeddings([t], args.cache_dir, base.max_length)
-        print(f"embeddings of {t.name}: {len(t.train)}/{len(t.val)}/{len(t.test)} "
-              f"({time.perf_counter() - began:.0f} s)", flush=True)
+    for name in names:  # one task at a time, so the log shows progress; the runs reuse them
+        prepare_declared(select_tasks(spec, [name]), cache_dir=args.cache_dir, batch_size=128)
+        print(f"embeddings of {name} ({time.perf_counter() - began:.0f} s)", flush=True)
     if args.embed_only:
         return
     cells = grid(args.methods, [base.arch], args.seeds, names)

@@ -75,18 +75,12 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs (none: train every epoch)
     min_delta: float = 0.0
     keep_best: bool = True  # keep the best epoch's checkpoint; test metrics are taken there
-    # data sets read from disk (text, census): the folder that holds them
+    # data: files: the folder the dataset: section's file names are under
     data_root: str | None = None
-    census_group: int = 1
-    # text data (data: text): tasks of ../shared/data/text over the frozen MiniLM encoder
+    # text columns: the frozen MiniLM's cached embeddings; sources mixed in batches
     cache_dir: str = "runs/cache"
-    max_length: int = 64
-    train_cap: int | None = 2000
-    val_cap: int | None = 500
-    test_cap: int | None = 1000
     tasks_per_batch: int = 4
     task_temperature: float = 2.0
-    trec_fine: bool = False
     finetune_layers: int = 0
     finetune_lr: float | None = None
 
@@ -122,25 +116,17 @@ class TrainConfig:
             )
         if self.cosine_every is not None and self.cosine_every < 1:
             raise ConfigError(f"cosine_every must be >= 1, got {self.cosine_every}")
-        for key in ("max_length", "tasks_per_batch", "train_cap", "val_cap", "test_cap"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{key} must be positive, got {value}")
+        if self.tasks_per_batch < 1:
+            raise ConfigError(f"tasks_per_batch must be positive, got {self.tasks_per_batch}")
         if not self.task_temperature > 0:
             raise ConfigError(f"task_temperature must be > 0, got {self.task_temperature}")
         if (self.data == "files") != (self.dataset is not None):
             raise ConfigError("data: files needs a dataset: section (and dataset: needs "
                               "data: files)")
-        if self.data in ("text", "census") and not self.data_root:
-            example = {"text": "text", "census": "census_income_kdd"}[self.data]
-            raise ConfigError(
-                f"data: {self.data} needs data_root (the folder of the data set, e.g. "
-                f"../shared/data/{example})"
-            )
         if self.finetune_layers < 0:
             raise ConfigError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
-        if self.finetune_layers > 0 and self.data != "text":
-            raise ConfigError("finetune_layers applies to data: text only")
+        if self.finetune_layers > 0 and self.data != "files":
+            raise ConfigError("finetune_layers applies to data: files (text sources) only")
         for key in ("finetune_lr", "head_lr", "balancer_lr", "clip_grad_norm"):
             value = getattr(self, key)
             if value is not None and not value > 0:
@@ -155,8 +141,6 @@ class TrainConfig:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
         if self.schedule_steps is not None and self.schedule_steps < 1:
             raise ConfigError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
-        if self.census_group not in (1, 2):
-            raise ConfigError(f"census_group must be 1 or 2, got {self.census_group}")
         if self.flat_rho is not None and not self.flat_rho >= 0:
             raise ConfigError(f"flat_rho must be >= 0, got {self.flat_rho}")
         if self.run_dir == "":  # an empty path means no run directory, not the current one

@@ -89,7 +89,14 @@ def _text_width(state: dict[str, Any]) -> int:
 
 def _read(run: LoadedRun, data: str | Path, with_labels: bool) -> tuple[SplitRows, Any]:
     path = Path(data)
-    fmt = format_of(path, None, "--data")
+    try:
+        named: str | None = format_of(path, None, "--data")
+    except DataError:  # a name that does not tell (census-income.test.gz): as in training
+        named = None
+    try:
+        fmt, options = run.preprocessor.read_as_trained(named)
+    except DataError as err:
+        raise DataError(f"--data {str(path)!r}: {err}") from None
     if fmt == "hf":
         raise DataError(f"{path}: predict and evaluate read one file (csv, tsv, jsonl, "
                         "parquet), not a datasets folder")
@@ -99,7 +106,8 @@ def _read(run: LoadedRun, data: str | Path, with_labels: bool) -> tuple[SplitRow
     columns = tuple(dict.fromkeys((*features, *labels)))
     table = read_file(path, fmt, columns, "--data",
                       required=tuple(dict.fromkeys((*features, *(labels if with_labels
-                                                                 else ())))))
+                                                                 else ())))),
+                      options=options)
     part = SplitRows(table, str(path), np.arange(1, table.num_rows + 1))
     if len(part) == 0:
         raise DataError(f"{path}: no rows")

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,22 +66,10 @@ def task_names(cfg: TrainConfig) -> tuple[str, ...]:
     return DATASETS.get(cfg.data).default_tasks(cfg)
 
 
-def _text_tasks(cfg: TrainConfig) -> tuple[str, ...]:
-    from .data.text import TEXT_TASKS
-
-    return tuple(TEXT_TASKS)
-
-
 def _declared_tasks(cfg: TrainConfig) -> tuple[str, ...]:
     from .data.declared import parse_dataset
 
     return tuple(t.name for t in parse_dataset(cfg.dataset, cfg.data_root or ".").tasks)
-
-
-def _census_tasks(cfg: TrainConfig) -> tuple[str, ...]:
-    from .data.census import GROUPS
-
-    return GROUPS[1 if cfg.census_group == 1 else 2]
 
 
 def _multidigits(cfg: TrainConfig) -> Prepared:
@@ -114,91 +102,6 @@ def _multidigits(cfg: TrainConfig) -> Prepared:
     )
 
 
-def _text(cfg: TrainConfig) -> Prepared:
-    from .data.text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
-
-    names = task_names(cfg)
-    unknown = sorted(set(names) - set(TEXT_TASKS))
-    if unknown:
-        raise ConfigError(f"unknown text task(s) {unknown}; available: {list(TEXT_TASKS)}")
-    if cfg.data_root is None or not Path(cfg.data_root).is_dir():
-        raise ConfigError(f"data_root {cfg.data_root!r} is not a folder of text tasks")
-    text_tasks = [
-        load_text_task(cfg.data_root, n, fine=cfg.trec_fine).capped(
-            cfg.train_cap, cfg.val_cap, cfg.test_cap
-        )
-        for n in names
-    ]
-    tasks = [t.task() for t in text_tasks]
-    per_batch = min(cfg.tasks_per_batch, len(text_tasks))
-    if cfg.finetune_layers > 0:
-        from .training.finetune import prepare_finetune
-
-        ft = prepare_finetune(
-            text_tasks, cfg.cache_dir, cfg.max_length, cfg.finetune_layers, cfg.batch_size,
-            per_batch, cfg.task_temperature, cfg.seed,
-        )
-        return Prepared(tasks, ft.train, ft.val, ft.test, 0, model_factory=ft.model_factory)
-    from .data.encoders import text_embeddings
-
-    embeddings = text_embeddings(text_tasks, cfg.cache_dir, cfg.max_length)
-    labels = {s: {t.name: t.split(s).labels for t in text_tasks} for s in ("train", "val", "test")}
-    feats = {s: {t.name: embeddings[t.name][s] for t in text_tasks} for s in labels}
-    train = MixedTaskBatches(
-        feats["train"],
-        labels["train"],
-        cfg.batch_size,
-        tasks_per_batch=per_batch,
-        temperature=cfg.task_temperature,
-        seed=cfg.seed,
-    )
-    return Prepared(
-        tasks,
-        train,
-        stacked_batches(feats["val"], labels["val"], cfg.batch_size),
-        stacked_batches(feats["test"], labels["test"], cfg.batch_size),
-        int(feats["train"][names[0]].shape[1]),
-    )
-
-
-def _census(cfg: TrainConfig) -> Prepared:
-    """Census-Income (KDD): the fixed-seed split of :func:`manytask.data.census.load_census`
-    (seed 0 whatever the training seed, so every run is scored on the same test rows)."""
-    from .data import TensorBatches
-    from .data.census import GROUPS, load_census
-    from .models.inputs import TabularInput
-
-    group: Literal[1, 2] = 1 if cfg.census_group == 1 else 2
-    names = task_names(cfg)
-    unknown = sorted(set(names) - set(GROUPS[group]))
-    if unknown:
-        raise ConfigError(f"census group {group} has no task(s) {unknown}: {list(GROUPS[group])}")
-    if cfg.data_root is None or not Path(cfg.data_root).exists():
-        raise ConfigError(f"data_root {cfg.data_root!r} does not exist")
-    census = load_census(cfg.data_root, group)
-
-    def batches(split: Any, shuffle: bool) -> TensorBatches:
-        x = {"categorical": split.categorical, "dense": split.dense}
-        targets = {t: split.targets[t] for t in names}
-        return TensorBatches(x, targets, cfg.batch_size, shuffle=shuffle, seed=cfg.seed)
-
-    def input_layer() -> nn.Module:
-        return TabularInput(census.cardinalities, census.n_dense, embedding_dim=8)
-
-    return Prepared(
-        [t for t in census.tasks if t.name in names],
-        batches(census.train, True),
-        batches(census.val, False),
-        batches(census.test, False),
-        0,
-        input_layer,
-        input_spec={"kind": "tabular", "cardinalities": list(census.cardinalities),
-                    "n_dense": census.n_dense, "embedding_dim": 8},
-        preprocessing={"data": "census", "census_group": group,
-                       "inputs": "{categorical: codes, dense: standardised}"},
-    )
-
-
 def _files(cfg: TrainConfig) -> Prepared:
     """Data declared in the ``dataset:`` section (files, columns, splits, tasks); relative
     file names are under ``data_root`` (default: the working folder)."""
@@ -210,8 +113,7 @@ def _files(cfg: TrainConfig) -> Prepared:
     if cfg.tasks:  # a subset of the declared tasks (single-task baselines, task groups)
         spec = select_tasks(spec, cfg.tasks)
     if cfg.finetune_layers:
-        raise ConfigError("finetune_layers: not available for data: files (frozen MiniLM "
-                          "embeddings only)")
+        return _files_finetuned(cfg, spec)
     data = prepare_declared(spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                             seed=cfg.seed, tasks_per_batch=cfg.tasks_per_batch,
                             temperature=cfg.task_temperature)
@@ -226,17 +128,29 @@ def _files(cfg: TrainConfig) -> Prepared:
                     artifacts={PREPROCESSING: data.preprocessor.to_json()})
 
 
+def _files_finetuned(cfg: TrainConfig, spec: Any) -> Prepared:
+    """Text sources with the encoder's top ``finetune_layers`` trained (the rest cached)."""
+    from .data.declared.build import declared_text_tasks
+    from .training.finetune import prepare_finetune
+
+    text_tasks, pre, max_length = declared_text_tasks(spec, cfg.cache_dir)
+    ft = prepare_finetune(
+        text_tasks, cfg.cache_dir, max_length, cfg.finetune_layers, cfg.batch_size,
+        min(cfg.tasks_per_batch, len(text_tasks)), cfg.task_temperature, cfg.seed,
+    )
+    return Prepared([t.task() for t in text_tasks], ft.train, ft.val, ft.test, 0,
+                    model_factory=ft.model_factory,
+                    artifacts={PREPROCESSING: pre.to_json()})
+
+
 PREPROCESSING = "preprocessing.json"
 
 DATASETS: Registry[DataSet] = Registry("data set")
 DATASETS.add("multidigits", DataSet(_multidigits, lambda cfg: ("left", "right")),
              summary="MultiDigits: two-digit images generated in memory (bundled, no download)")
-DATASETS.add("text", DataSet(_text, _text_tasks), summary="text classification tasks under "
-             "`data_root`, over frozen MiniLM sentence embeddings (or its fine-tuned top layers)")
-DATASETS.add("census", DataSet(_census, _census_tasks), summary="Census-Income (KDD) under "
-             "`data_root`, task group 1 or 2 (`census_group`)")
-DATASETS.add("files", DataSet(_files, _declared_tasks), summary="your own data: files and "
-             "tasks declared in the config's `dataset:` section (docs/own-data.md)")
+DATASETS.add("files", DataSet(_files, _declared_tasks), summary="files and tasks declared in "
+             "the config's `dataset:` section (docs/own-data.md): your own data, or the "
+             "bundled text tasks and Census-Income (configs/text.yaml, configs/census.yaml)")
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -288,9 +202,6 @@ def model_spec(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
 def _preprocessing(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
     if data.preprocessing is not None:
         return data.preprocessing
-    if cfg.data == "text":
-        return {"data": "text", "inputs": "frozen MiniLM sentence embeddings",
-                "max_length": cfg.max_length}
     return {"data": cfg.data, "inputs": f"flat float vectors of {data.in_features} features"}
 
 

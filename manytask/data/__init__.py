@@ -1,8 +1,8 @@
-"""Data: MultiDigits (bundled), text tasks over MiniLM, Census-Income and other tabular data,
-the MMoE synthetic generator, multi-task batching and task samplers."""
+"""Data: MultiDigits (bundled), files declared in YAML (:mod:`manytask.data.declared`), text
+tasks over MiniLM, tabular data, the MMoE synthetic generator, multi-task batching and task
+samplers."""
 
 from .batching import TensorBatches, collate_multitask
-from .census import CensusData, load_census
 from .encoders import EmbeddingCache, SentenceEncoder, load_minilm
 from .multidigits import MultiDigits, digit_task, source_split
 from .multitab_bench import MultiTabBench, multitab_bench
@@ -21,12 +21,10 @@ from .sampling import (
 )
 from .synthetic import mmoe_synthetic
 from .tabular import TabularBatch, TabularDataset, TabularX
-from .text import TEXT_TASKS, MixedTaskBatches, load_text_task, stacked_batches
+from .text import MixedTaskBatches, TextSplit, TextTask, stacked_batches
 
 __all__ = [
     "SAMPLERS",
-    "TEXT_TASKS",
-    "CensusData",
     "EXP3Sampler",
     "EmbeddingCache",
     "MixedTaskBatches",
@@ -42,13 +40,13 @@ __all__ = [
     "TaskSampler",
     "TemperatureSampler",
     "TensorBatches",
+    "TextSplit",
+    "TextTask",
     "TwoPhaseSampler",
     "collate_multitask",
     "dataset_sizes",
     "digit_task",
-    "load_census",
     "load_minilm",
-    "load_text_task",
     "loss_drop_reward",
     "make_sampler",
     "mmoe_synthetic",

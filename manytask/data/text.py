@@ -1,29 +1,8 @@
-"""Eight small text classification tasks, each its own data set, and mixed multi-task batches.
+"""Text tasks, each its own data set, and mixed multi-task batches.
 
-:func:`load_text_task` reads one task from a folder laid out as ``../shared/data/text/<task>/``
-(the formats differ per source, see each folder's README):
-
-========  ==========================  =======================  ==========================
-task      file format                 train / val              test
-========  ==========================  =======================  ==========================
-sst2      ``label<TAB>text``          train.tsv, 10% carved    dev.tsv (the SST-2 test)
-mr        ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
-cr        ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
-subj      ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
-mpqa      ``label<TAB>text``          train.tsv, 10% carved    dev.tsv
-cola      GLUE, 4 columns             train.tsv / val.tsv      dev.tsv (GLUE dev)
-rte       GLUE pairs, header          train.tsv / val.tsv      dev.tsv (GLUE dev)
-trec      ``COARSE:fine text``        train_5500, 10% carved   TREC_10.label
-========  ==========================  =======================  ==========================
-
-"10% carved" means a fixed-seed random 10% of the training file is held out for validation
-(``split_seed``); the file the source calls ``dev`` is then our test set, never trained or
-tuned on. TREC uses its 6 coarse classes unless ``fine=True`` (50 classes). Labels are integer
-class indices ``0..C-1``; ``label_names[i]`` names class ``i``.
-
-Sources: SST-2 (Socher et al., EMNLP 2013), MR (Pang and Lee, ACL 2005), CR (Hu and Liu, KDD
-2004), SUBJ (Pang and Lee, ACL 2004), MPQA (Wiebe et al., LREC 2005), CoLA (Warstadt et al.,
-TACL 2019) and RTE as packaged by GLUE (Wang et al., ICLR 2019), TREC (Li and Roth, COLING 2002).
+A :class:`TextTask` holds one task's sentences (or sentence pairs) and labels per split; the
+files route (:mod:`manytask.data.declared`, e.g. ``configs/text.yaml`` for the eight bundled
+tasks) builds them from declared files.
 
 :class:`MixedTaskBatches` trains the tasks jointly: every batch concatenates sub-batches of
 several tasks, each sub-batch's task drawn by a :mod:`manytask.data.sampling` sampler, and
@@ -36,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -48,20 +26,18 @@ from .batching import TensorBatches
 from .sampling import RoundRobinSampler, TaskSampler, TemperatureSampler
 
 Text = str | tuple[str, str]
-TEXT_TASKS = ("sst2", "mr", "cr", "subj", "mpqa", "cola", "rte", "trec")
-SENTEVAL = ("sst2", "mr", "cr", "subj", "mpqa")
-TREC_COARSE = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 
 
 @dataclass(frozen=True)
 class TextSplit:
-    """Sentences (or sentence pairs, for RTE) and their int64 class indices."""
+    """Sentences (or sentence pairs) and their labels: int64 class indices, or the float
+    targets of a binary, multi-label or regression task (one row per text)."""
 
     texts: tuple[Text, ...]
     labels: Tensor
 
     def __post_init__(self) -> None:
-        if self.labels.dim() != 1 or self.labels.shape[0] != len(self.texts):
+        if self.labels.dim() < 1 or self.labels.shape[0] != len(self.texts):
             raise ValueError(
                 f"TextSplit: {len(self.texts)} texts but labels of shape {tuple(self.labels.shape)}"
             )
@@ -75,19 +51,23 @@ class TextSplit:
 
 @dataclass(frozen=True)
 class TextTask:
-    """One text task: its splits and the names of its classes."""
+    """One text task: its splits and the names of its classes (``kind``: the task when it is
+    not a plain classification over those classes, e.g. declared in a ``dataset:`` section)."""
 
     name: str
     label_names: tuple[str, ...]
     train: TextSplit
     val: TextSplit
     test: TextSplit
+    kind: Task | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
 
     def task(self) -> Task:
+        if self.kind is not None:
+            return self.kind
         return Task.classification(self.name, self.num_classes)
 
     def split(self, name: str) -> TextSplit:
@@ -115,132 +95,8 @@ class TextTask:
                 continue
             rng = np.random.default_rng([seed, i])
             out[name] = split.subset(np.sort(rng.choice(len(split), cap, replace=False)))
-        return TextTask(self.name, self.label_names, out["train"], out["val"], out["test"])
-
-
-# ------------------------------------------------------------------------------------ parsing
-def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"text data: missing file {path}")
-    with open(path, encoding=encoding, newline="") as f:
-        return [line.rstrip("\r\n") for line in f]
-
-
-def _malformed(path: Path, lineno: int, why: str) -> ValueError:
-    return ValueError(f"{path}, line {lineno}: {why}")
-
-
-def _int_label(text: str, allowed: Sequence[str], path: Path, lineno: int) -> int:
-    if text not in allowed:
-        raise _malformed(path, lineno, f"label {text!r} is not one of {list(allowed)}")
-    return allowed.index(text)
-
-
-def _senteval(path: Path) -> TextSplit:
-    texts, labels = [], []
-    for lineno, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 2:
-            raise _malformed(path, lineno, f"expected 'label<TAB>text', got {len(parts)} fields")
-        labels.append(_int_label(parts[0].strip(), ("0", "1"), path, lineno))
-        texts.append(parts[1])
-    return TextSplit(tuple(texts), torch.tensor(labels, dtype=torch.int64))
-
-
-def _cola(path: Path) -> TextSplit:
-    texts, labels = [], []
-    for lineno, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 4:
-            raise _malformed(path, lineno, f"expected 4 GLUE CoLA fields, got {len(parts)}")
-        labels.append(_int_label(parts[1].strip(), ("0", "1"), path, lineno))
-        texts.append(parts[3])
-    return TextSplit(tuple(texts), torch.tensor(labels, dtype=torch.int64))
-
-
-RTE_LABELS = ("not_entailment", "entailment")
-
-
-def _rte(path: Path) -> TextSplit:
-    pairs: list[Text] = []
-    labels = []
-    for lineno, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 4:
-            raise _malformed(path, lineno, f"expected 4 GLUE RTE fields, got {len(parts)}")
-        if lineno == 1 and parts[0] == "index":  # train.tsv and dev.tsv have a header
-            continue
-        labels.append(_int_label(parts[3].strip(), RTE_LABELS, path, lineno))
-        pairs.append((parts[1], parts[2]))
-    return TextSplit(tuple(pairs), torch.tensor(labels, dtype=torch.int64))
-
-
-def _trec(path: Path, fine: bool) -> tuple[list[str], list[str]]:
-    texts, labels = [], []
-    for lineno, line in enumerate(_read_lines(path, encoding="latin-1"), 1):
-        if not line.strip():
-            continue
-        head, sep, text = line.partition(" ")
-        coarse, colon, detail = head.partition(":")
-        if not (sep and colon and detail) or coarse not in TREC_COARSE:
-            raise _malformed(path, lineno, f"expected 'COARSE:fine question', got {line[:40]!r}")
-        labels.append(head if fine else coarse)
-        texts.append(text)
-    return texts, labels
-
-
-def _carve(split: TextSplit, fraction: float, seed: int) -> tuple[TextSplit, TextSplit]:
-    order = np.random.default_rng(seed).permutation(len(split))
-    n_val = max(1, round(fraction * len(split)))
-    return split.subset(np.sort(order[n_val:])), split.subset(np.sort(order[:n_val]))
-
-
-def load_text_task(root: str | Path, name: str, *, fine: bool = False,
-                   val_fraction: float = 0.1, split_seed: int = 0) -> TextTask:
-    """Load task ``name`` from ``root/<name>/`` (see the module docstring for the splits).
-
-    Args:
-        root: the folder holding one sub-folder per task (e.g. ``../shared/data/text``).
-        name: one of :data:`TEXT_TASKS`.
-        fine: TREC only: the 50 fine classes (``"HUM:ind"``) instead of the 6 coarse ones.
-        val_fraction: share of the training file held out as validation where a task has no
-            validation file.
-        split_seed: seed of that hold-out.
-    """
-    if name not in TEXT_TASKS:
-        raise ValueError(f"load_text_task: unknown task {name!r}; tasks are {list(TEXT_TASKS)}")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"load_text_task: val_fraction must lie in (0, 1), got {val_fraction}")
-    folder = Path(root) / name
-    if not folder.is_dir():
-        raise FileNotFoundError(f"load_text_task: no folder {folder} for task {name!r}")
-    if name in SENTEVAL:
-        full, test = _senteval(folder / "train.tsv"), _senteval(folder / "dev.tsv")
-        train, val = _carve(full, val_fraction, split_seed)
-        # SUBJ: 1 = objective (plot summaries), 0 = subjective (review snippets).
-        names = ("subjective", "objective") if name == "subj" else ("negative", "positive")
-        return TextTask(name, names, train, val, test)
-    if name == "cola":
-        return TextTask(name, ("unacceptable", "acceptable"), _cola(folder / "train.tsv"),
-                        _cola(folder / "val.tsv"), _cola(folder / "dev.tsv"))
-    if name == "rte":
-        return TextTask(name, RTE_LABELS, _rte(folder / "train.tsv"),
-                        _rte(folder / "val.tsv"), _rte(folder / "dev.tsv"))
-    train_texts, train_labels = _trec(folder / "train_5500.label", fine)
-    test_texts, test_labels = _trec(folder / "TREC_10.label", fine)
-    classes = TREC_COARSE if not fine else tuple(sorted(set(train_labels) | set(test_labels)))
-
-    def as_split(texts: list[str], labels: list[str]) -> TextSplit:
-        return TextSplit(tuple(texts), torch.tensor([classes.index(c) for c in labels]))
-
-    train, val = _carve(as_split(train_texts, train_labels), val_fraction, split_seed)
-    return TextTask(name, classes, train, val, as_split(test_texts, test_labels))
+        return TextTask(self.name, self.label_names, out["train"], out["val"], out["test"],
+                        self.kind)
 
 
 # -------------------------------------------------------------------------------- batching

@@ -98,17 +98,18 @@ def test_misspelt_balancer_param_is_reported_before_any_data_is_read(tmp_path: P
                                                                      capsys) -> None:
     # data that would fail to load (no such folder): the parameter must be named first
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"data: text\ndata_root: {tmp_path / 'absent'}\nbalancer: cagrad\n"
-                   "balancer_params: {cc: 0.5}\n")
+    data = ("data: files\ndataset: {table: {file: absent.csv, split: {ratio: [0.8, 0.1, "
+            "0.1]}, numeric: [x], tasks: [{name: y, kind: regression, label: y}]}}\n"
+            f"data_root: {tmp_path}\n")
+    bad.write_text(data + "balancer: cagrad\nbalancer_params: {cc: 0.5}\n")
     assert main(["train", "--config", str(bad), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'cc' (did you mean 'c'?)" in err and "data_root" not in err
+    assert "'cc' (did you mean 'c'?)" in err and "absent.csv" not in err
     assert len(err.splitlines()) == 1
     # with the parameter fixed, the data is what is wrong
-    bad.write_text(f"data: text\ndata_root: {tmp_path / 'absent'}\nbalancer: cagrad\n"
-                   "balancer_params: {c: 0.5}\n")
+    bad.write_text(data + "balancer: cagrad\nbalancer_params: {c: 0.5}\n")
     assert main(["train", "--config", str(bad), "--no-progress"]) == 2
-    assert "data_root" in capsys.readouterr().err
+    assert "absent.csv' does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flags", "needle"), [

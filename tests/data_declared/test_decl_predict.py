@@ -75,3 +75,32 @@ def test_predict_refuses_an_unknown_output_format(trained) -> None:  # type: ign
     with pytest.raises(DataError, match="unknown file format"):
         predict(root / "run", root / "shop.csv", root / "pred.xlsx")
     assert not (root / "pred.xlsx").exists()
+
+
+def test_a_file_read_with_options_is_evaluated_the_same_way(tmp_path: Path) -> None:
+    """Trained on a headerless ", "-separated file with an uninformative name: evaluate reads
+    a new file of that kind with the training run's read options, and scores its rows as the
+    run scored its test split."""
+    table = make_table(200)
+    rows = table.to_pylist()
+    names = table.column_names
+
+    def write(path: Path, part: list[dict]) -> None:  # type: ignore[type-arg]
+        path.write_text("".join(", ".join("" if r[c] is None else str(r[c]) for c in names)
+                                + "\n" for r in part))
+
+    write(tmp_path / "shop.data", rows)
+    section = table_section("shop.data")
+    section["table"].update(format="csv", header=False, columns=names,
+                            skip_initial_space=True)
+    cfg = config_from_mapping({
+        "data": "files", "dataset": section, "data_root": str(tmp_path), "hidden": [16],
+        "epochs": 1, "batch_size": 32, "run_dir": str(tmp_path / "run"), "progress": False,
+        "cache_dir": str(tmp_path / "cache")})
+    results = train_from_config(cfg)
+    write(tmp_path / "test.data", [r for r in rows if r["part"] == "test"])
+    metrics, problems, _ = evaluate(tmp_path / "run", tmp_path / "test.data")
+    assert problems == []
+    for task, row in results["test"].items():
+        for name, value in row.items():
+            assert metrics[task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, name)

@@ -110,29 +110,30 @@ ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "text"
 
 
 @pytest.mark.skipif(not ROOT.is_dir(), reason=f"shared text data not found at {ROOT}")
-def test_text_data_trains_end_to_end_from_a_filled_cache(tmp_path: Path) -> None:
-    from manytask.config import ConfigError, TrainConfig
-    from manytask.data.encoders import MINILM, EmbeddingCache
-    from manytask.data.text import load_text_task
+def test_text_config_trains_end_to_end(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/text.yaml on three tasks (a pair task among them), the encoder replaced by
+    random 16-d vectors: 60 + 60 + 60 training rows in batches of 12 make 15 steps."""
+    from manytask.config import ConfigError, TrainConfig, load_config
+    from manytask.data.declared.text_columns import TextColumns
     from manytask.run import train_from_config
 
-    names = ["cr", "rte", "trec"]
-    cache = EmbeddingCache(tmp_path / "cache")
     gen = torch.Generator().manual_seed(0)
 
-    def fake(texts: Sequence[Text]) -> torch.Tensor:  # stands in for MiniLM
+    def fake(self: TextColumns, texts: Sequence[Text]) -> torch.Tensor:  # stands in for MiniLM
         return torch.randn(len(texts), 16, generator=gen)
 
-    for name in names:
-        task = load_text_task(ROOT, name).capped(60, 20, 30)
-        for split in ("train", "val", "test"):
-            cache.get(MINILM, name, split, 32, task.split(split).texts, fake)
-    cfg = TrainConfig(data="text", tasks=names, data_root=str(ROOT),
-                      cache_dir=str(tmp_path / "cache"), max_length=32, train_cap=60,
-                      val_cap=20, test_cap=30, hidden=[8], epochs=1, batch_size=12,
+    monkeypatch.setattr(TextColumns, "_encode", fake)
+    config = Path(__file__).resolve().parents[2] / "configs" / "text.yaml"
+    base = load_config(config, {"data_root": str(ROOT)})
+    section = dict(base.dataset or {})
+    section["defaults"] = {**section["defaults"], "sample": {"train": 60, "val": 20, "test": 30}}
+    names = ["cr", "rte", "trec"]
+    cfg = TrainConfig(data="files", dataset=section, tasks=names, data_root=str(ROOT),
+                      cache_dir=str(tmp_path / "cache"), hidden=[8], epochs=1, batch_size=12,
                       tasks_per_batch=3, progress=False)
     results = train_from_config(cfg)
-    assert set(results["test"]) == set(names)  # only cached data was used: no encoder
+    assert set(results["test"]) == set(names)
     assert results["trainer"].step == 15  # 180 training examples / 12
-    with pytest.raises(ConfigError, match="data_root"):
-        TrainConfig(data="text")
+    with pytest.raises(ConfigError, match="dataset"):
+        TrainConfig(data="files")

@@ -103,7 +103,7 @@ def test_fuzzed_train_config(mapping: dict[str, Any]) -> None:
             "mode",
             "log_every",
             "task_temperature",
-            "train_cap",
+            "tasks_per_batch",
             "seed",
             "progress",
         ]

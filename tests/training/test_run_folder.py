@@ -151,7 +151,7 @@ DEFINING = [
     ("--seed", "1"), ("--batch-size", "32"), ("--train-size", "300"), ("--lr", "0.01"),
     ("--balancer", "mgda"), ("--balancer-param", "weights={left: 2}"), ("--arch", "mmoe"),
     ("--hidden", "32"), ("--tasks", "right", "left"), ("--missing-rate", "0.1"),
-    ("--mode", "feature"), ("--data", "census"),
+    ("--mode", "feature"), ("--data", "files"),
 ]
 
 
@@ -168,8 +168,11 @@ def test_resume_with_a_defining_setting_changed_is_refused(
 ) -> None:
     before = _tree(trained)
     args = [*BASE, "--run-dir", str(trained), "--resume", "--balancer", "fixed", *change]
-    if change[0] == "--data":
-        args += ["--data-root", str(trained)]
+    if change[0] == "--data":  # another data set: declared files (refused before reading)
+        other = trained.parent / "files.yaml"
+        other.write_text("dataset: {table: {file: absent.csv, split: {ratio: [0.8, 0.1, "
+                         "0.1]}, numeric: [x], tasks: [{name: y, kind: regression, label: y}]}}\n")
+        args += ["--config", str(other)]
     assert main(args) == 2
     err = capsys.readouterr().err
     key = change[0][2:].replace("-", "_").replace("balancer_param", "balancer_params")

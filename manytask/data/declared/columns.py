@@ -8,6 +8,7 @@ and leave those rows out (predict and evaluate).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,3 +145,20 @@ def binary(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     null = pc.is_null(text).to_numpy(zero_copy_only=False)
     out = np.where(ones_np, 1.0, np.where(zeros_np, 0.0, np.nan)).astype(np.float32)
     return out, ~(ones_np | zeros_np | null)
+
+
+def binary_of(values: pa.Array, positive: Sequence[str],
+              negative: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 labels by value (float32, NaN for missing): 1 for ``positive``, 0 for
+    ``negative`` (or, without it, for any other value); the mask of values in neither."""
+    text = pc.utf8_trim_whitespace(to_text(as_column(values)))
+    null = pc.is_null(text).to_numpy(zero_copy_only=False)
+    ones = pc.fill_null(pc.is_in(text, value_set=pa.array(list(positive), pa.string())),
+                        False).to_numpy(zero_copy_only=False)
+    if negative is None:
+        zeros = ~ones & ~null
+    else:
+        zeros = pc.fill_null(pc.is_in(text, value_set=pa.array(list(negative), pa.string())),
+                             False).to_numpy(zero_copy_only=False)
+    out = np.where(ones, 1.0, np.where(zeros, 0.0, np.nan)).astype(np.float32)
+    return out, ~(ones | zeros | null)

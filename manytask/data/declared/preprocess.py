@@ -1,18 +1,21 @@
 """Fitted preprocessing: numeric scaling, categorical vocabularies and label classes, learnt
 from the training split only and saved with the run as JSON.
 
-* numeric feature x -> (x - mean) / std with the training rows' mean and standard deviation
-  (std 0 -> 1); a missing value becomes 0 (the training mean);
+* numeric feature x -> (f(x) - mean) / std with the training rows' mean and standard
+  deviation of f(x) (std 0 -> 1), f the column's transform (``transforms:``, default the
+  identity); a missing value becomes 0 (the training mean);
 * categorical feature -> code 1..n of its value in the training vocabulary (sorted), 0 for a
   value never seen in training or missing (the out-of-vocabulary bucket);
-* classification label -> index of its class among the training classes (sorted, numerically
-  when they are integers); binary and multi-label labels -> 0/1 floats; regression labels stay
-  floats; a missing label is -1 (classification) or NaN (the others), as :mod:`manytask.tasks`
-  expects.
+* classification label -> index of its class among the declared ``classes`` or else the
+  training classes (sorted, numerically when they are integers); binary and multi-label
+  labels -> 0/1 floats (binary with ``positive``: 1 for those values, 0 for ``negative`` or
+  any other value); regression labels stay floats; a missing label is -1 (classification)
+  or NaN (the others), as :mod:`manytask.tasks` expects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from ...tasks import Task
 from .columns import (
     Problem,
     binary,
+    binary_of,
     codes,
     first_problem,
     not_integral,
@@ -35,6 +39,7 @@ from .columns import (
     to_float,
     to_text,
 )
+from .options import TRANSFORMS, ReadOptions
 from .read import SplitRows
 from .spec import DataError, TaskSpec
 
@@ -56,9 +61,18 @@ class Features:
     """Scaling of the numeric columns and vocabularies of the categorical ones."""
 
     def __init__(self, numeric: dict[str, tuple[float, float]],
-                 vocabularies: dict[str, list[str]]) -> None:
+                 vocabularies: dict[str, list[str]],
+                 transforms: dict[str, str] | None = None) -> None:
         self.numeric = numeric
         self.vocabularies = vocabularies
+        self.transforms = dict(transforms or {})
+
+    def values(self, part: SplitRows, col: str) -> tuple[np.ndarray, np.ndarray]:
+        """A numeric column's values after its transform, and the mask of non-numbers."""
+        values, bad = to_float(part.table[col])
+        if col in self.transforms:
+            values = TRANSFORMS.get(self.transforms[col])(values)
+        return values, bad
 
     @property
     def cardinalities(self) -> tuple[int, ...]:
@@ -66,13 +80,14 @@ class Features:
 
     @classmethod
     def fit(cls, numeric: Sequence[str], categorical: Sequence[str],
-            train: Sequence[SplitRows]) -> Features:
+            train: Sequence[SplitRows], transforms: dict[str, str] | None = None) -> Features:
         """Fit on the training rows of every table (a shared input for all sources)."""
         stats = {}
+        shape = cls({}, {}, transforms)
         for col in numeric:
             parts = []
             for part in train:
-                values, bad = to_float(part.table[col])
+                values, bad = shape.values(part, col)
                 if bad.any():
                     raise DataError(str(first_problem(bad, part.table[col], part.file,
                                                       part.rows, col, "not a number")))
@@ -88,7 +103,7 @@ class Features:
         for col in categorical:
             merged = pa.chunked_array([to_text(p.table[col]) for p in train], pa.string())
             vocab[col] = sorted_vocabulary(merged.combine_chunks())
-        return cls(stats, vocab)
+        return cls(stats, vocab, transforms)
 
     def transform(self, part: SplitRows, strict: bool) -> tuple[Tensor, Tensor, np.ndarray,
                                                                 list[Problem]]:
@@ -97,7 +112,7 @@ class Features:
         found: list[Problem] = []
         dense = np.zeros((n, len(self.numeric)), dtype=np.float32)
         for j, (col, (mean, std)) in enumerate(self.numeric.items()):
-            values, wrong = to_float(part.table[col])
+            values, wrong = self.values(part, col)
             if wrong.any():
                 if strict:
                     raise DataError(str(first_problem(wrong, part.table[col], part.file,
@@ -135,6 +150,10 @@ class Labels:
         if wrong.any():
             raise DataError(str(first_problem(wrong, values, train.file, train.rows, col,
                                               "a number with a fraction is not a class label")))
+        if spec.classes is not None:
+            labels = cls(spec, list(spec.classes))
+            labels.transform(train, strict=True)  # a value outside the classes: its row
+            return labels
         classes = sorted_vocabulary(to_text(values))
         if len(classes) < 2:
             raise DataError(f"{train.file}: column {col!r}: task {spec.name!r} needs at least "
@@ -173,6 +192,8 @@ class Labels:
             flag(not_integral(part.table[col]), col,
                  "a number with a fraction is not a class label")
             flag((index < 0) & ~null & ~bad, col,
+                 f"not one of the declared classes (task {self.spec.name!r})"
+                 if self.spec.classes is not None else
                  f"a class never seen in training (task {self.spec.name!r})")
             return torch.from_numpy(np.where(bad, -1, index)), bad, found
         columns = []
@@ -180,6 +201,11 @@ class Labels:
             if self.spec.kind == "regression":
                 values, wrong = to_float(part.table[col])
                 flag(wrong, col, "not a number (regression label)")
+            elif self.spec.positive is not None:
+                values, wrong = binary_of(part.table[col], self.spec.positive,
+                                          self.spec.negative)
+                flag(wrong, col, f"neither positive {list(self.spec.positive)} nor negative "
+                     f"{list(self.spec.negative or ())}")
             else:
                 values, wrong = binary(part.table[col])
                 flag(wrong, col, f"not a {self.spec.kind} label 0/1 or true/false")
@@ -190,14 +216,42 @@ class Labels:
         return torch.from_numpy(np.ascontiguousarray(stacked)), bad, found
 
 
+def _values(spec: TaskSpec) -> dict[str, list[str] | None]:
+    """A task's declared values, saved so that predict reads labels as training did."""
+    return {k: None if v is None else list(v) for k, v in (
+        ("declared_classes", spec.classes), ("positive", spec.positive),
+        ("negative", spec.negative))}
+
+
 class Preprocessor:
     """Everything fitted on the training split, for one data set (every table)."""
 
     def __init__(self, features: Features, labels: dict[str, Labels],
-                 text: dict[str, Any] | None = None) -> None:
+                 text: dict[str, Any] | None = None,
+                 read: dict[str, Any] | None = None) -> None:
         self.features = features
         self.labels = labels
         self.text = text or {}  # text columns' encoding: columns, max_length, pair mode
+        # how the training files were read: {"format": ..., "options": ReadOptions fields}
+        self.read = read or {}
+
+    def read_as_trained(self, fmt: str | None) -> tuple[str, ReadOptions]:
+        """The format and read options for a new file of format ``fmt`` (``None``: its name
+        does not tell): the training files' options when the format is theirs, every row."""
+        trained = self.read.get("format")
+        fmt = fmt or trained
+        if fmt is None:
+            raise DataError("the file name does not tell its format (.csv, .tsv, .jsonl, "
+                            ".parquet)")
+        if fmt != trained:
+            return fmt, ReadOptions()
+        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in (self.read.get("options") or {}).items()}
+        try:
+            options = ReadOptions(**given)
+        except TypeError as err:
+            raise DataError(f"preprocessing.json: read options {given}: {err}") from None
+        return fmt, dataclasses.replace(options, nrows=None)
 
     def tasks(self) -> list[Task]:
         return [label.task() for label in self.labels.values()]
@@ -219,12 +273,15 @@ class Preprocessor:
             "version": VERSION,
             "numeric": {c: list(ms) for c, ms in self.features.numeric.items()},
             "categorical": self.features.vocabularies,
+            "transforms": self.features.transforms,
             "tasks": [{"name": lab.spec.name, "kind": lab.spec.kind,
                        "label": list(lab.spec.label), "loss": lab.spec.loss,
                        "loss_params": lab.spec.loss_params,
                        "metrics": None if lab.spec.metrics is None else list(lab.spec.metrics),
-                       "classes": lab.classes} for lab in self.labels.values()],
+                       "classes": lab.classes, **_values(lab.spec)}
+                      for lab in self.labels.values()],
             "text": self.text,
+            "read": self.read,
         }, indent=1)
 
     @classmethod
@@ -237,14 +294,18 @@ class Preprocessor:
             features = Features({c: (float(m), float(s)) for c, (m, s) in
                                  state["numeric"].items()},
                                 {c: [str(v) for v in vocab] for c, vocab in
-                                 state["categorical"].items()})
+                                 state["categorical"].items()},
+                                {str(c): str(f) for c, f in
+                                 (state.get("transforms") or {}).items()})
             labels = {}
             for t in state["tasks"]:
                 spec = TaskSpec(t["name"], t["kind"], tuple(t["label"]), t["loss"],
                                 dict(t["loss_params"] or {}),
-                                None if t["metrics"] is None else tuple(t["metrics"]))
+                                None if t["metrics"] is None else tuple(t["metrics"]),
+                                *(None if t.get(k) is None else tuple(t[k])
+                                  for k in ("declared_classes", "positive", "negative")))
                 labels[spec.name] = Labels(spec, t["classes"])
-            return cls(features, labels, state.get("text") or {})
+            return cls(features, labels, state.get("text") or {}, state.get("read") or {})
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             if isinstance(err, DataError):
                 raise

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
+from .options import ReadOptions
 from .spec import SPLITS, DataError, TableSpec
 
 
@@ -33,14 +35,17 @@ class SplitRows:
 
 
 def read_file(path: Path, fmt: str, columns: tuple[str, ...], where: str,
-              required: tuple[str, ...] | None = None) -> pa.Table:
-    """The ``columns`` of one file (``required``: those that must exist, default all)."""
+              required: tuple[str, ...] | None = None,
+              options: ReadOptions | None = None) -> pa.Table:
+    """The ``columns`` of one file (``required``: those that must exist, default all),
+    parsed as ``options`` say."""
+    options = options or ReadOptions()
     if not path.exists():
         raise DataError(f"{where}: {str(path)!r} does not exist")
     if fmt != "hf" and not path.is_file():
         raise DataError(f"{where}: {str(path)!r} is not a regular file")
     try:
-        table = _read(path, fmt, columns)
+        table = _read(path, fmt, columns, options)
     except DataError:
         raise
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as err:
@@ -51,24 +56,55 @@ def read_file(path: Path, fmt: str, columns: tuple[str, ...], where: str,
     if missing:
         raise DataError(f"{path}: column {missing[0]!r} does not exist (columns: "
                         f"{', '.join(table.column_names[:20])})")
-    return table.select([c for c in columns if c in table.column_names])
+    table = table.select([c for c in columns if c in table.column_names])
+    if options.nrows is not None:
+        table = table.slice(0, options.nrows)
+    return _clean(table, options) if fmt in ("csv", "tsv", "lines") else table
 
 
-def _read(path: Path, fmt: str, columns: tuple[str, ...]) -> pa.Table:
+def _clean(table: pa.Table, options: ReadOptions) -> pa.Table:
+    """Text cells: spaces after the delimiter dropped (``skip_initial_space``), then the
+    empty cell and every ``na_values`` entry made null."""
+    missing = pa.array(["", *options.na_values], pa.string())
+    out = {}
+    for name in table.column_names:
+        col = table[name]
+        if not pa.types.is_string(col.type):
+            out[name] = col
+            continue
+        if options.skip_initial_space:
+            col = pc.utf8_ltrim(col, characters=" ")
+        out[name] = pc.if_else(pc.is_in(col, value_set=missing), None, col)
+    return pa.table(out)
+
+
+def _read(path: Path, fmt: str, columns: tuple[str, ...], options: ReadOptions) -> pa.Table:
     if fmt in ("csv", "tsv"):
         from pyarrow import csv
 
-        delimiter = "\t" if fmt == "tsv" else ","
-        header = csv.open_csv(path, parse_options=csv.ParseOptions(delimiter=delimiter))
-        names = header.schema.names
+        delimiter = options.delimiter or ("\t" if fmt == "tsv" else ",")
+        quoting = options.quoting == "standard"
+        parse = csv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False,
+                                 double_quote=quoting)
+        if options.columns is not None:  # names given: a header row, if any, is skipped
+            read = csv.ReadOptions(column_names=list(options.columns),
+                                   skip_rows=1 if options.header else 0,
+                                   encoding=options.encoding)
+            names = list(options.columns)
+        else:
+            read = csv.ReadOptions(encoding=options.encoding)
+            names = csv.open_csv(path, read_options=read, parse_options=parse).schema.names
         present = [c for c in columns if c in names]
         # every declared column as text: converted by role afterwards, so that a bad value
-        # is reported with its row rather than as an inference failure deep in a block
+        # is reported with its row rather than as an inference failure deep in a block;
+        # only the empty cell is null here (na_values: see _clean), never a text "NA"
         convert = csv.ConvertOptions(
             include_columns=present, column_types=dict.fromkeys(present, pa.string()),
-            strings_can_be_null=True, quoted_strings_can_be_null=True)
-        return csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=delimiter),
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True)
+        return csv.read_csv(path, read_options=read, parse_options=parse,
                             convert_options=convert)
+    if fmt == "lines":
+        return _read_lines(path, options)
     if fmt == "jsonl":
         from pyarrow import json
 
@@ -79,6 +115,30 @@ def _read(path: Path, fmt: str, columns: tuple[str, ...]) -> pa.Table:
         names = pq.read_schema(path).names
         return pq.read_table(path, columns=[c for c in columns if c in names])
     raise DataError(f"{path}: format {fmt!r} is read by read_hf")
+
+
+def _read_lines(path: Path, options: ReadOptions) -> pa.Table:
+    """One row per non-blank line; the columns are the named groups of ``pattern``."""
+    assert options.pattern is not None
+    with pa.input_stream(str(path), compression="detect") as stream:
+        text = stream.read().decode(options.encoding)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return pa.table({name: pa.array([], pa.string())
+                         for name in _groups(options.pattern)})
+    matched = pc.extract_regex(pa.array(lines, pa.string()), pattern=options.pattern)
+    unmatched = pc.is_null(matched).to_numpy(zero_copy_only=False)
+    if unmatched.any():
+        i = int(np.flatnonzero(unmatched)[0])
+        raise DataError(f"{path}: row {i + 1} does not match pattern "
+                        f"{options.pattern!r}: {lines[i][:40]!r}")
+    return pa.Table.from_struct_array(matched)
+
+
+def _groups(pattern: str) -> list[str]:
+    import re
+
+    return list(re.compile(pattern).groupindex)
 
 
 def read_hf(path: Path, split_names: tuple[str, ...], columns: tuple[str, ...],
@@ -126,8 +186,12 @@ def read_splits(spec: TableSpec) -> dict[str, SplitRows]:
                 table = read_hf(path, spec.split_names, columns, spec.where, False)
                 assert isinstance(table, pa.Table)
             else:
-                table = read_file(path, spec.format, columns, spec.where)
+                table = read_file(path, spec.format, columns, spec.where,
+                                  options=spec.read_options(split))
             out[split] = SplitRows(table, str(path), np.arange(1, table.num_rows + 1))
+        if spec.holdout is not None:
+            out["train"], out["val"] = holdout(out["train"], spec.holdout, spec.seed)
+            out = {s: out[s] for s in SPLITS}
     else:
         assert spec.file is not None
         path = spec.file
@@ -135,7 +199,8 @@ def read_splits(spec: TableSpec) -> dict[str, SplitRows]:
             loaded = read_hf(path, spec.split_names, columns, spec.where,
                              spec.ratio is None and spec.split_column is None)
         else:
-            loaded = read_file(path, spec.format, columns, spec.where)
+            loaded = read_file(path, spec.format, columns, spec.where,
+                               options=spec.read_options())
         if isinstance(loaded, dict):
             out = {s: SplitRows(t, f"{path}/{s}", np.arange(1, t.num_rows + 1))
                    for s, t in loaded.items()}
@@ -144,7 +209,25 @@ def read_splits(spec: TableSpec) -> dict[str, SplitRows]:
     for split, part in out.items():
         if len(part) == 0:
             raise DataError(f"{part.file}: split {split!r} is empty (0 rows)")
+    if spec.sample is not None:
+        for k, split in enumerate(SPLITS):
+            keep = spec.sample.indices(k, split, len(out[split]))
+            if keep is not None:
+                out[split] = take(out[split], keep)
     return out
+
+
+def take(part: SplitRows, index: np.ndarray) -> SplitRows:
+    """The rows ``index`` of ``part``, keeping their original row numbers."""
+    return SplitRows(part.table.take(pa.array(index)), part.file, part.rows[index])
+
+
+def holdout(train: SplitRows, share: float, seed: int) -> tuple[SplitRows, SplitRows]:
+    """``share`` of the training rows (at least one) as validation, drawn with
+    ``numpy.random.default_rng(seed).permutation``; both keep their file order."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, round(share * len(train)))
+    return take(train, np.sort(order[n_val:])), take(train, np.sort(order[:n_val]))
 
 
 def _split_one(table: pa.Table, spec: TableSpec, file: str) -> dict[str, SplitRows]:
@@ -163,7 +246,8 @@ def _split_one(table: pa.Table, spec: TableSpec, file: str) -> dict[str, SplitRo
                  for s, name in zip(SPLITS, spec.split_names, strict=True)}
     else:
         assert spec.ratio is not None
-        perm = np.random.default_rng(spec.seed).permutation(n)
+        # torch's generator: the split Census-Income has always used (seed 0, 60/20/20)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed)).numpy()
         n_train, n_val = int(spec.ratio[0] * n), int(spec.ratio[1] * n)
         parts = (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:])
         index = {s: np.sort(p) for s, p in zip(SPLITS, parts, strict=True)}

@@ -32,11 +32,16 @@ from typing import Any
 
 from ...registry import Param, Registry, RegistryError, did_you_mean, resolve, short
 from ...tasks import Task
-
-
-class DataError(ValueError):
-    """A data file, column, row or value that cannot be used; the message is one line."""
-
+from .errors import DataError
+from .options import (
+    READ_PARAMS,
+    ReadOptions,
+    Sample,
+    read_options,
+    sample,
+    split_options,
+    transforms,
+)
 
 # File formats by name; the target is the list of file-name endings that select it.
 FORMATS: Registry[tuple[str, ...]] = Registry("data format")
@@ -45,6 +50,7 @@ FORMATS.add("tsv", (".tsv", ".tsv.gz"), summary="tab-separated values with a hea
 FORMATS.add("jsonl", (".jsonl", ".json"), summary="JSON lines: one object per row")
 FORMATS.add("parquet", (".parquet", ".pq"), summary="Apache Parquet (read with pyarrow)")
 FORMATS.add("hf", (), summary="a Hugging Face datasets folder written by save_to_disk")
+FORMATS.add("lines", (), summary="one row per line, its columns the named groups of pattern")
 
 SPLITS = ("train", "val", "test")
 SPLIT_PARAMS = {
@@ -52,6 +58,8 @@ SPLIT_PARAMS = {
     "seed": Param("int", 0, "seed of the random split", low=0),
     "column": Param("str", None, "column naming each row's split", nullable=True),
     "names": Param("strs", ("train", "val", "test"), "values (or HF splits) of train/val/test"),
+    "holdout": Param("float", None, "files without val: this share of train is val",
+                     low=0, high=1, low_open=True, high_open=True, nullable=True),
 }
 TASK_PARAMS = {
     "name": Param("str", doc="the task's name"),
@@ -60,12 +68,23 @@ TASK_PARAMS = {
     "loss": Param("str", None, "loss by name (default: the kind's)", nullable=True),
     "loss_params": Param("any", None, "the loss's parameters", nullable=True),
     "metrics": Param("strs", None, "metrics by name; the first is the main one", nullable=True),
+    "classes": Param("strs", None, "classification: the classes, in order (default: the "
+                     "training values, sorted)", nullable=True),
+    "positive": Param("strs", None, "binary: the values that are 1", nullable=True),
+    "negative": Param("strs", None, "binary with positive: the values that are 0 (default: "
+                      "every other value)", nullable=True),
 }
 TABLE_PARAMS = {
     "file": Param("str", None, "one file (or HF folder) holding every split", nullable=True),
     "files": Param("any", None, "{train: ..., val: ..., test: ...}", nullable=True),
     "format": Param("choice", None, "file format (default: from the file name)",
-                    choices=(None, "csv", "tsv", "jsonl", "parquet", "hf"), nullable=True),
+                    choices=(None, "csv", "tsv", "jsonl", "parquet", "hf", "lines"),
+                    nullable=True),
+    **READ_PARAMS,
+    "transforms": Param("any", None, "{numeric column: transform}, before scaling",
+                        nullable=True),
+    "sample": Param("any", None, "{train: N, val: N, test: N, seed: S}: at most N rows",
+                    nullable=True),
     "split": Param("any", None, "how rows are split (see above)", nullable=True),
     "numeric": Param("strs", (), "numeric feature columns"),
     "categorical": Param("strs", (), "categorical feature columns"),
@@ -75,6 +94,8 @@ TABLE_PARAMS = {
 }
 DATASET_PARAMS = {
     "table": Param("any", None, "shape (a): one table with every task", nullable=True),
+    "defaults": Param("any", None, "keys every table or source takes unless it sets them",
+                      nullable=True),
     "sources": Param("any", None, "shape (b): one source per task", nullable=True),
     "pair_encoding": Param("choice", "combine", "text pairs: [u, v, |u-v|, u*v] or one "
                            "joined sequence", choices=("combine", "joined")),
@@ -91,6 +112,9 @@ class TaskSpec:
     loss: str | None
     loss_params: dict[str, Any]
     metrics: tuple[str, ...] | None
+    classes: tuple[str, ...] | None = None
+    positive: tuple[str, ...] | None = None
+    negative: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +133,15 @@ class TableSpec:
     categorical: tuple[str, ...]
     text: tuple[str, ...]
     tasks: tuple[TaskSpec, ...]
+    read: ReadOptions = dataclasses.field(default_factory=ReadOptions)
+    split_read: dict[str, ReadOptions] = dataclasses.field(default_factory=dict)
+    holdout: float | None = None
+    sample: Sample | None = None
+    transforms: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def read_options(self, split: str | None = None) -> ReadOptions:
+        """The read options of ``split``'s file (``None``: the one file)."""
+        return self.split_read.get(split, self.read) if split else self.read
 
     def columns(self) -> tuple[str, ...]:
         """Every column the table reads (features, labels, the split column)."""
@@ -167,7 +200,8 @@ def _task(value: Any, where: str) -> TaskSpec:
     params = p["loss_params"] or {}
     _mapping(params, f"{where}: loss_params")
     spec = TaskSpec(p["name"], p["kind"], tuple(labels), p["loss"], dict(params),
-                    p["metrics"])
+                    p["metrics"], p["classes"], p["positive"], p["negative"])
+    _check_values(spec, where)
     # builds the task once with a placeholder width: unknown losses, metrics or parameters
     # fail here, before any file is read (class counts are checked again after reading)
     width = {"classification": 2, "binary": 1}.get(spec.kind, len(labels))
@@ -175,6 +209,25 @@ def _task(value: Any, where: str) -> TaskSpec:
         Task.of_kind(spec.name, spec.kind, width, loss=spec.loss,
                      loss_params=spec.loss_params, metrics=spec.metrics)
     return spec
+
+
+def _check_values(spec: TaskSpec, where: str) -> None:
+    """``classes`` for classification, ``positive``/``negative`` for binary, no overlap."""
+    if spec.classes is not None:
+        if spec.kind != "classification":
+            raise DataError(f"{where}: classes applies to classification tasks")
+        if len(spec.classes) < 2 or len(set(spec.classes)) != len(spec.classes):
+            raise DataError(f"{where}: classes must be at least 2 distinct values, got "
+                            f"{short(list(spec.classes))}")
+    if spec.positive is None and spec.negative is not None:
+        raise DataError(f"{where}: negative needs positive (the values that are 1)")
+    if spec.positive is not None:
+        if spec.kind != "binary":
+            raise DataError(f"{where}: positive applies to binary tasks")
+        both = sorted(set(spec.positive) & set(spec.negative or ()))
+        if not spec.positive or both:
+            raise DataError(f"{where}: positive must be non-empty and apart from negative"
+                            + (f"; {both[0]!r} is in both" if both else ""))
 
 
 def _path(value: Any, root: Path, where: str) -> Path:
@@ -200,18 +253,38 @@ def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
     split = dict(_mapping(p["split"] or {}, f"{where}: split"))
     sp = resolve(SPLIT_PARAMS, split, f"{where}: split")
     files = None
+    own: dict[str, dict[str, Any]] = {}
     if p["files"] is not None:
         given = _mapping(p["files"], f"{where}: files")
-        if set(given) != set(SPLITS):
-            raise DataError(f"{where}: files needs exactly train, val and test, got "
-                            f"{sorted(given)}")
-        files = {s: _path(given[s], root, f"{where}: files: {s}") for s in SPLITS}
+        need = {"train", "test"} if sp["holdout"] is not None else set(SPLITS)
+        if set(given) != need:
+            wanted = ", ".join(s for s in SPLITS if s in need)
+            raise DataError(f"{where}: files needs exactly {wanted}"
+                            + (" (split: holdout carves val out of train)"
+                               if sp["holdout"] is not None else "")
+                            + f", got {sorted(given)}")
+        files = {}
+        for s in SPLITS:
+            if s not in given:
+                continue
+            entry = given[s]
+            if isinstance(entry, Mapping):  # {file: ..., header: false}: its own options
+                entry = dict(entry)
+                name = entry.pop("file", None)
+                own[s] = entry
+                entry = name
+            files[s] = _path(entry, root, f"{where}: files: {s}")
         first = files["train"]
         if sp["ratio"] or sp["column"]:
             raise DataError(f"{where}: files are the splits; drop split:")
     else:
+        if sp["holdout"] is not None:
+            raise DataError(f"{where}: split: holdout applies to files: {{train, test}}")
         first = _path(p["file"], root, f"{where}: file")
     fmt = format_of(first, p["format"], where)
+    read = read_options(p, fmt, where)
+    split_read = {s: split_options(read, o, fmt, f"{where}: files: {s}")
+                  for s, o in own.items()}
     ratio = sp["ratio"]
     if ratio is not None and (len(ratio) != 3 or abs(sum(ratio) - 1) > 1e-6):
         raise DataError(f"{where}: split: ratio must be three shares summing to 1, got "
@@ -239,7 +312,9 @@ def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
     return TableSpec(where, files, None if files else first, fmt,
                      None if ratio is None else (ratio[0], ratio[1], ratio[2]), sp["seed"],
                      sp["column"], (sp["names"][0], sp["names"][1], sp["names"][2]),
-                     tuple(p["numeric"]), tuple(p["categorical"]), tuple(p["text"]), tasks)
+                     tuple(p["numeric"]), tuple(p["categorical"]), tuple(p["text"]), tasks,
+                     read, split_read, sp["holdout"], sample(p["sample"], f"{where}: sample"),
+                     transforms(p["transforms"], tuple(p["numeric"]), f"{where}: transforms"))
 
 
 def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
@@ -249,14 +324,20 @@ def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
         if (p["table"] is None) == (p["sources"] is None):
             raise DataError("dataset: give either table: (shape a) or sources: (shape b)")
         root = Path(root)
+        defaults = dict(_mapping(p["defaults"] or {}, "dataset: defaults"))
+        resolve({k: v for k, v in TABLE_PARAMS.items() if k not in ("task", "tasks")},
+                defaults, "dataset: defaults")
+
+        def one(value: Any, where: str, shape: str) -> TableSpec:
+            return _table({**defaults, **_mapping(value, where)}, root, where, shape)
+
         if p["table"] is not None:
-            tables: tuple[TableSpec, ...] = (_table(p["table"], root, "dataset: table",
-                                                    "table"),)
+            tables: tuple[TableSpec, ...] = (one(p["table"], "dataset: table", "table"),)
             shape = "table"
         else:
             if not isinstance(p["sources"], list) or not p["sources"]:
                 raise DataError("dataset: sources must be a non-empty list")
-            tables = tuple(_table(s, root, f"dataset: source {i + 1}", "sources")
+            tables = tuple(one(s, f"dataset: source {i + 1}", "sources")
                            for i, s in enumerate(p["sources"]))
             shape = "sources"
     except RegistryError as err:
@@ -267,12 +348,23 @@ def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
             raise DataError(f"dataset: two tasks are named {name!r}")
     if shape == "sources":
         first = tables[0]
+        width = text_width(first.text, p["pair_encoding"])
         for table in tables[1:]:
-            if (table.numeric, table.categorical, len(table.text)) != (
-                    first.numeric, first.categorical, len(first.text)):
-                raise DataError(f"{table.where}: every source needs the same feature columns "
-                                f"as source 1 (they share one model input)")
+            if (table.numeric, table.categorical, table.transforms,
+                    text_width(table.text, p["pair_encoding"])) != (
+                    first.numeric, first.categorical, first.transforms, width):
+                raise DataError(f"{table.where}: every source needs the same numeric and "
+                                "categorical columns and as many text embeddings as source 1 "
+                                "(they share one model input)")
     return DatasetSpec(shape, tables, p["pair_encoding"], p["max_length"])
+
+
+def text_width(text: tuple[str, ...], pair_encoding: str) -> int:
+    """Sentence embeddings per row: none, one (a text, or a joined pair) or four (a pair
+    combined as [u, v, |u-v|, u*v])."""
+    if not text:
+        return 0
+    return 4 if len(text) == 2 and pair_encoding == "combine" else 1
 
 
 def select_tasks(spec: DatasetSpec, names: Sequence[str]) -> DatasetSpec:
@@ -290,5 +382,6 @@ def select_tasks(spec: DatasetSpec, names: Sequence[str]) -> DatasetSpec:
     return dataclasses.replace(spec, tables=tuple(tables))
 
 
-__all__ = ["FORMATS", "DataError", "DatasetSpec", "TableSpec", "TaskSpec", "did_you_mean",
+__all__ = ["FORMATS", "DataError", "DatasetSpec", "TableSpec", "TaskSpec",
+           "did_you_mean",
            "format_of", "parse_dataset", "select_tasks"]

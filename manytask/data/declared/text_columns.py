@@ -14,6 +14,7 @@ import hashlib
 import sys
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ from .read import SplitRows
 
 MAX_POSITIONS = 512
 WARN_ABOVE = 0.01
+
+
+@lru_cache(maxsize=1)
+def _minilm() -> tuple[Any, Any]:
+    """The frozen encoder, loaded once for every text column of a data set."""
+    return load_minilm()
 
 
 def texts_of(part: SplitRows, columns: Sequence[str]) -> list[list[str]]:
@@ -57,8 +64,7 @@ class TextColumns:
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            model, self._tokenizer = load_minilm()
-            self._model = model
+            self._model, self._tokenizer = _minilm()
         return self._tokenizer
 
     def _lengths(self, texts: list[list[str]]) -> list[int]:
@@ -69,9 +75,11 @@ class TextColumns:
         return [len(i) for col in texts for i in tok(col, truncation=False)["input_ids"]]
 
     def fit(self, train: Sequence[SplitRows]) -> None:
+        """``max_length``, when not given: the longest training text (at most 512)."""
+        if self.max_length is not None:
+            return
         lengths = [n for part in train for n in self._lengths(texts_of(part, self.columns))]
-        if self.max_length is None:
-            self.max_length = max(8, min(MAX_POSITIONS, max(lengths, default=8)))
+        self.max_length = max(8, min(MAX_POSITIONS, max(lengths, default=8)))
 
     def report(self, split: str, part: SplitRows) -> float:
         """Fraction of the split's texts longer than ``max_length`` (printed; warned > 1 %)."""
