@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...files import UnsafeFileError, inside
 from ...registry import Param, Registry, RegistryError, did_you_mean, resolve, short
 from ...tasks import Task
 
@@ -109,6 +110,7 @@ class TableSpec:
     categorical: tuple[str, ...]
     text: tuple[str, ...]
     tasks: tuple[TaskSpec, ...]
+    allow_outside: bool = False  # a datasets folder's files may link out of it
 
     def columns(self) -> tuple[str, ...]:
         """Every column the table reads (features, labels, the split column)."""
@@ -177,14 +179,25 @@ def _task(value: Any, where: str) -> TaskSpec:
     return spec
 
 
-def _path(value: Any, root: Path, where: str) -> Path:
+def _path(value: Any, root: Path, where: str, allow_outside: bool) -> Path:
+    """``value`` as a path: an absolute one as given (the user's explicit choice), a relative
+    one under ``root`` (data_root) and refused if it leads out of it (``..``, or a link),
+    unless ``allow_outside``."""
     if not isinstance(value, str) or not value:
         raise DataError(f"{where} must be a file name, got {short(value)}")
     path = Path(value)
-    return path if path.is_absolute() else root / path
+    if path.is_absolute():
+        return path
+    try:
+        return inside(root, path, what=f"{where}: {value!r} under data_root",
+                      allow_outside=allow_outside,
+                      hint="unless you allow links out of data_root (--allow-outside-links) "
+                      "or give an absolute path")
+    except UnsafeFileError as err:
+        raise DataError(str(err)) from None
 
 
-def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
+def _table(value: Any, root: Path, where: str, shape: str, allow_outside: bool) -> TableSpec:
     p = resolve(TABLE_PARAMS, _mapping(value, where), where)
     if shape == "table" and (p["tasks"] is None or p["task"] is not None):
         raise DataError(f"{where}: a table lists its tasks under 'tasks:'")
@@ -205,12 +218,13 @@ def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
         if set(given) != set(SPLITS):
             raise DataError(f"{where}: files needs exactly train, val and test, got "
                             f"{sorted(given)}")
-        files = {s: _path(given[s], root, f"{where}: files: {s}") for s in SPLITS}
+        files = {s: _path(given[s], root, f"{where}: files: {s}", allow_outside)
+                 for s in SPLITS}
         first = files["train"]
         if sp["ratio"] or sp["column"]:
             raise DataError(f"{where}: files are the splits; drop split:")
     else:
-        first = _path(p["file"], root, f"{where}: file")
+        first = _path(p["file"], root, f"{where}: file", allow_outside)
     fmt = format_of(first, p["format"], where)
     ratio = sp["ratio"]
     if ratio is not None and (len(ratio) != 3 or abs(sum(ratio) - 1) > 1e-6):
@@ -239,11 +253,14 @@ def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
     return TableSpec(where, files, None if files else first, fmt,
                      None if ratio is None else (ratio[0], ratio[1], ratio[2]), sp["seed"],
                      sp["column"], (sp["names"][0], sp["names"][1], sp["names"][2]),
-                     tuple(p["numeric"]), tuple(p["categorical"]), tuple(p["text"]), tasks)
+                     tuple(p["numeric"]), tuple(p["categorical"]), tuple(p["text"]), tasks,
+                     allow_outside)
 
 
-def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
-    """Validate the ``dataset:`` section (relative file names are under ``root``)."""
+def parse_dataset(value: Any, root: str | Path = ".", *,
+                  allow_outside_links: bool = False) -> DatasetSpec:
+    """Validate the ``dataset:`` section (relative file names are under ``root`` and may not
+    lead out of it, through ``..`` or a link, unless ``allow_outside_links``)."""
     try:
         p = resolve(DATASET_PARAMS, _mapping(value, "dataset"), "dataset")
         if (p["table"] is None) == (p["sources"] is None):
@@ -251,12 +268,13 @@ def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
         root = Path(root)
         if p["table"] is not None:
             tables: tuple[TableSpec, ...] = (_table(p["table"], root, "dataset: table",
-                                                    "table"),)
+                                                    "table", allow_outside_links),)
             shape = "table"
         else:
             if not isinstance(p["sources"], list) or not p["sources"]:
                 raise DataError("dataset: sources must be a non-empty list")
-            tables = tuple(_table(s, root, f"dataset: source {i + 1}", "sources")
+            tables = tuple(_table(s, root, f"dataset: source {i + 1}", "sources",
+                                  allow_outside_links)
                            for i, s in enumerate(p["sources"]))
             shape = "sources"
     except RegistryError as err:
