@@ -62,6 +62,9 @@ class TrainConfig:
     resume: bool = False
     resume_if_exists: bool = False
     overwrite: bool = False
+    # follow links that lead out of the folders files are read from (the run folder's
+    # checkpoints, data files named relative to data_root, a datasets folder): refused if not
+    allow_outside_links: bool = False
     log_format: Literal["csv", "jsonl"] = "csv"
     log_every: int = 10
     skip_nonfinite: bool = False
@@ -120,6 +123,12 @@ class TrainConfig:
             raise ConfigError(f"tasks_per_batch must be positive, got {self.tasks_per_batch}")
         if not self.task_temperature > 0:
             raise ConfigError(f"task_temperature must be > 0, got {self.task_temperature}")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds; torch's would wrap a larger one
+            raise ConfigError(f"seed must lie in [0, 2**32), got {short(self.seed)}")
+        if self.tasks is not None:
+            twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+            if twice:
+                raise ConfigError(f"tasks: {short(twice[0])} is given twice")
         if (self.data == "files") != (self.dataset is not None):
             raise ConfigError("data: files needs a dataset: section (and dataset: needs "
                               "data: files)")
@@ -165,7 +174,7 @@ CHANGEABLE = frozenset({
     "epochs", "run_dir", "resume", "resume_if_exists", "overwrite", "log_every", "progress",
     "tensorboard", "cosine_every", "skip_nonfinite", "early_stopping", "min_delta",
     "keep_best", "data_root", "cache_dir", "schedule_steps",
-    "device",
+    "device", "allow_outside_links",
 })
 
 

@@ -6,6 +6,7 @@ One mechanism per failure class, used wherever a user file is opened or a result
   checkpoint of a run) resolved and refused when it leaves that folder, naming the link;
 * :func:`regular_file` - a named pipe, a device or a folder where a file is expected refused
   before it is opened (opening a FIFO blocks until a writer comes: forever);
+  :func:`folder_files` - both checks for every file of a folder another library opens whole;
 * :func:`load_yaml` / :func:`load_json` - bounded loaders: a safe YAML loader that refuses more
   than a few aliases (an alias bomb expands to gigabytes when printed or walked) and deep
   nesting, and JSON with a nesting limit checked before parsing;
@@ -99,6 +100,24 @@ def _first_link(root: Path, given: Path) -> Path:
         if current.is_symlink():
             return current
     return given
+
+
+def folder_files(
+    folder: str | os.PathLike[str], *, what: str = "file", allow_outside: bool = False,
+    hint: str = "unless you allow links out of input folders (--allow-outside-links)",
+) -> list[Path]:
+    """Every file under ``folder`` (a folder another library opens whole, e.g. a ``datasets``
+    ``save_to_disk`` folder), each checked as :func:`inside` it and a :func:`regular_file`:
+    the library would follow a link out, or block on a pipe, where we cannot see it."""
+    root = Path(folder)
+    found = []
+    for here, dirs, files in os.walk(root, followlinks=False):
+        for name in [*files, *(d for d in dirs if (Path(here) / d).is_symlink())]:
+            rel = (Path(here) / name).relative_to(root)
+            path = inside(root, rel, what=what, allow_outside=allow_outside, hint=hint)
+            if not path.is_dir():
+                found.append(regular_file(path, what=what))
+    return found
 
 
 def regular_file(path: str | os.PathLike[str], *, what: str = "file") -> Path:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .config import ConfigError, config_from_mapping
+from .config import config_from_mapping
 from .data.declared import DataError, Preprocessor, Problem, SplitRows, TextColumns, read_file
 from .data.declared.build import inputs
 from .data.declared.spec import format_of
+from .files import inside
 from .metrics import TaskEvaluator
 from .models import MultiTaskModel
 from .run import PREPROCESSING, Prepared, build_model
@@ -40,45 +43,50 @@ class LoadedRun:
     text: TextColumns | None
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    import yaml
-    from safetensors.torch import load_file
-
+def load_run(run_dir: str | Path, *, allow_outside_links: bool = False) -> LoadedRun:
+    """The run folder's configuration, preprocessing and latest checkpoint, each a regular
+    file of the folder (a link out of it refused unless ``allow_outside_links``), the
+    configuration read with the bounded YAML loader, the weights checked against the model
+    (names, shapes, dtypes, finite)."""
+    from .files import load_yaml, read_text
     from .models.inputs import TabularInput
-    from .training.checkpoint import latest_checkpoint
+    from .training.checkpoint import latest_checkpoint, load_model_weights
 
     root = Path(run_dir)
-    for name in ("config.yaml", PREPROCESSING):
-        if not (root / name).is_file():
+    if not root.is_dir():
+        raise DataError(f"--run-dir {str(root)!r} is not a folder (the run folder of "
+                        "manytask train)")
+
+    def own(name: str) -> Path:
+        if not (root / name).exists() and not (root / name).is_symlink():
             raise DataError(f"{root}: no {name}; is this the run folder of a data: files run?")
-    try:
-        values = yaml.safe_load((root / "config.yaml").read_text())
-        cfg = config_from_mapping(values, source=str(root / "config.yaml"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{root / 'config.yaml'} is not valid YAML: {err}") from None
-    pre = Preprocessor.from_json((root / PREPROCESSING).read_text(), str(root / PREPROCESSING))
+        return inside(root, name, what=f"run folder file {name!r}",
+                      allow_outside=allow_outside_links,
+                      hint="unless you allow links out of the run folder "
+                      "(--allow-outside-links)")
+
+    cfg = config_from_mapping(load_yaml(own("config.yaml"), what="run config"),
+                              source=str(root / "config.yaml"))
+    pre_path = own(PREPROCESSING)
+    pre = Preprocessor.from_json(read_text(pre_path, what="preprocessing"), str(pre_path))
     tasks = pre.tasks()
-    text = TextColumns.from_state(pre.text, cfg.cache_dir) if pre.text else None
-    n_dense = len(pre.features.numeric) + (_text_width(pre.text) if text else 0)
+    try:
+        text = TextColumns.from_state(pre.text, cfg.cache_dir) if pre.text else None
+        n_dense = len(pre.features.numeric) + (_text_width(pre.text) if text else 0)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{pre_path}: malformed text settings ({type(err).__name__}: "
+                        f"{str(err)[:80]})") from None
     cards = pre.features.cardinalities
 
     def input_layer() -> torch.nn.Module:
         return TabularInput(cards, n_dense, embedding_dim=8)
 
     model = build_model(cfg, Prepared(tasks, None, None, None, 0, input_layer))
-    ckpt = latest_checkpoint(root)
+    ckpt = latest_checkpoint(root, allow_outside=allow_outside_links)
     if ckpt is None:
         raise DataError(f"{root}: no checkpoint (checkpoints/latest); did the run finish an "
                         "epoch?")
-    state = load_file(ckpt / "model.safetensors")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:
-        raise DataError(f"{ckpt}: tensor {bad[0]!r} holds non-finite values")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise DataError(f"{ckpt}: does not match the run's model: "
-                        f"{str(err).splitlines()[0]}") from None
+    load_model_weights(ckpt, model, allow_outside=allow_outside_links)
     return LoadedRun(pre, tasks, model.eval(), text)
 
 
@@ -130,6 +138,18 @@ def _outputs(run: LoadedRun, part: SplitRows, conv: Any,
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+def _check_outputs(outputs: dict[str, torch.Tensor], part: SplitRows, bad: np.ndarray) -> None:
+    """Every output of a usable row finite: weights that overflow give inf logits and NaN
+    probabilities, which must not be written as predictions or averaged into metrics."""
+    keep = torch.from_numpy(~bad)
+    for task, out in outputs.items():
+        finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(1) | ~keep
+        if not bool(finite.all()):
+            row = int(part.rows[int((~finite).nonzero()[0])])
+            raise DataError(f"{part.file}: row {row}: the model's output for task {task!r} is "
+                            "not finite (its weights overflow); nothing written")
+
+
 def _columns(run: LoadedRun, outputs: dict[str, torch.Tensor],
              bad: np.ndarray) -> dict[str, pa.Array]:
     cols: dict[str, pa.Array] = {}
@@ -159,12 +179,55 @@ def _columns(run: LoadedRun, outputs: dict[str, torch.Tensor],
     return cols
 
 
+PARTIAL = ".partial-"  # a write in progress: .NAME.partial-PID-RANDOM beside NAME
+
+
+def remove_leftovers(out: str | Path) -> list[str]:
+    """Remove the temporary files that killed writes of ``out`` left beside it (those of a
+    process still running are kept); one note per file removed."""
+    out = Path(out)
+    notes = []
+    found = sorted(out.parent.glob(f".{out.name}{PARTIAL}*")) if out.parent.is_dir() else []
+    legacy = out.with_name(f".{out.name}.tmp")  # the name writes of earlier versions used
+    for left in [*found, *([legacy] if legacy.is_file() else [])]:
+        pid = left.name[len(f".{out.name}{PARTIAL}"):].split("-")[0]
+        if left != legacy and pid.isdigit() and _alive(int(pid)):
+            continue
+        left.unlink(missing_ok=True)
+        notes.append(f"removed {left.name}, left by a killed write of {out.name!r}")
+    return notes
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_out(out: Path, data: str | Path, overwrite: bool, ours: bool = False) -> None:
+    """Refuse, before anything is read, an output that would replace the input file, a
+    file of the user's (unless ``overwrite``; ``ours``: the default output, ours to
+    replace), or that cannot be written."""
+    if not out.parent.is_dir():
+        raise DataError(f"{out}: the folder {str(out.parent)!r} does not exist")
+    if out.exists() and not out.is_file():
+        raise DataError(f"{out}: exists and is not a regular file")
+    if out.exists() and out.resolve() == Path(data).resolve():
+        raise DataError(f"--out {str(out)!r} is the --data file: it would be replaced; "
+                        "choose another output")
+    if out.exists() and not (overwrite or ours):
+        raise DataError(f"--out {str(out)!r} exists; pass --overwrite to replace it, or "
+                        "choose another output")
+
+
 def _write_atomic(path: Path, write: Any) -> None:
-    if not path.parent.is_dir():
-        raise DataError(f"{path}: the folder {str(path.parent)!r} does not exist")
-    if path.exists() and not path.is_file():
-        raise DataError(f"{path}: exists and is not a regular file")
-    tmp = path.with_name(f".{path.name}.tmp")
+    """``write(tmp)`` into a temporary sibling, then renamed over ``path``: ``path`` is the
+    old file or the whole new one, never a part; a failed write leaves nothing."""
+    tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
         tmp.replace(path)
@@ -172,25 +235,28 @@ def _write_atomic(path: Path, write: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path) -> list[Problem]:
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, *,
+            overwrite: bool = False, allow_outside_links: bool = False) -> list[Problem]:
     """Write per-task predictions for every row of ``data``, in input order, to ``out`` (CSV,
-    or Parquet / JSON lines by its name); return the rows left out, with why."""
+    or Parquet / JSON lines by its name); return the rows left out, with why. An existing
+    ``out`` is replaced only if ``overwrite`` (never the ``data`` file itself); a file of
+    ``run_dir`` linking out of it is refused unless ``allow_outside_links``. A file none of
+    whose rows is usable is an error (nothing to predict), not an empty output."""
     from pyarrow import csv
 
     out = Path(out)
     fmt = format_of(out, None, "--out")
     if fmt not in ("csv", "parquet", "jsonl"):
         raise DataError(f"{out}: predictions are written as .csv, .parquet or .jsonl")
-    run = load_run(run_dir)
+    _check_out(out, data, overwrite)
+    run = load_run(run_dir, allow_outside_links=allow_outside_links)
     part, conv = _read(run, data, with_labels=False)
+    _check_usable(part, conv)
+    outputs = _outputs(run, part, conv)
+    _check_outputs(outputs, part, conv.bad)
     columns = {"row": pa.array(part.rows)}
-    columns.update(_columns(run, _outputs(run, part, conv), conv.bad))
+    columns.update(_columns(run, outputs, conv.bad))
     table = pa.table(columns)
-    for name, col in columns.items():
-        if pa.types.is_floating(col.type):
-            vals = col.to_numpy(zero_copy_only=False)
-            if np.isinf(vals).any():
-                raise DataError(f"{out}: column {name!r}: the model gave a non-finite value")
 
     def write(tmp: Path) -> None:
         if fmt == "csv":
@@ -206,21 +272,44 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path) -> list[Prob
     return conv.problems
 
 
-def evaluate(run_dir: str | Path, data: str | Path,
-             out: str | Path | None = None) -> tuple[dict[str, dict[str, float]], list[Problem],
-                                                     Path]:
+def _check_usable(part: SplitRows, conv: Any) -> None:
+    if bool(conv.bad.all()):
+        first = f" (first: {conv.problems[0]})" if conv.problems else ""
+        raise DataError(f"{part.file}: none of its {len(part)} rows is usable{first}; "
+                        "nothing written")
+
+
+def _labelled(y: torch.Tensor) -> torch.Tensor:
+    """Rows whose target is given: a class index >= 0, or a finite value."""
+    if not y.is_floating_point():
+        return y.reshape(len(y), -1).ge(0).any(1)
+    return ~torch.isnan(y.reshape(len(y), -1)).all(1)
+
+
+def evaluate(run_dir: str | Path, data: str | Path, out: str | Path | None = None, *,
+             overwrite: bool = False, allow_outside_links: bool = False,
+             ) -> tuple[dict[str, dict[str, float]], list[Problem], Path]:
     """Per-task loss and metrics of the run on the labelled rows of ``data`` (rows with an
     unusable value left out and returned); written as JSON to ``out`` (default: the run
-    folder's ``evaluate-<file stem>.json``)."""
-    run = load_run(run_dir)
+    folder's ``evaluate-<file stem>.json``, replaced on a re-run; an ``out`` of the user's
+    only with ``overwrite``). A task with no usable labelled row is an error, not a metric
+    of nothing."""
+    target = Path(out) if out else Path(run_dir) / f"evaluate-{Path(data).stem}.json"
+    _check_out(target, data, overwrite, ours=out is None)
+    run = load_run(run_dir, allow_outside_links=allow_outside_links)
     part, conv = _read(run, data, with_labels=True)
-    outputs = _outputs(run, part, conv)
+    _check_usable(part, conv)
     keep = torch.from_numpy(~conv.bad)
+    for task, y in conv.targets.items():
+        if not bool(_labelled(y[keep]).any()):
+            raise DataError(f"{part.file}: task {task!r} has no usable labelled row; "
+                            "nothing to evaluate, nothing written")
+    outputs = _outputs(run, part, conv)
+    _check_outputs(outputs, part, conv.bad)
     evaluator = TaskEvaluator(run.tasks)
     evaluator.update({k: v[keep] for k, v in outputs.items()},
                      {k: v[keep] for k, v in conv.targets.items()})
     results = evaluator.compute()
-    target = Path(out) if out else Path(run_dir) / f"evaluate-{Path(data).stem}.json"
     payload = {"data": str(data), "rows": len(part), "rows_left_out": int(conv.bad.sum()),
                "metrics": {t: {m: (None if math.isnan(v) else v) for m, v in r.items()}
                            for t, r in results.items()}}

@@ -69,7 +69,8 @@ def task_names(cfg: TrainConfig) -> tuple[str, ...]:
 def _declared_tasks(cfg: TrainConfig) -> tuple[str, ...]:
     from .data.declared import parse_dataset
 
-    return tuple(t.name for t in parse_dataset(cfg.dataset, cfg.data_root or ".").tasks)
+    return tuple(t.name for t in parse_dataset(
+        cfg.dataset, cfg.data_root or ".", allow_outside_links=cfg.allow_outside_links).tasks)
 
 
 def _multidigits(cfg: TrainConfig) -> Prepared:
@@ -109,7 +110,8 @@ def _files(cfg: TrainConfig) -> Prepared:
     from .data.declared.spec import select_tasks
     from .models.inputs import TabularInput
 
-    spec = parse_dataset(cfg.dataset, cfg.data_root or ".")
+    spec = parse_dataset(cfg.dataset, cfg.data_root or ".",
+                         allow_outside_links=cfg.allow_outside_links)
     if cfg.tasks:  # a subset of the declared tasks (single-task baselines, task groups)
         spec = select_tasks(spec, cfg.tasks)
     if cfg.finetune_layers:
@@ -230,7 +232,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     resume: Resume = "if_exists" if cfg.resume_if_exists else cfg.resume
     if cfg.run_dir and os.environ.get("RANK", "0") == "0":  # before any data is read
         plan_run(cfg.run_dir, resume=resume, overwrite=cfg.overwrite, config=asdict(cfg),
-                 changeable=CHANGEABLE)
+                 changeable=CHANGEABLE, allow_outside_links=cfg.allow_outside_links)
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank takes its shard
     device = resolve_device(cfg.device)  # under torchrun, cuda is the process's own GPU
     if device.type == "cuda" and device.index is not None:
@@ -281,6 +283,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         accumulate=cfg.accumulate,
         precision=cfg.precision,
         device=device,
+        allow_outside_links=cfg.allow_outside_links,
     )
     history = trainer.fit(
         data.train, cfg.epochs, val_data=data.val, resume=resume, overwrite=cfg.overwrite,

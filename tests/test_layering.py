@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / "manytask"
 # (importer, imported) -> reason. Only edges whose removal is another issue's planned move.
 PENDING: dict[tuple[str, str], str] = {}
 # The bottom layer every package may use.
-BOTTOM = ("manytask.registry", "manytask.files", "manytask.finite")
+BOTTOM = ("manytask.registry", "manytask.files", "manytask.finite", "manytask.locks")
 ENGINE = ("manytask.engine", "manytask.backward", "manytask.gradients", "manytask.flat",
           "manytask.training")
 

@@ -7,7 +7,10 @@ forward knows about each example (its task, language, instance cluster, token ma
 collects auxiliary losses. Targets are chosen by name as PEFT's ``target_modules`` chooses
 them: a list of names matches a module whose full name equals one of them or ends with
 ``"." + name`` (plain string comparison, no regular expression); a single string is a regular
-expression that must match the whole name (``re.fullmatch``), compiled once.
+expression that must match the whole name (``re.fullmatch``), compiled once. As the pattern may
+come from a saved adapter's file, it is matched by the ``regex`` engine (the same syntax and
+meaning as ``re``) under a time limit: a pattern that backtracks exponentially (``(a*)*b``) is
+refused by name instead of stalling the program.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 MAX_PATTERN = 500  # characters: a user's pattern is compiled once, never built up from names
+MATCH_SECONDS = 0.5  # one module name against the pattern: microseconds unless it backtracks
 
 
 @dataclass
@@ -77,7 +81,14 @@ def dense_weight(module: nn.Module) -> Tensor:
 def matches(name: str, targets: str | Sequence[str]) -> bool:
     """Whether module ``name`` is targeted, as PEFT decides (see the module docstring)."""
     if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
+        import regex  # an extra of adapters (transformers needs it): matching with a timeout
+
+        try:
+            return regex.fullmatch(targets, name, timeout=MATCH_SECONDS) is not None
+        except TimeoutError:
+            raise ValueError(f"target_modules: the pattern {targets[:80]!r} takes over "
+                             f"{MATCH_SECONDS} s to match the module name {name!r} "
+                             "(exponential backtracking); refused") from None
     return any(name == t or name.endswith("." + t) for t in targets)
 
 

@@ -64,12 +64,26 @@ FIELD_HELP: dict[str, str] = {
     "device": "cpu, cuda, cuda:N, mps or auto",
     "resume_if_exists": "resume when --run-dir holds a checkpoint, else start (job schedulers)",
     "overwrite": "replace the run in --run-dir (only the run's own files are removed)",
+    "allow_outside_links": "follow links in input folders (the run folder, data_root, a "
+    "datasets folder) that lead outside them (refused by default)",
     "monitor": "validation score for early stopping and the best checkpoint: mean (each "
     "task's main metric, by direction), loss, or TASK/METRIC",
     "early_stopping": "stop after this many epochs without improvement (default: never)",
     "min_delta": "smallest improvement of the monitored score that counts",
     "keep_best": "keep the best epoch's checkpoint and take the test metrics there",
 }
+
+
+LINKS_FLAG = "--allow-outside-links"
+LINKS_HELP = "follow links in input folders that lead outside them (refused by default)"
+
+
+def add_links_flag(parser: argparse.ArgumentParser, help_text: str = LINKS_HELP) -> None:
+    """``--allow-outside-links``, for the commands that read files from folders and have no
+    TrainConfig (``merge``, ``predict``, ``evaluate``, ``report``); ``train`` and ``bench``
+    get it as the config key ``allow_outside_links``."""
+    parser.add_argument(LINKS_FLAG, dest="allow_outside_links", action="store_true",
+                        help=help_text)
 
 
 def registry_choices() -> dict[str, str]:

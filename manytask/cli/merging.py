@@ -11,6 +11,7 @@ from typing import TextIO
 def add_merge_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``merge`` subcommand to ``subparsers``; its handler is ``func=run_merge_command``."""
     from ..merging.methods import METHODS
+    from .flags import add_links_flag
 
     parser = subparsers.add_parser(
         "merge",
@@ -32,11 +33,7 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         action="store_true",
         help="replace OUTPUT_DIR even if it holds files manytask did not write (they are lost)",
     )
-    parser.add_argument(
-        "--allow-outside-links",
-        action="store_true",
-        help="follow links in input folders that lead outside them (refused by default)",
-    )
+    add_links_flag(parser)
     parser.set_defaults(func=run_merge_command)
     return parser
 

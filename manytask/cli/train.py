@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_config_flags, config_from_args
+from .flags import add_config_flags, add_links_flag, config_from_args
 
 # Keys a bench grid sets per cell, so they are not flags of `manytask bench`.
 GRID_KEYS = ("balancer", "balancer_params", "arch", "seed", "run_dir", "resume", "progress",
@@ -55,6 +55,10 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
         help="settings (e.g. epochs lr) allowed to differ between the runs; rows are labelled "
         "with them. Runs differing in any other setting, or in tasks, are refused",
     )
+    rep.add_argument("--overwrite", action="store_true",
+                     help="replace files of --out that no report wrote (refused by default)")
+    add_links_flag(rep, "follow cell folders and results that link outside their run "
+                   "directory (refused by default)")
     rep.set_defaults(func=run_report)
 
 
@@ -82,7 +86,7 @@ def run_bench(args: argparse.Namespace) -> int:
     cells = grid(args.methods, args.archs, args.seeds, tasks, single_task=args.single_task)
     run_dir = Path(args.run_dir)
     run_grid(base, cells, run_dir, baseline_steps=args.baseline_steps)
-    made = report([run_dir])
+    made = report([run_dir], allow_outside_links=base.allow_outside_links)
     print(made["summary"].read_text())
     print(f"report: {made['html']}")
     return 0
@@ -98,9 +102,10 @@ def run_report(args: argparse.Namespace) -> int:
             dirs[0] / "metrics.csv").is_file():  # one training run, not a bench
         from ..evaluation.run_report import run_report as one_run
 
-        made = one_run(dirs[0], Path(args.out) if args.out else None)
+        made = one_run(dirs[0], Path(args.out) if args.out else None, overwrite=args.overwrite)
     else:
-        made = report(dirs, Path(args.out) if args.out else None, args.compare)
+        made = report(dirs, Path(args.out) if args.out else None, args.compare,
+                      overwrite=args.overwrite, allow_outside_links=args.allow_outside_links)
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -33,7 +34,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, TrainConfig, config_from_mapping
-from ..files import atomic_write_text, load_json, load_yaml
+from ..files import atomic_write_text, inside, load_json, load_yaml
 
 RESULT = "result.json"
 # A method or architecture name becomes part of a folder name: letters, digits, _ . - only.
@@ -253,7 +254,7 @@ def run_grid(
             f"{len(failed)} of {len(cells)} cells failed: {shown}; finished cells are kept, "
             "a re-run retries the failed ones"
         )
-    return load_results(run_dir, cells, base)
+    return load_results(run_dir, cells, base, allow_outside_links=base.allow_outside_links)
 
 
 def read_spec(run_dir: Path) -> dict[str, Any]:
@@ -265,9 +266,12 @@ def read_spec(run_dir: Path) -> dict[str, Any]:
 
 
 def load_results(
-    run_dir: Path, cells: Sequence[Cell] | None = None, base: TrainConfig | None = None
+    run_dir: Path, cells: Sequence[Cell] | None = None, base: TrainConfig | None = None,
+    *, allow_outside_links: bool = False,
 ) -> list[dict[str, Any]]:
-    """Finished cells' results, each with its ``cell`` fields added."""
+    """Finished cells' results, each with its ``cell`` fields added. A cell folder or result
+    linking out of ``run_dir`` is refused unless ``allow_outside_links``; a result holding a
+    non-finite number is refused (it would print as a NaN table at exit 0)."""
     if cells is None or base is None:
         spec = read_spec(run_dir)
         try:
@@ -278,12 +282,28 @@ def load_results(
     out = []
     for cell in cells:
         path = cell_dir(run_dir, base, cell) / RESULT
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            inside(run_dir, path.relative_to(run_dir), what="cell result",
+                   allow_outside=allow_outside_links)
             result = load_json(path, what="cell result")
+            _check_finite_numbers(result, str(path))
             result["cell"] = dataclasses.asdict(cell)
             result["cell_dir"] = str(path.parent)
             out.append(result)
     return out
+
+
+def _check_finite_numbers(value: Any, where: str, key: str = "") -> None:
+    """Every number in ``value`` (a parsed result) finite; else a one-line error naming it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {key or 'a value'} is {value}; a cell's results must be "
+                         "finite (re-run the cell: delete its folder)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite_numbers(v, where, f"{key}/{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite_numbers(v, where, f"{key}[{i}]")
 
 
 if __name__ == "__main__":  # the per-cell subprocess

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import UnsafeFileError, atomic_write_text, load_json, regular_file
 from ..registry import short
 from .bench import load_results
 from .compare import check_comparable, settings_of
@@ -27,8 +29,44 @@ from .summary import Row, _main_metric, directions_for, markdown, write_tables
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
+    regular_file(path, what="run log")  # a pipe would block the report forever
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# What a report writes into its folder; an explicit --out holding one of these that no
+# report wrote (its marker lists what one did) is refused unless overwrite.
+REPORT_FILES = ("results.csv", "summary.md", "report.html", "curves.png", "weights.png",
+                "cosine.png", "pareto.png", "delta_m.png")
+REPORT_MARKER = "manytask_report.json"
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before anything is read, an explicit output folder where the report would
+    replace files of the user's (same names, not listed by a previous report's marker)."""
+    if overwrite or not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    ours: set[str] = set()
+    if (out / REPORT_MARKER).exists():
+        try:
+            listed = load_json(out / REPORT_MARKER, what="report marker").get("files", [])
+            ours = {f for f in listed if isinstance(f, str)}
+        except (UnsafeFileError, AttributeError):
+            ours = set()
+    clash = [n for n in REPORT_FILES if (out / n).exists() and n not in ours]
+    if clash:
+        raise ValueError(f"--out {str(out)!r} holds {', '.join(clash[:3])}, which no report "
+                         "wrote; choose a new or empty folder, or pass --overwrite")
+
+
+def mark_out(out: Path, made: Mapping[str, Path]) -> None:
+    """Record what the report wrote into an explicit output folder (see :func:`check_out`)."""
+    files = sorted({p.name for p in made.values()} | (
+        {"results.csv"} if (out / "results.csv").exists() else set()))
+    atomic_write_text(out / REPORT_MARKER, json.dumps({"written_by": "manytask report",
+                                                       "files": files}))
 
 
 def _float(text: str | None) -> float:
@@ -289,19 +327,26 @@ def write_html(out: Path, title: str, table_md: str, images: Sequence[Path]) -> 
 
 
 def report(
-    run_dirs: Sequence[Path], out: Path | None = None, compare: Sequence[str] = ()
+    run_dirs: Sequence[Path], out: Path | None = None, compare: Sequence[str] = (), *,
+    overwrite: bool = False, allow_outside_links: bool = False,
 ) -> dict[str, Path]:
     """Write the tables, plots and ``report.html`` of one or more bench run directories.
 
     Runs of different settings (data, epochs, ...) are refused unless ``compare`` names
     every setting that differs; their rows are then labelled with those settings (and each
     method compared with its own run's baselines). Runs of different task sets are refused.
+    An explicit ``out`` holding files of the report's names that no report wrote is refused
+    unless ``overwrite``; cell folders linking out of a run are refused unless
+    ``allow_outside_links``.
     """
     import matplotlib
 
+    if out is not None:
+        check_out(out, overwrite)
     matplotlib.use("Agg")
     settings = settings_of(run_dirs)
-    per_run = [load_results(run_dir) for run_dir in run_dirs]
+    per_run = [load_results(run_dir, allow_outside_links=allow_outside_links)
+               for run_dir in run_dirs]
     differ = check_comparable(run_dirs, settings, per_run, compare)
     results: list[dict[str, Any]] = []
     for setting, run_results in zip(settings, per_run, strict=True):
@@ -331,4 +376,6 @@ def report(
     title = "manytask report: " + ", ".join(str(d) for d in run_dirs)
     made["html"] = write_html(out, title, table, list(made.values()))
     made["summary"] = out / "summary.md"
+    if out not in run_dirs:
+        mark_out(out, made)
     return made

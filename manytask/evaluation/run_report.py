@@ -9,15 +9,15 @@ worst), so that metrics of different scales (accuracy, RMSE) weigh the same.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from ..files import load_json
 from ..metrics import METRICS
-from .report import plot_curves, plot_weights, write_html
+from .report import check_out, mark_out, plot_curves, plot_weights, write_html
 
 
 def _higher(metric: str) -> bool:
@@ -29,12 +29,12 @@ def main_metrics(run_dir: Path, seen: dict[str, set[str]]) -> dict[str, str]:
     non-loss metric logged, else the loss."""
     declared: dict[str, str] = {}
     pre = run_dir / "preprocessing.json"
-    if pre.is_file():
-        try:
-            for t in json.loads(pre.read_text()).get("tasks", []):
+    if pre.exists():
+        try:  # bounded, a regular file (else a pipe blocks, deep nesting overflows)
+            for t in load_json(pre, what="preprocessing").get("tasks", []):
                 if t.get("metrics"):
                     declared[t["name"]] = t["metrics"][0]
-        except (json.JSONDecodeError, AttributeError, TypeError):
+        except (AttributeError, TypeError, KeyError, IndexError):
             declared = {}
     out: dict[str, str] = {}
     for task, names in seen.items():
@@ -60,10 +60,13 @@ def best_epoch(values: dict[str, dict[int, float]], main: dict[str, str]) -> tup
     return epochs[int(np.argmax(scores))], score_of
 
 
-def run_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
+def run_report(run_dir: Path, out: Path | None = None, *,
+               overwrite: bool = False) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    if out is not None:
+        check_out(out, overwrite)
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
     if not rows:
@@ -97,4 +100,6 @@ def run_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
             made[name] = path
     made["html"] = write_html(out, f"manytask report: {run_dir}", table, list(made.values()))
     made["summary"] = summary
+    if out != run_dir:
+        mark_out(out, made)
     return made

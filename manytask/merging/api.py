@@ -180,27 +180,31 @@ def merge(
         (notify or _stderr)(line)
     _check_output_apart(output_dir, cfg)
     target = AtomicDirectory(output_dir, overwrite=overwrite)  # refuses before any read
-    started = time.perf_counter()
-    base, models, opened = _open_inputs(cfg, allow_outside_links)
-    tokenizer_folder, wrap = tokenizer_files(cfg, base, models)
-    base = None if base is None else wrap(base)
-    models = [wrap(m) for m in models]
-    opened = {k: wrap(v) for k, v in opened.items()}
-    planned = []
-    for group in _groups(cfg, base, models, opened):
-        reference = group.base if group.base is not None else group.models[0]
-        jobs = plan_tensors(reference, group.models, out_dtype=cfg.out_dtype,
-                            embed_mismatch=cfg.embed_mismatch,
-                            dtype_mismatch=cfg.dtype_mismatch)
-        settings = [s.parameters for s in group.sources]
-        # Every tensor's method is built (so every value validated) before any is read.
-        methods = {j.name: cfg.method_for(j.name, group.positions.get(j.name, 0.0), settings,
-                                          group.parameters) for j in jobs}
-        planned.append((group, reference, jobs, methods))
-    outputs = [OutputTensor(j.name, j.shape, j.out_dtype) for p in planned for j in p[2]]
-    names = [o.name for o in outputs]
-    if len(set(names)) != len(names):
-        raise ValueError("the slices produce the same output tensor twice; check layer names")
+    try:  # until the block below takes the output over, a refusal releases its lock
+        started = time.perf_counter()
+        base, models, opened = _open_inputs(cfg, allow_outside_links)
+        tokenizer_folder, wrap = tokenizer_files(cfg, base, models)
+        base = None if base is None else wrap(base)
+        models = [wrap(m) for m in models]
+        opened = {k: wrap(v) for k, v in opened.items()}
+        planned = []
+        for group in _groups(cfg, base, models, opened):
+            reference = group.base if group.base is not None else group.models[0]
+            jobs = plan_tensors(reference, group.models, out_dtype=cfg.out_dtype,
+                                embed_mismatch=cfg.embed_mismatch,
+                                dtype_mismatch=cfg.dtype_mismatch)
+            settings = [s.parameters for s in group.sources]
+            # Every tensor's method is built (so every value validated) before any is read.
+            methods = {j.name: cfg.method_for(j.name, group.positions.get(j.name, 0.0), settings,
+                                              group.parameters) for j in jobs}
+            planned.append((group, reference, jobs, methods))
+        outputs = [OutputTensor(j.name, j.shape, j.out_dtype) for p in planned for j in p[2]]
+        names = [o.name for o in outputs]
+        if len(set(names)) != len(names):
+            raise ValueError("the slices produce the same output tensor twice; check layer names")
+    except BaseException:
+        target.release()
+        raise
     with target as tmp:
         writer = ShardedWriter(tmp, outputs, cfg.shard_size)
         try:

@@ -12,13 +12,13 @@ and is refused then, naming the model that differs, before anything is read.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import parse_json
 from .config import MergeConfig
 from .engine import VOCAB_NAMES
 from .sources import Source
@@ -39,7 +39,7 @@ def vocabulary(folder: Path | None, label: str) -> dict[str, int]:
     if path.stat().st_size > MAX_TOKENIZER_BYTES:
         raise ValueError(f"tokenizer_source: {str(path)!r} is larger than 1 GiB")
     try:
-        data: Any = json.loads(path.read_text())
+        data: Any = parse_json(path.read_text(), where=f"tokenizer {str(path)!r}")
         vocab = dict(data.get("model", {}).get("vocab") or {})
         if isinstance(data.get("model", {}).get("vocab"), list):  # unigram: [token, score]
             vocab = {t[0]: i for i, t in enumerate(data["model"]["vocab"])}

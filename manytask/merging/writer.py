@@ -9,6 +9,7 @@ as they are merged: no output tensor is ever held whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..finite import check_finite
+from ..locks import FolderLock
 from .sources import SAFETENSORS_DTYPES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
@@ -211,27 +213,52 @@ class AtomicDirectory:
     has it (Linux ``renameat2``), so that at every instant one complete result is in place;
     elsewhere by two renames (old aside as ``.NAME.old-*``, new in). Leftovers of a write
     killed at any point are recovered at the next start (see :func:`recover`).
+
+    Two merges into one ``target`` exclude each other: the lock ``.NAME.lock`` (see
+    :func:`output_lock`) is taken before anything else and held until the result is in place,
+    so a second merge is refused at once (:class:`~manytask.locks.FolderBusyError`, one line)
+    and never touches the first's temporary folder; the lock of a killed merge is stale and
+    taken over, with a note.
     """
 
     def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False):
         self.target = Path(target).absolute()
-        self.notes = recover(self.target)
-        if self.target.exists():
-            if not self.target.is_dir():
-                raise ValueError(f"output path {str(self.target)!r} exists and is not a folder")
-            foreign = foreign_entries(self.target)
-            if foreign and not overwrite:
-                shown = ", ".join(repr(f) for f in foreign[:3])
-                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-                raise ValueError(
-                    f"output folder {str(self.target)!r} holds files manytask did not write "
-                    f"({shown}{more}); choose a new or empty folder, or pass --overwrite "
-                    "(overwrite=True) to replace the folder and everything in it"
-                )
         self.path: Path | None = None
+        self._lock = output_lock(self.target)
+        try:
+            self._made = _make_parent(self.target.parent)
+            stale = self._lock.acquire()  # before recover(): a live merge's partial is its own
+            self.notes = [f"took over the stale lock of {stale}, which is no longer running"
+                          ] if stale else []
+            self.notes += recover(self.target)
+            if self.target.exists():
+                if not self.target.is_dir():
+                    raise ValueError(
+                        f"output path {str(self.target)!r} exists and is not a folder")
+                foreign = foreign_entries(self.target)
+                if foreign and not overwrite:
+                    shown = ", ".join(repr(f) for f in foreign[:3])
+                    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                    raise ValueError(
+                        f"output folder {str(self.target)!r} holds files manytask did not "
+                        f"write ({shown}{more}); choose a new or empty folder, or pass "
+                        "--overwrite (overwrite=True) to replace the folder and everything in it"
+                    )
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let another merge into ``target`` start (after the result is in place, or after
+        a refusal: then a parent folder this object created is removed if still empty)."""
+        self._lock.release()
+        if not self.target.exists():
+            for folder in getattr(self, "_made", []):  # deepest first; only if empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        self._made = []
 
     def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(
             tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent)
         )
@@ -244,25 +271,45 @@ class AtomicDirectory:
         tb: TracebackType | None,
     ) -> None:
         assert self.path is not None
-        if exc_type is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            return
-        files = written_files(self.path)
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+                return
+            self._replace(self.path)
+        finally:
+            self.release()
+
+    def _replace(self, new: Path) -> None:
+        files = written_files(new)
         manifest = {"written_by": "manytask merge", "files": files}
-        (self.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        os.chmod(self.path, 0o755)  # mkdtemp makes it private
+        (new / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        os.chmod(new, 0o755)  # mkdtemp makes it private
         if not self.target.exists():
-            os.rename(self.path, self.target)
-        elif _exchange(self.path, self.target):
+            os.rename(new, self.target)
+        elif _exchange(new, self.target):
             # the old result now sits at the temporary path: one step, never neither
             _between_renames()
-            shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(new, ignore_errors=True)
         else:
             old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(self.target, old)
             _between_renames()
-            os.rename(self.path, self.target)
+            os.rename(new, self.target)
             shutil.rmtree(old, ignore_errors=True)
+
+
+def output_lock(target: Path) -> FolderLock:
+    """The lock of merges into ``target``: ``.NAME.lock`` beside it (the folder itself is
+    replaced whole, so its lock cannot live inside it)."""
+    return FolderLock(target.parent / f".{target.name}.lock", folder=target,
+                      what="output folder", user="another merge")
+
+
+def _make_parent(parent: Path) -> list[Path]:
+    """Create ``parent`` (and its parents) if missing; the folders created, deepest first."""
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def recover(target: Path) -> list[str]:

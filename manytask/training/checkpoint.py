@@ -30,7 +30,7 @@ from ..files import UnsafeFileError, atomic_write_text, inside, load_json, read_
 from ..finite import check_like, check_state
 
 LATEST = "latest"
-_OWN = "(a run's checkpoints and their files must lie in its own folder)"
+_OWN = "unless you allow links out of the run folder (--allow-outside-links)"
 BEST = "best"  # names the checkpoint of the best validation epoch, kept from the clean-up
 
 
@@ -159,8 +159,11 @@ def save_checkpoint(
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The directory named by ``checkpoints/latest``, or ``None`` when there is none."""
+def latest_checkpoint(run_dir: Path, *, allow_outside: bool = False) -> Path | None:
+    """The directory named by ``checkpoints/latest``, or ``None`` when there is none.
+
+    A checkpoint folder that is a link out of ``checkpoints`` is refused unless
+    ``allow_outside`` (the user's ``--allow-outside-links``)."""
     pointer = Path(run_dir) / "checkpoints" / LATEST
     if not pointer.exists():
         return None
@@ -175,7 +178,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
             f"{pointer} names {name[:80]!r}, not a checkpoint of this run (epoch-NNNN)"
         )
     try:  # a checkpoint folder linked from elsewhere is not this run's
-        path = inside(pointer.parent, name, what="checkpoint", hint=_OWN)
+        path = inside(pointer.parent, name, what="checkpoint", hint=_OWN,
+                      allow_outside=allow_outside)
     except UnsafeFileError as err:
         raise CheckpointError(str(err)) from None
     if not (path / "state.json").exists():
@@ -208,13 +212,14 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     balancer: nn.Module,
+    allow_outside: bool = False,
 ) -> dict[str, Any]:
-    """Restore model, optimizer, balancer and RNG states from ``path``; return ``state.json``."""
+    """Restore model, optimizer, balancer and RNG states from ``path``; return ``state.json``.
+    Files that are links out of ``path`` are refused unless ``allow_outside``."""
     path = Path(path)
 
-    def own(name: str) -> Path:  # a regular file of the checkpoint folder, never a link out
-        found = inside(path, name, what="checkpoint file", hint=_OWN)
-        return regular_file(found, what="checkpoint file")
+    def own(name: str) -> Path:
+        return own_file(path, name, allow_outside)
 
     try:
         state: dict[str, Any] = load_json(own("state.json"), what="checkpoint state")
@@ -261,14 +266,38 @@ def load_checkpoint(
     return state
 
 
-def load_model_weights(path: Path, model: nn.Module) -> None:
-    """Load only the model weights of the checkpoint at ``path`` into ``model``."""
+CHECKPOINT_FILES = ("state.json", "model.safetensors", "optimizer.safetensors",
+                    "balancer.safetensors", "rng.safetensors")
+
+
+def check_checkpoint_files(path: Path, *, allow_outside: bool = False) -> None:
+    """Every file of the checkpoint at ``path`` present, a regular file of the folder (a
+    link out refused unless ``allow_outside``): checked, reading only, before a resume
+    writes anything into its run folder."""
     try:
-        tensors = load_file(Path(path) / "model.safetensors")
+        for name in CHECKPOINT_FILES:
+            own_file(path, name, allow_outside)
+    except ValueError as err:
+        raise CheckpointError(f"cannot resume from checkpoint {path}: {err}") from None
+
+
+def own_file(path: Path, name: str, allow_outside: bool = False) -> Path:
+    """``path/name``: a regular file of the checkpoint folder, not a link out of it (unless
+    ``allow_outside``), never a pipe or a device."""
+    found = inside(path, name, what="checkpoint file", hint=_OWN, allow_outside=allow_outside)
+    return regular_file(found, what="checkpoint file")
+
+
+def load_model_weights(path: Path, model: nn.Module, *, allow_outside: bool = False) -> None:
+    """Load only the model weights of the checkpoint at ``path`` into ``model``: every tensor
+    of the model's names, shapes and dtypes, finite (:func:`manytask.finite.check_like`)."""
+    try:
+        tensors = load_file(own_file(Path(path), "model.safetensors", allow_outside))
     except (OSError, ValueError, SafetensorError) as err:
         raise CheckpointError(f"cannot read the model weights of {path}: {err}") from err
     _check_matches(model, tensors, "model", Path(path))
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
-    if bad:
-        raise CheckpointError(f"checkpoint {path}: non-finite values in {bad[:3]}")
+    try:  # an altered dtype would load as garbage bits; NaN/inf would predict NaN
+        check_like(tensors, model.state_dict(), f"checkpoint {path}: model")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     model.load_state_dict(tensors)

@@ -62,11 +62,12 @@ def fit_loop(
 def resume_state(
     self: Any, run_dir: Path, step_log: RunLog | None, epoch_log: RunLog | None
 ) -> int:
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir, allow_outside=self.allow_outside_links)
     if ckpt is None:
         raise CheckpointError(f"run_dir {str(run_dir)!r} has no checkpoint to resume from")
     state = load_checkpoint(
-        ckpt, model=self.model, optimizer=self.optimizer, balancer=self.balancer
+        ckpt, model=self.model, optimizer=self.optimizer, balancer=self.balancer,
+        allow_outside=self.allow_outside_links,
     )
     self.step = state["step"]
     self.skipped_steps = state.get("skipped_steps", 0)

@@ -11,31 +11,25 @@ lock, so that two processes racing past the first check cannot both start):
 * the settings that define a run must equal those recorded in ``config.yaml``, or the resume
   is refused naming the keys that differ; the settings that may change (``changeable``) are
   recorded, with the time and what changed, in ``config_history.jsonl`` beside it;
-* a lock (``.lock``, an advisory ``flock`` that the kernel releases when its process dies) is
-  held while training: a second process gets a clear error, and a lock file left by a killed
-  process is recognised as stale (its ``flock`` is free) and taken over.
+* a lock (``.lock``, :class:`manytask.locks.FolderLock`: an advisory ``flock`` that the
+  kernel releases when its process dies) is held while training: a second process gets a
+  clear error, and a lock file left by a killed process is recognised as stale (its
+  ``flock`` is free) and taken over.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import json
-import os
 import shutil
-import socket
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .checkpoint import atomic_write_text, latest_checkpoint
-
-try:  # POSIX; elsewhere the lock degrades to a check of the recorded process id
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from ..files import UnsafeFileError, inside, load_yaml
+from ..locks import FolderBusyError, FolderLock, lock_holder, me
+from .checkpoint import atomic_write_text, check_checkpoint_files, latest_checkpoint
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -75,17 +69,20 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def recorded_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """The settings in ``run_dir/config.yaml`` (``safe_load``), or ``None``."""
-    import yaml
-
+def recorded_config(run_dir: str | Path, *, allow_outside: bool = False) -> dict[str, Any] | None:
+    """The settings in ``run_dir/config.yaml`` (the bounded safe loader of
+    :func:`manytask.files.load_yaml`: a regular file of the folder, no alias bomb), or
+    ``None``. A ``config.yaml`` linking out of the folder is refused unless ``allow_outside``."""
     path = Path(run_dir) / CONFIG
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise RunFolderError(f"run_dir {str(run_dir)!r}: cannot read {CONFIG}: {err}") from None
+        inside(run_dir, CONFIG, what=f"run_dir {str(run_dir)!r}: {CONFIG}",
+               allow_outside=allow_outside,
+               hint="unless you allow links out of the run folder (--allow-outside-links)")
+        values = load_yaml(path, what=CONFIG)
+    except UnsafeFileError as err:
+        raise RunFolderError(f"run_dir {str(run_dir)!r}: {err}") from None
     if not isinstance(values, dict):
         raise RunFolderError(f"run_dir {str(run_dir)!r}: {CONFIG} is not a mapping of settings")
     return values
@@ -129,8 +126,10 @@ def plan_run(
     config: Mapping[str, Any] | None = None,
     changeable: Collection[str] = (),
     check_lock: bool = True,
+    allow_outside_links: bool = False,
 ) -> Plan:
-    """Decide, reading only, what opening ``run_dir`` will do; raise if it is refused."""
+    """Decide, reading only, what opening ``run_dir`` will do; raise if it is refused.
+    Its checkpoints and ``config.yaml`` may link out of it only if ``allow_outside_links``."""
     path = Path(run_dir)
     where = str(run_dir)
     if resume not in (True, False, "if_exists"):
@@ -139,7 +138,7 @@ def plan_run(
         raise RunFolderError("resume and overwrite exclude each other: pick one")
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"run_dir {where!r} is a file, not a folder")
-    holder = lock_holder(path) if check_lock else None
+    holder = lock_holder(path / LOCK) if check_lock else None
     if holder is not None:
         raise RunFolderError(
             f"run_dir {where!r} is in use by another training ({holder}); wait for it to end "
@@ -163,10 +162,11 @@ def plan_run(
                 "to start it again, or use a new run_dir"
             )
         return Plan(False)
-    ckpt = latest_checkpoint(path) if path.is_dir() else None
-    old = recorded_config(path)
+    ckpt = latest_checkpoint(path, allow_outside=allow_outside_links) if path.is_dir() else None
+    old = recorded_config(path, allow_outside=allow_outside_links)
     changed = compare(old, config, changeable, where) if old and config is not None else {}
     if ckpt is not None:
+        check_checkpoint_files(ckpt, allow_outside=allow_outside_links)
         return Plan(True, changed=changed, action="resume")
     if resume is True:
         raise RunFolderError(
@@ -176,113 +176,27 @@ def plan_run(
     return Plan(False, ours, action="start")  # if_exists, nothing to resume: a fresh start
 
 
-class RunLock:
-    """An exclusive lock on a run folder, held from :meth:`acquire` to :meth:`release`."""
+class RunLock(FolderLock):
+    """An exclusive lock on a run folder (:class:`manytask.locks.FolderLock` on ``RUN/.lock``),
+    held from :meth:`acquire` to :meth:`release`."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK
-        self._fd: int | None = None
+        super().__init__(Path(run_dir) / LOCK, folder=run_dir, what="run_dir",
+                         user="another training")
 
-    def acquire(self) -> None:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                _try_lock(fd)
-            except BlockingIOError:
-                holder = _describe(_read(fd))
-                os.close(fd)
-                raise RunFolderError(
-                    f"run_dir {str(self.path.parent)!r} is in use by another training "
-                    f"({holder}); wait for it to end or use another run_dir"
-                ) from None
-            # the file may have been removed and replaced by its holder's release meanwhile
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        old = _read(fd)
-        if old:
+    def acquire(self) -> str | None:
+        try:
+            stale = super().acquire()
+        except FolderBusyError as err:
+            raise RunFolderError(str(err)) from None
+        if stale:
             warnings.warn(
-                f"run_dir {str(self.path.parent)!r}: took over the stale lock of "
-                f"{_describe(old)}, which is no longer running",
+                f"run_dir {str(self.folder)!r}: took over the stale lock of {stale}, which "
+                "is no longer running",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_me()).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.close(self._fd)  # closing releases the flock
-        self._fd = None
-
-
-def _try_lock(fd: int) -> None:
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
-    holder = _read(fd)  # pragma: no cover - without flock: the recorded process must be gone
-    if holder and holder.get("pid") != os.getpid() and _alive(holder.get("pid")):
-        raise BlockingIOError
-
-
-def _me() -> dict[str, Any]:
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": now}
-
-
-def _read(fd: int) -> dict[str, Any] | None:
-    try:
-        raw = os.pread(fd, 4096, 0)
-        if not raw.strip():
-            return None
-        value = json.loads(raw.decode())
-    except (OSError, ValueError):
-        return {"pid": None}
-    return value if isinstance(value, dict) else {"pid": None}
-
-
-def _describe(holder: Mapping[str, Any] | None) -> str:
-    if not holder or holder.get("pid") is None:
-        return "an unknown process"
-    return f"process {holder['pid']} on {holder.get('host', '?')} since {holder.get('since', '?')}"
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lock_holder(run_dir: Path) -> str | None:
-    """Who holds ``run_dir``'s lock (a description), or ``None``; reads only."""
-    path = run_dir / LOCK
-    if not path.is_file():
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        _try_lock(fd)
-    except BlockingIOError:
-        return _describe(_read(fd))
-    finally:
-        os.close(fd)  # also releases a lock it just took
-    return None
+        return stale
 
 
 def open_run(
@@ -292,11 +206,13 @@ def open_run(
     overwrite: bool = False,
     config: Mapping[str, Any] | None = None,
     changeable: Collection[str] = (),
+    allow_outside_links: bool = False,
 ) -> tuple[Plan, RunLock]:
     """Lock ``run_dir``, check it again under the lock, clear what the plan removes, record
     the configuration and its history. The caller releases the returned lock."""
     path = Path(run_dir)
-    plan_run(path, resume=resume, overwrite=overwrite, config=config, changeable=changeable)
+    plan_run(path, resume=resume, overwrite=overwrite, config=config, changeable=changeable,
+             allow_outside_links=allow_outside_links)
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     lock = RunLock(path)
@@ -304,7 +220,7 @@ def open_run(
         lock.acquire()
         plan = plan_run(
             path, resume=resume, overwrite=overwrite, config=config, changeable=changeable,
-            check_lock=False,
+            check_lock=False, allow_outside_links=allow_outside_links,
         )
         for name in plan.clear:
             target = path / name
@@ -327,7 +243,7 @@ def record_config(run_dir: Path, config: Mapping[str, Any], plan: Plan) -> None:
     import yaml
 
     atomic_write_text(run_dir / CONFIG, yaml.safe_dump(_normal(dict(config)), sort_keys=False))
-    entry = {**_me(), "action": plan.action, "changed": plan.changed}
+    entry = {**me(), "action": plan.action, "changed": plan.changed}
     entry.pop("host")
     history = run_dir / HISTORY
     old = history.read_text() if history.is_file() else ""

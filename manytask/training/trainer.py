@@ -108,6 +108,8 @@ class Trainer:
         monitor: the main validation score logged each epoch (see
             :func:`~manytask.training.callbacks.main_score`): ``"mean"``, ``"loss"`` or
             ``"TASK/METRIC"``.
+        allow_outside_links: follow checkpoint folders and files of ``run_dir`` that are
+            links out of it (refused by default, naming the link).
 
     Progress: on a terminal a bar per epoch, elsewhere plain lines; one line of validation
     metrics per epoch, printed (unless ``progress=False``) and appended to ``run_dir/train.log``.
@@ -153,6 +155,7 @@ class Trainer:
         precision: Precision = "fp32",
         callbacks: Sequence[Callback] = (),
         monitor: str = "mean",
+        allow_outside_links: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -164,6 +167,7 @@ class Trainer:
         model.check_tasks(self.tasks)
         check_monitor(monitor, self.tasks)
         self.monitor = monitor
+        self.allow_outside_links = allow_outside_links
         self.callbacks = list(callbacks)
         self.should_stop = False  # a callback sets it to end training after this epoch
         self.protected_epochs: set[int] = set()  # checkpoints the clean-up keeps
@@ -438,10 +442,12 @@ class Trainer:
         resuming = False
         if self.run_dir is not None and self._is_main:
             plan, lock = open_run(self.run_dir, resume=resume, overwrite=overwrite,
-                                  config=config, changeable=changeable)
+                                  config=config, changeable=changeable,
+                                  allow_outside_links=self.allow_outside_links)
             resuming = plan.resume
         elif self.run_dir is not None and resume:  # other ranks: rank 0 checked the folder
-            resuming = latest_checkpoint(self.run_dir) is not None
+            resuming = latest_checkpoint(
+                self.run_dir, allow_outside=self.allow_outside_links) is not None
         try:
             return fit_loop(self, train_data, epochs, val_data, resuming)
         finally:
@@ -467,7 +473,7 @@ class Trainer:
             self.model.load_state_dict(best.weights)
         else:
             path = self.run_dir / "checkpoints" / f"epoch-{best.best_epoch:04d}"
-            load_model_weights(path, self.model)
+            load_model_weights(path, self.model, allow_outside=self.allow_outside_links)
         return best.best_epoch
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from ...files import UnsafeFileError, parse_json
+from ...registry import short
 from ...tasks import Task
 from .columns import (
     Problem,
@@ -286,28 +289,52 @@ class Preprocessor:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Preprocessor:
+        """The preprocessing saved by :meth:`to_json`, checked: bounded JSON, every scale
+        finite (a std > 0), every vocabulary and class list of text."""
         try:
-            state = json.loads(text)
+            state = parse_json(text, where=where)
+            if not isinstance(state, dict):
+                raise DataError(f"{where}: not a preprocessing file of manytask (a JSON "
+                                f"{type(state).__name__}, not an object)")
             if state.get("version") != VERSION:
-                raise DataError(f"{where}: preprocessing version {state.get('version')!r}, "
+                raise DataError(f"{where}: preprocessing version {short(state.get('version'))}, "
                                 f"expected {VERSION}")
-            features = Features({c: (float(m), float(s)) for c, (m, s) in
-                                 state["numeric"].items()},
-                                {c: [str(v) for v in vocab] for c, vocab in
-                                 state["categorical"].items()},
+            numeric = {str(c): (float(m), float(s)) for c, (m, s) in state["numeric"].items()}
+            for c, (m, s) in numeric.items():
+                if not (math.isfinite(m) and math.isfinite(s) and s > 0):
+                    raise DataError(f"{where}: column {c!r}: scaling ({m}, {s}) is not a "
+                                    "finite mean and a positive standard deviation")
+            features = Features(numeric, {str(c): _texts(vocab, f"{where}: column {c!r}")
+                                          for c, vocab in state["categorical"].items()},
                                 {str(c): str(f) for c, f in
                                  (state.get("transforms") or {}).items()})
             labels = {}
             for t in state["tasks"]:
-                spec = TaskSpec(t["name"], t["kind"], tuple(t["label"]), t["loss"],
+                spec = TaskSpec(str(t["name"]), t["kind"], tuple(t["label"]), t["loss"],
                                 dict(t["loss_params"] or {}),
                                 None if t["metrics"] is None else tuple(t["metrics"]),
                                 *(None if t.get(k) is None else tuple(t[k])
                                   for k in ("declared_classes", "positive", "negative")))
-                labels[spec.name] = Labels(spec, t["classes"])
-            return cls(features, labels, state.get("text") or {}, state.get("read") or {})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                classes = (None if t["classes"] is None
+                           else _texts(t["classes"], f"{where}: task {spec.name!r}"))
+                labels[spec.name] = Labels(spec, classes)
+            text_state = state.get("text") or {}
+            if not isinstance(text_state, dict):
+                raise DataError(f"{where}: text is {short(text_state)}, not a mapping")
+            pre = cls(features, labels, text_state, state.get("read") or {})
+            pre.tasks()  # every task buildable (its kind, loss and metrics known)
+            return pre
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             if isinstance(err, DataError):
                 raise
+            if isinstance(err, UnsafeFileError):
+                raise DataError(str(err)) from None
             raise DataError(f"{where}: not a preprocessing file of manytask "
-                            f"({type(err).__name__}: {str(err)[:80]})") from None
+                            f"({type(err).__name__}: {short(str(err), 240)})") from None
+
+
+def _texts(values: Any, where: str) -> list[str]:
+    """A saved vocabulary or class list: a list of text values."""
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise DataError(f"{where}: {short(values)} is not a list of text values")
+    return values

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from ...files import MAX_DEPTH, UnsafeFileError, folder_files, json_depth
 from .options import ReadOptions
 from .spec import SPLITS, DataError, TableSpec
 
@@ -56,10 +57,57 @@ def read_file(path: Path, fmt: str, columns: tuple[str, ...], where: str,
     if missing:
         raise DataError(f"{path}: column {missing[0]!r} does not exist (columns: "
                         f"{', '.join(table.column_names[:20])})")
-    table = table.select([c for c in columns if c in table.column_names])
+    table = single_values(table.select([c for c in columns if c in table.column_names]),
+                          str(path))
     if options.nrows is not None:
         table = table.slice(0, options.nrows)
     return _clean(table, options) if fmt in ("csv", "tsv", "lines") else table
+
+
+def check_json_lines(path: Path, limit: int = MAX_DEPTH, block: int = 1 << 24) -> None:
+    """Refuse a JSON lines file with a row nested deeper than ``limit``: pyarrow's parser
+    recurses once per level and ends the process (a segmentation fault) on a row nested a few
+    ten thousand deep. Read in blocks; a row's opening brackets bound its depth from above,
+    so only a row with more than ``limit`` of them is measured exactly."""
+    carry, row = b"", 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(block)
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            body, carry = data[:cut], data[cut:]
+            for i, line in _bracket_heavy_lines(body, limit):
+                if json_depth(line.decode("utf-8", errors="replace")) > limit:
+                    raise DataError(f"{path}: row {row + i + 1}: JSON nested deeper than "
+                                    f"{limit} levels; refused")
+            row += body.count(b"\n")
+            if not chunk:
+                return
+
+
+def _bracket_heavy_lines(body: bytes, limit: int) -> list[tuple[int, bytes]]:
+    """The lines of ``body`` (index, text) holding more than ``limit`` opening brackets."""
+    if not body:
+        return []
+    arr = np.frombuffer(body, dtype=np.uint8)
+    opens = np.concatenate([[0], np.cumsum((arr == ord("[")) | (arr == ord("{")))])
+    starts = np.concatenate([[0], np.flatnonzero(arr == ord("\n")) + 1])
+    ends = np.concatenate([starts[1:], [len(arr)]])
+    heavy = np.flatnonzero(opens[ends] - opens[starts] > limit)
+    return [(int(i), body[starts[i]:ends[i]]) for i in heavy]
+
+
+def single_values(table: pa.Table, where: str) -> pa.Table:
+    """``table`` if every column holds single values (numbers, text, booleans); a column of
+    lists or objects (JSON lines, Parquet, datasets allow them) is refused by name, before
+    a conversion deep in Arrow fails on it."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        kind = column.type
+        if pa.types.is_nested(kind) or (pa.types.is_dictionary(kind) and pa.types.is_nested(
+                kind.value_type)):
+            raise DataError(f"{where}: column {name!r} holds {str(kind)[:60]} values (lists or "
+                            "objects), not one number or text per row")
+    return table
 
 
 def _clean(table: pa.Table, options: ReadOptions) -> pa.Table:
@@ -108,6 +156,7 @@ def _read(path: Path, fmt: str, columns: tuple[str, ...], options: ReadOptions) 
     if fmt == "jsonl":
         from pyarrow import json
 
+        check_json_lines(path)  # before pyarrow, whose parser crashes on deep nesting
         return json.read_json(path)
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -142,11 +191,19 @@ def _groups(pattern: str) -> list[str]:
 
 
 def read_hf(path: Path, split_names: tuple[str, ...], columns: tuple[str, ...],
-            where: str, need_splits: bool) -> dict[str, pa.Table] | pa.Table:
-    """A ``save_to_disk`` folder: its splits (a DatasetDict) or its one table (a Dataset)."""
+            where: str, need_splits: bool,
+            allow_outside: bool = False) -> dict[str, pa.Table] | pa.Table:
+    """A ``save_to_disk`` folder: its splits (a DatasetDict) or its one table (a Dataset).
+    Its files are checked first (``datasets`` opens them itself): a link out of the folder
+    (unless ``allow_outside``) or a pipe is refused by name."""
     if not path.is_dir():
         raise DataError(f"{where}: {str(path)!r} is not a Hugging Face datasets folder")
     import datasets
+
+    try:
+        folder_files(path, what=f"{where}: datasets file", allow_outside=allow_outside)
+    except UnsafeFileError as err:
+        raise DataError(str(err)) from None
 
     try:
         loaded: Any = datasets.load_from_disk(str(path))
@@ -173,7 +230,7 @@ def _hf_columns(table: pa.Table, columns: tuple[str, ...], where: str) -> pa.Tab
     if missing:
         raise DataError(f"{where}: column {missing[0]!r} does not exist (columns: "
                         f"{', '.join(table.column_names[:20])})")
-    return table.select(list(columns))
+    return single_values(table.select(list(columns)), where)
 
 
 def read_splits(spec: TableSpec) -> dict[str, SplitRows]:
@@ -183,7 +240,8 @@ def read_splits(spec: TableSpec) -> dict[str, SplitRows]:
     if spec.files is not None:
         for split, path in spec.files.items():
             if spec.format == "hf":
-                table = read_hf(path, spec.split_names, columns, spec.where, False)
+                table = read_hf(path, spec.split_names, columns, spec.where, False,
+                                spec.allow_outside)
                 assert isinstance(table, pa.Table)
             else:
                 table = read_file(path, spec.format, columns, spec.where,
@@ -197,7 +255,8 @@ def read_splits(spec: TableSpec) -> dict[str, SplitRows]:
         path = spec.file
         if spec.format == "hf":
             loaded = read_hf(path, spec.split_names, columns, spec.where,
-                             spec.ratio is None and spec.split_column is None)
+                             spec.ratio is None and spec.split_column is None,
+                             spec.allow_outside)
         else:
             loaded = read_file(path, spec.format, columns, spec.where,
                                options=spec.read_options())

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...files import UnsafeFileError, inside
 from ...registry import Param, Registry, RegistryError, did_you_mean, resolve, short
 from ...tasks import Task
 from .errors import DataError
@@ -138,6 +139,7 @@ class TableSpec:
     holdout: float | None = None
     sample: Sample | None = None
     transforms: dict[str, str] = dataclasses.field(default_factory=dict)
+    allow_outside: bool = False  # a datasets folder's files may link out of it
 
     def read_options(self, split: str | None = None) -> ReadOptions:
         """The read options of ``split``'s file (``None``: the one file)."""
@@ -230,14 +232,25 @@ def _check_values(spec: TaskSpec, where: str) -> None:
                             + (f"; {both[0]!r} is in both" if both else ""))
 
 
-def _path(value: Any, root: Path, where: str) -> Path:
+def _path(value: Any, root: Path, where: str, allow_outside: bool) -> Path:
+    """``value`` as a path: an absolute one as given (the user's explicit choice), a relative
+    one under ``root`` (data_root) and refused if it leads out of it (``..``, or a link),
+    unless ``allow_outside``."""
     if not isinstance(value, str) or not value:
         raise DataError(f"{where} must be a file name, got {short(value)}")
     path = Path(value)
-    return path if path.is_absolute() else root / path
+    if path.is_absolute():
+        return path
+    try:
+        return inside(root, path, what=f"{where}: {value!r} under data_root",
+                      allow_outside=allow_outside,
+                      hint="unless you allow links out of data_root (--allow-outside-links) "
+                      "or give an absolute path")
+    except UnsafeFileError as err:
+        raise DataError(str(err)) from None
 
 
-def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
+def _table(value: Any, root: Path, where: str, shape: str, allow_outside: bool) -> TableSpec:
     p = resolve(TABLE_PARAMS, _mapping(value, where), where)
     if shape == "table" and (p["tasks"] is None or p["task"] is not None):
         raise DataError(f"{where}: a table lists its tasks under 'tasks:'")
@@ -273,14 +286,14 @@ def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
                 name = entry.pop("file", None)
                 own[s] = entry
                 entry = name
-            files[s] = _path(entry, root, f"{where}: files: {s}")
+            files[s] = _path(entry, root, f"{where}: files: {s}", allow_outside)
         first = files["train"]
         if sp["ratio"] or sp["column"]:
             raise DataError(f"{where}: files are the splits; drop split:")
     else:
         if sp["holdout"] is not None:
             raise DataError(f"{where}: split: holdout applies to files: {{train, test}}")
-        first = _path(p["file"], root, f"{where}: file")
+        first = _path(p["file"], root, f"{where}: file", allow_outside)
     fmt = format_of(first, p["format"], where)
     read = read_options(p, fmt, where)
     split_read = {s: split_options(read, o, fmt, f"{where}: files: {s}")
@@ -314,11 +327,14 @@ def _table(value: Any, root: Path, where: str, shape: str) -> TableSpec:
                      sp["column"], (sp["names"][0], sp["names"][1], sp["names"][2]),
                      tuple(p["numeric"]), tuple(p["categorical"]), tuple(p["text"]), tasks,
                      read, split_read, sp["holdout"], sample(p["sample"], f"{where}: sample"),
-                     transforms(p["transforms"], tuple(p["numeric"]), f"{where}: transforms"))
+                     transforms(p["transforms"], tuple(p["numeric"]), f"{where}: transforms"),
+                     allow_outside)
 
 
-def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
-    """Validate the ``dataset:`` section (relative file names are under ``root``)."""
+def parse_dataset(value: Any, root: str | Path = ".", *,
+                  allow_outside_links: bool = False) -> DatasetSpec:
+    """Validate the ``dataset:`` section (relative file names are under ``root`` and may not
+    lead out of it, through ``..`` or a link, unless ``allow_outside_links``)."""
     try:
         p = resolve(DATASET_PARAMS, _mapping(value, "dataset"), "dataset")
         if (p["table"] is None) == (p["sources"] is None):
@@ -329,7 +345,8 @@ def parse_dataset(value: Any, root: str | Path = ".") -> DatasetSpec:
                 defaults, "dataset: defaults")
 
         def one(value: Any, where: str, shape: str) -> TableSpec:
-            return _table({**defaults, **_mapping(value, where)}, root, where, shape)
+            return _table({**defaults, **_mapping(value, where)}, root, where, shape,
+                          allow_outside_links)
 
         if p["table"] is not None:
             tables: tuple[TableSpec, ...] = (one(p["table"], "dataset: table", "table"),)
