@@ -169,7 +169,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     head_ids = {id(p) for p in model.heads.parameters()}
     n_params = sum(p.numel() for p in trainable if id(p) not in head_ids)
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
-    balancer = manytask.make_balancer("equal")
+    # set up with every task: a batch draws its tasks with replacement, so the first one
+    # may lack some (equal weights are 1 per present task either way)
+    balancer = manytask.make_balancer("equal", tasks=[t.name for t in mt_tasks])
     times = []
     model.train()
     for x, y in batches:
@@ -230,7 +232,9 @@ def paired_timing(args: argparse.Namespace) -> str:
     models = {c: build(c, encoder, tasks, args).train() for c in chosen}
     optimizers = {c: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], 1e-4)
                   for c, m in models.items()}
-    balancer = manytask.make_balancer("equal")
+    # set up with every task: a batch draws its tasks with replacement, so the first one
+    # may lack some (equal weights are 1 per present task either way)
+    balancer = manytask.make_balancer("equal", tasks=[t.name for t in mt_tasks])
     times: dict[str, list[float]] = {c: [] for c in chosen}
     for _ in range(args.timing_rounds):
         for c, model in models.items():
