@@ -89,6 +89,11 @@ class TrainConfig:
     trec_fine: bool = False
     finetune_layers: int = 0
     finetune_lr: float | None = None
+    # data: text only: a multi-task adapter on the frozen MiniLM (manytask.adapters: lora,
+    # moa, align_lora, ...) trained on the tokens, its parameters, the modules it adapts
+    adapter: str | None = None
+    adapter_params: dict[str, Any] = field(default_factory=dict)
+    adapter_targets: list[str] | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -141,6 +146,14 @@ class TrainConfig:
             raise ConfigError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
         if self.finetune_layers > 0 and self.data != "text":
             raise ConfigError("finetune_layers applies to data: text only")
+        if self.adapter is not None and self.data != "text":
+            raise ConfigError(f"adapter applies to data: text only, got data: {self.data}")
+        if self.adapter is not None and self.finetune_layers > 0:
+            raise ConfigError("adapter and finetune_layers exclude each other (the adapter "
+                              "trains on a frozen encoder)")
+        if self.adapter is None and (self.adapter_params or self.adapter_targets):
+            raise ConfigError("adapter_params and adapter_targets need adapter (a method of "
+                              "manytask.adapters)")
         for key in ("finetune_lr", "head_lr", "balancer_lr", "clip_grad_norm"):
             value = getattr(self, key)
             if value is not None and not value > 0:

@@ -54,6 +54,11 @@ FIELD_HELP: dict[str, str] = {
     "trec_fine": "TREC with its 50 fine classes instead of 6",
     "finetune_layers": "fine-tune MiniLM's top N layers (text; 0: frozen embeddings)",
     "finetune_lr": "learning rate of the fine-tuned layers (default: --lr)",
+    "adapter": "text: train a multi-task adapter (manytask.adapters: lora, moa, align_lora, "
+               "...) on the frozen MiniLM's tokens",
+    "adapter_params": "the adapter's parameters (e.g. {r: 4, route_weight: 1.0})",
+    "adapter_targets": "modules the adapter adapts, as PEFT's target_modules (default: query "
+                       "value)",
     "optimizer": "optimiser by name (sgd, adam, adamw, rmsprop, adagrad, or any torch.optim "
     "class); its options with --optimizer-param KEY=VALUE",
     "weight_decay": "weight decay (not applied to a method's own parameters)",
