@@ -16,7 +16,8 @@ from ..files import UnsafeFileError, parse_yaml
 
 # dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
 PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch",
-               "optimizer_params": "optimizer", "schedule_params": "schedule"}
+               "optimizer_params": "optimizer", "schedule_params": "schedule",
+               "adapter_params": "adapter"}
 
 FIELD_HELP: dict[str, str] = {
     "data": "the data set",
@@ -116,7 +117,9 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
             parser.add_argument(
                 f"--{what}-param", dest=f.name, action="append", metavar="KEY=VALUE",
                 help=f"a {what} parameter, repeatable, value read as YAML "
-                f"(`manytask {what + 's' if what == 'balancer' else 'architectures'}` lists them)",
+                + ("(docs/adapters.md lists them)" if what == "adapter" else
+                   f"(`manytask {what + 's' if what == 'balancer' else 'architectures'}` "
+                   "lists them)"),
             )
         elif hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

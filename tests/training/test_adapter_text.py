@@ -117,3 +117,13 @@ def test_train_from_config_with_moa_adds_the_routing_loss_and_saves_the_adapter(
         want, got = trainer.model(x), loaded(x)
     for name, out in want.items():
         torch.testing.assert_close(got[name], out)
+
+
+def test_the_shipped_adapter_config_loads_and_validates():
+    from manytask.config import load_config
+    from manytask.run import validate_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "text_adapter.yaml"
+    cfg = load_config(path, {"data_root": "anywhere"})
+    validate_config(cfg)
+    assert (cfg.adapter, cfg.adapter_params["route_weight"], cfg.hidden) == ("moa", 1.0, None)
