@@ -1,8 +1,8 @@
 """Multi-task adapters on the eight text tasks with the bundled MiniLM (all-MiniLM-L6-v2).
 
 Every adapter method of :mod:`manytask.adapters` against single-task LoRA and against full
-fine-tuning of the top two layers, trained jointly on mixed batches (every task in every
-batch), equal task weights through ``manytask.backward``: per-task test accuracy, Δm against
+fine-tuning of the top two layers, trained jointly on mixed batches (one sub-batch per task
+draw, tasks drawn with replacement), equal task weights through ``manytask.backward``: per-task test accuracy, Δm against
 single-task LoRA, trainable parameters (heads excluded), median time per step relative to one
 shared LoRA of rank 32, the peak resident memory of the process (model, data, training). Each
 (method, seed) runs in a fresh process, so that the peak is its own. Poly and MHR are also
