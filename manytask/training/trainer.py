@@ -371,7 +371,7 @@ class Trainer:
             with autocast(self.device, self.precision):
                 outputs, features = self.model(x, return_features=True)
                 losses = task_losses(self.tasks, outputs, targets)
-            aux.append(self.model.auxiliary_losses())  # taken at once: the next forward's
+            aux.append(self.model.auxiliary_losses())  # now: an adapter's next forward needs it
             counts = {t.name: int(t.labelled(targets[t.name]).sum())
                       for t in self.tasks if t.name in losses}
             parts.append((losses, features, counts))
