@@ -2,11 +2,12 @@
 
 Every adapter method of :mod:`manytask.adapters` against single-task LoRA and against full
 fine-tuning of the top two layers, trained jointly on mixed batches (one sub-batch per task
-draw, tasks drawn with replacement), equal task weights through ``manytask.backward``: per-task test accuracy, Δm against
-single-task LoRA, trainable parameters (heads excluded), median time per step relative to one
-shared LoRA of rank 32, the peak resident memory of the process (model, data, training). Each
-(method, seed) runs in a fresh process, so that the peak is its own. Poly and MHR are also
-timed against PEFT's own Poly implementation with the same configuration, in the same run.
+draw, tasks drawn with replacement), equal task weights through ``manytask.backward``:
+per-task test accuracy, Δm against single-task LoRA, trainable parameters (heads excluded),
+median time per step relative to one shared LoRA of rank 32, the peak resident memory of the
+process (model, data, training). Each (method, seed) runs in a fresh process, so that the
+peak is its own. Poly and MHR are also timed against PEFT's own Poly implementation with the
+same configuration, in the same run.
 
 Single-task LoRA is ``lora_per_task`` trained jointly: its tasks share no trainable
 parameter and the weights are equal, so each task's LoRA and head receive exactly the
