@@ -86,6 +86,11 @@ class TrainConfig:
     task_temperature: float = 2.0
     finetune_layers: int = 0
     finetune_lr: float | None = None
+    # data: files with text sources: a multi-task adapter on the frozen MiniLM (lora, moa,
+    # align_lora, ...) trained on the tokens; its parameters; the modules it adapts
+    adapter: str | None = None
+    adapter_params: dict[str, Any] = field(default_factory=dict)
+    adapter_targets: list[str] | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -136,6 +141,15 @@ class TrainConfig:
             raise ConfigError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
         if self.finetune_layers > 0 and self.data != "files":
             raise ConfigError("finetune_layers applies to data: files (text sources) only")
+        if self.adapter is not None and self.data != "files":
+            raise ConfigError(f"adapter applies to data: files (text sources) only, got "
+                              f"data: {self.data}")
+        if self.adapter is not None and self.finetune_layers > 0:
+            raise ConfigError("adapter and finetune_layers exclude each other (the adapter "
+                              "trains on a frozen encoder)")
+        if self.adapter is None and (self.adapter_params or self.adapter_targets):
+            raise ConfigError("adapter_params and adapter_targets need adapter (a method of "
+                              "manytask.adapters)")
         for key in ("finetune_lr", "head_lr", "balancer_lr", "clip_grad_norm"):
             value = getattr(self, key)
             if value is not None and not value > 0:

@@ -41,7 +41,8 @@ class Prepared:
     in_features: int
     # tabular data: builds the embedding + dense input layer the architectures start with
     input_layer: Callable[[], nn.Module] | None = None
-    # text with fine-tuned top layers: builds the model (its shared part is MiniLM's top layers)
+    # text with fine-tuned top layers (its shared part is MiniLM's top layers) or with an
+    # adapter on the frozen MiniLM: builds the model
     model_factory: Callable[..., MultiTaskModel] | None = None
     # how the input layer is built, for manytask.json (tabular: its vocabulary sizes)
     input_spec: dict[str, Any] | None = None
@@ -116,6 +117,8 @@ def _files(cfg: TrainConfig) -> Prepared:
         spec = select_tasks(spec, cfg.tasks)
     if cfg.finetune_layers:
         return _files_finetuned(cfg, spec)
+    if cfg.adapter is not None:
+        return _files_adapter(cfg, spec)
     data = prepare_declared(spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                             seed=cfg.seed, tasks_per_batch=cfg.tasks_per_batch,
                             temperature=cfg.task_temperature)
@@ -142,6 +145,22 @@ def _files_finetuned(cfg: TrainConfig, spec: Any) -> Prepared:
     )
     return Prepared([t.task() for t in text_tasks], ft.train, ft.val, ft.test, 0,
                     model_factory=ft.model_factory,
+                    artifacts={PREPROCESSING: pre.to_json()})
+
+
+def _files_adapter(cfg: TrainConfig, spec: Any) -> Prepared:
+    """Text sources through a multi-task adapter on the frozen MiniLM (its tokens)."""
+    from .data.declared.build import declared_text_tasks
+    from .training.adapter_text import prepare_adapter_text
+
+    text_tasks, pre, max_length = declared_text_tasks(spec, cfg.cache_dir)
+    ad = prepare_adapter_text(
+        text_tasks, cfg.adapter or "", cfg.adapter_params, cfg.adapter_targets, max_length,
+        cfg.batch_size, min(cfg.tasks_per_batch, len(text_tasks)), cfg.task_temperature,
+        cfg.seed,
+    )
+    return Prepared([t.task() for t in text_tasks], ad.train, ad.val, ad.test, 0,
+                    model_factory=ad.model_factory,
                     artifacts={PREPROCESSING: pre.to_json()})
 
 
@@ -172,6 +191,17 @@ def validate_config(cfg: TrainConfig) -> None:
             f"finetune_layers: the model is MiniLM's top layers + an MLP trunk; "
             f"arch {cfg.arch!r} is not available there"
         )
+    if cfg.adapter is not None:
+        from .training.adapter_text import check_adapter
+
+        try:
+            check_adapter(cfg.adapter, cfg.adapter_params, cfg.adapter_targets)
+        except RegistryError as err:
+            raise ConfigError(str(err)) from None
+        if cfg.arch != "hard_sharing" or cfg.arch_params or cfg.hidden is not None:
+            raise ConfigError("adapter: the model is MiniLM with the adapter and one linear "
+                              "head per task; arch, arch_params and hidden do not apply "
+                              "(leave them unset)")
 
 
 def arch_params(cfg: TrainConfig) -> dict[str, Any]:
@@ -185,6 +215,8 @@ def arch_params(cfg: TrainConfig) -> dict[str, Any]:
 
 def build_model(cfg: TrainConfig, data: Prepared) -> MultiTaskModel:
     """The architecture ``cfg.arch`` with ``cfg.arch_params`` for the data's tasks and input."""
+    if cfg.adapter is not None and data.model_factory is not None:
+        return data.model_factory()  # validate_config allows no architecture option
     params = arch_params(cfg)
     if data.model_factory is not None:  # validate_config allows hard_sharing only
         params.setdefault("hidden", ARCHITECTURES.entry(cfg.arch).params["hidden"].default)
@@ -301,6 +333,14 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         # the model for inference (the best epoch's weights when keep_best)
         save_pretrained(trainer.model, Path(cfg.run_dir) / "model", tasks=data.tasks,
                         build=model_spec(cfg, data), preprocessing=_preprocessing(cfg, data))
+    if cfg.run_dir and (ctx is None or ctx.is_main) and cfg.adapter is not None:
+        from .adapters import AdapterModel
+        from .adapters.saving import save_adapter
+
+        # the adapter and heads (the best epoch's weights when keep_best), PEFT's format
+        # where PEFT has the method: load_adapter(folder, MiniLM, tasks) rebuilds the model
+        assert isinstance(trainer.model, AdapterModel)
+        save_adapter(trainer.model, Path(cfg.run_dir) / "adapter", overwrite=True)
     if cfg.run_dir and (ctx is None or ctx.is_main):
         # what predict/evaluate need to prepare new rows as training did
         for name, text in (data.artifacts or {}).items():

@@ -47,6 +47,11 @@ class AdapterMethod(nn.Module):
         """The constructor arguments, for saving (JSON-serialisable)."""
         return {k: getattr(self, k) for k in self.params}
 
+    def auxiliary_names(self) -> tuple[str, ...]:
+        """The auxiliary losses this method adds to the objective in training (their
+        weights are its declared parameters); none by default."""
+        return ()
+
     def setup(self, base: nn.Module) -> None:
         """Called once with the frozen base model before any layer is made."""
 

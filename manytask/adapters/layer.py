@@ -33,15 +33,20 @@ class Context:
 
     ``tasks`` (B,) task indices; ``languages`` (B,) language indices (Hyper-X); ``intuition``
     (B, d) instance-cluster embeddings (MoR1E); ``mask`` (B, L) real tokens; ``losses``
-    collects the auxiliary losses the layers add during the pass.
+    collects the auxiliary losses the layers add during the pass, by name (one term per
+    adapted layer, see :meth:`add_loss`).
     """
 
     tasks: Tensor
     mask: Tensor
     languages: Tensor | None = None
     intuition: Tensor | None = None
-    losses: list[Tensor] = field(default_factory=list)
+    losses: dict[str, list[Tensor]] = field(default_factory=dict)
     representations: dict[str, Tensor] = field(default_factory=dict)
+
+    def add_loss(self, name: str, value: Tensor) -> None:
+        """One adapted layer's term of the auxiliary loss ``name`` (summed over layers)."""
+        self.losses.setdefault(name, []).append(value)
 
 
 class ContextHolder:

@@ -59,7 +59,7 @@ class AlignDelta(LoraDelta):
         owner = self.owner[0]
         if self.training and owner.align_weight > 0:
             loss = owner.alignment(masked_mean(u, ctx.mask), ctx.tasks)
-            ctx.losses.append(owner.align_weight * loss / max(len(owner.layers), 1))
+            ctx.add_loss("align", owner.align_weight * loss / max(len(owner.layers), 1))
         return self.scale * (u @ self.lora_B.t())
 
 
@@ -98,6 +98,9 @@ class AlignLora(AdapterMethod):
 
     def make(self, name: str, module: nn.Module) -> nn.Module:
         return AlignDelta(*in_out(module), self.r, self.alpha, self)
+
+    def auxiliary_names(self) -> tuple[str, ...]:
+        return ("align",) if self.align_weight > 0 else ()
 
     def alignment(self, reps: Tensor, tasks: Tensor) -> Tensor:
         groups = [reps[tasks == t] for t in torch.unique(tasks).tolist()]

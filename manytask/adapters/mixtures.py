@@ -44,7 +44,7 @@ class MoaDelta(nn.Module):
             # the routing loss trains the router only: through a detached input its backward
             # stays inside this layer instead of running through the whole network again
             ce = nn.functional.cross_entropy(self.router(pooled.detach()), ctx.tasks.long())
-            ctx.losses.append(owner.route_weight * ce / max(len(owner.layers), 1))
+            ctx.add_loss("route", owner.route_weight * ce / max(len(owner.layers), 1))
         gate = w.repeat_interleave(self.r, dim=1)
         return self.scale * gated_lowrank(x, self.expert_A, self.expert_B, gate)
 
@@ -77,6 +77,9 @@ class MixtureOfLoras(AdapterMethod):
 
     def make(self, name: str, module: nn.Module) -> nn.Module:
         return MoaDelta(*in_out(module), self)
+
+    def auxiliary_names(self) -> tuple[str, ...]:
+        return ("route",) if self.route_weight > 0 else ()
 
 
 class MoR1EDelta(nn.Module):

@@ -57,7 +57,7 @@ class AdaptedBase(nn.Module):
                 raise ValueError(f"adapter {method.name!r} needs target_modules (module names "
                                  "as PEFT's, e.g. ['query', 'value'])")
             method.layers = inject(base, target_modules, method.make, self.holder)
-        self.last_losses: list[Tensor] = []
+        self.last_losses: dict[str, Tensor] = {}
         self.consumed = True
 
     @property
@@ -85,8 +85,9 @@ class AdaptedBase(nn.Module):
         mask (B, L'); prompt positions are cut off."""
         if self.training and not self.consumed:
             raise RuntimeError(f"adapter {self.method.name!r}: the auxiliary loss of the "
-                               "previous training forward was never taken; add "
-                               "model.auxiliary_loss() to the objective each step")
+                               "previous training forward was never taken; train with the "
+                               "Trainer, or add model.auxiliary_loss() to the objective "
+                               "each step")
         ctx = self.context(x)
         mask = x["attention_mask"]
         used = torch.nonzero(mask.any(0))
@@ -116,8 +117,9 @@ class AdaptedBase(nn.Module):
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         if prompt is not None:
             hidden = hidden[:, prompt.shape[1]:]
-        if self.training and ctx.losses:
-            self.last_losses, self.consumed = ctx.losses, False
+        if self.training and ctx.losses:  # per name: the sum of the layers' terms
+            self.last_losses = {k: torch.stack(v).sum() for k, v in ctx.losses.items()}
+            self.consumed = False
         return hidden, mask
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
@@ -127,11 +129,11 @@ class AdaptedBase(nn.Module):
         last = mask.long().sum(1).clamp_min(1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
-    def auxiliary_loss(self) -> Tensor | None:
-        """The method's auxiliary losses of the last training forward, summed (Align-LoRA's
-        alignment, MoA's routing loss), or ``None``; add it to the objective."""
-        losses, self.last_losses, self.consumed = self.last_losses, [], True
-        return torch.stack(losses).sum() if losses else None
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        """The method's auxiliary losses of the last training forward by name (Align-LoRA's
+        ``align``, MoA's ``route``), weighted, summed over layers; taking them clears them."""
+        losses, self.last_losses, self.consumed = self.last_losses, {}, True
+        return losses
 
 
 class AdapterModel(MultiTaskModel):
@@ -140,8 +142,11 @@ class AdapterModel(MultiTaskModel):
     features, one head per task. Works with ``manytask.backward`` and the Trainer like any
     :class:`~manytask.models.MultiTaskModel`: the features are the pooled hidden state, and
     :meth:`shared_parameters` are the trainable adapter parameters not owned by one task.
-    Methods with an auxiliary loss (``align_lora``, ``moa``) need it added to the objective
-    each training step (:meth:`auxiliary_loss`), so they run in your own loop.
+    Methods with an auxiliary loss (``align_lora``, ``moa``) compute it in each training
+    forward (:meth:`auxiliary_losses`); the Trainer adds it to the objective, outside the
+    balancing of the task losses. In your own loop, backpropagate :meth:`auxiliary_loss`
+    (with ``retain_graph=True``) before ``manytask.backward``: a training forward refuses to
+    run while the previous one's auxiliary loss was never taken.
     """
 
     def __init__(self, base: nn.Module, tasks: Sequence[Task], method: str | AdapterMethod,
@@ -175,8 +180,17 @@ class AdapterModel(MultiTaskModel):
     def method(self) -> AdapterMethod:
         return self.adapted.method
 
+    def auxiliary_loss_names(self) -> tuple[str, ...]:
+        return self.method.auxiliary_names()
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        return self.adapted.auxiliary_losses()
+
     def auxiliary_loss(self) -> Tensor | None:
-        return self.adapted.auxiliary_loss()
+        """The auxiliary losses of the last training forward summed (what your own loop adds
+        to the objective), or ``None`` when there is none; taking it clears them."""
+        losses = self.auxiliary_losses()
+        return torch.stack(list(losses.values())).sum() if losses else None
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         for name, p in self.shared.named_parameters():

@@ -16,7 +16,8 @@ from ..files import UnsafeFileError, parse_yaml
 
 # dict-valued config keys, given on the command line as repeated --<what>-param KEY=VALUE
 PARAM_FLAGS = {"balancer_params": "balancer", "arch_params": "arch",
-               "optimizer_params": "optimizer", "schedule_params": "schedule"}
+               "optimizer_params": "optimizer", "schedule_params": "schedule",
+               "adapter_params": "adapter"}
 
 FIELD_HELP: dict[str, str] = {
     "data": "the data set",
@@ -48,6 +49,11 @@ FIELD_HELP: dict[str, str] = {
     "task_temperature": "temperature of the task sampler over sources (1: proportional)",
     "finetune_layers": "fine-tune MiniLM's top N layers (text sources; 0: frozen embeddings)",
     "finetune_lr": "learning rate of the fine-tuned layers (default: --lr)",
+    "adapter": "text sources: train a multi-task adapter (manytask.adapters: lora, moa, "
+               "align_lora, ...) on the frozen MiniLM's tokens",
+    "adapter_params": "the adapter's parameters (e.g. {r: 4, route_weight: 1.0})",
+    "adapter_targets": "modules the adapter adapts, as PEFT's target_modules (default: query "
+                       "value)",
     "optimizer": "optimiser by name (sgd, adam, adamw, rmsprop, adagrad, or any torch.optim "
     "class); its options with --optimizer-param KEY=VALUE",
     "weight_decay": "weight decay (not applied to a method's own parameters)",
@@ -119,7 +125,9 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
             parser.add_argument(
                 f"--{what}-param", dest=f.name, action="append", metavar="KEY=VALUE",
                 help=f"a {what} parameter, repeatable, value read as YAML "
-                f"(`manytask {what + 's' if what == 'balancer' else 'architectures'}` lists them)",
+                + ("(docs/adapters.md lists them)" if what == "adapter" else
+                   f"(`manytask {what + 's' if what == 'balancer' else 'architectures'}` "
+                   "lists them)"),
             )
         elif hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

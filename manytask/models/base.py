@@ -23,7 +23,9 @@ class MultiTaskModel(nn.Module):
     :mod:`manytask.engine.gradients`).
 
     Subclasses whose heads read per-task features (PLE, cross-stitch, ...) override
-    :meth:`head_input`.
+    :meth:`head_input`. Models whose method adds a term of its own to the objective (an
+    adapter's alignment or routing loss) override :meth:`auxiliary_loss_names` and
+    :meth:`auxiliary_losses`; the Trainer adds those terms outside the task balancing.
     """
 
     def __init__(self, shared: nn.Module, heads: Mapping[str, nn.Module]) -> None:
@@ -54,6 +56,16 @@ class MultiTaskModel(nn.Module):
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.shared.parameters()
+
+    def auxiliary_loss_names(self) -> tuple[str, ...]:
+        """The names of the auxiliary losses each training forward computes (none here)."""
+        return ()
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        """The auxiliary losses of the last training forward by name, each a scalar already
+        multiplied by its weight, to be added to the objective as they are; taking them
+        clears them. ``{}`` for a model without any."""
+        return {}
 
     def check_tasks(self, tasks: Sequence[Task]) -> None:
         """Raise ``ValueError`` if the heads do not match ``tasks`` one for one."""

@@ -125,6 +125,8 @@ def run_epoch(
         set_epoch(epoch)
     began, first_step = time.perf_counter(), self.step
     seen = 0
+    aux_sums: dict[str, float] = {}
+    aux_steps = 0
     pending: list[Batch] = []
     batches = iter(progress.epoch(train_data, epoch, epochs))
     while True:
@@ -140,6 +142,11 @@ def run_epoch(
         pending = []
         if row is None:
             continue
+        aux = {k[4:]: v for k, v in row.items() if k.startswith("aux/")}
+        if aux:
+            aux_steps += 1
+            for name, value in aux.items():
+                aux_sums[name] = aux_sums.get(name, 0.0) + value
         if step_log is not None and (self.step % self.log_every == 0):
             step_log.write(row)
             if board is not None:
@@ -158,6 +165,8 @@ def run_epoch(
         "seconds": time.perf_counter() - began,
         "steps": self.step - first_step,
     }
+    if aux_steps:  # the model's auxiliary losses, mean over the epoch's steps
+        summary["aux"] = {name: total / aux_steps for name, total in aux_sums.items()}
     score = None
     if val_data is not None:
         summary["val"] = results = self.evaluate(val_data)
@@ -219,6 +228,7 @@ def open_logs(self: Any) -> tuple[RunLog | None, RunLog | None]:
     cols = ["step", "epoch"]
     cols += [f"loss/{n}" for n in names] + [f"weight/{n}" for n in names]
     cols += [f"cos/{a}/{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
+    cols += [f"aux/{name}" for name in self.aux_names]
     step_log = RunLog(self.run_dir / "steps", cols, self.log_format)
     epoch_log = RunLog(
         self.run_dir / "metrics", ["epoch", "split", "task", "metric", "value"], self.log_format

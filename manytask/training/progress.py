@@ -22,6 +22,8 @@ def epoch_line(summary: Mapping[str, Any], epochs: int, score: float | None = No
         f"epoch {summary['epoch'] + 1}/{epochs} step {summary['step']} "
         f"({summary['seconds']:.1f} s)"
     )
+    if summary.get("aux"):  # the model's auxiliary losses, epoch means
+        head += " aux " + " ".join(f"{k} {v:.4f}" for k, v in summary["aux"].items())
     val = summary.get("val")
     if not val:
         return head

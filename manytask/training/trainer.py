@@ -47,7 +47,14 @@ from .logs import LogFormat, RunLog
 from .loop import fit_loop, open_logs
 from .optim import SCHEDULES, Interval, Schedule, build_optimizer, param_groups
 from .run_folder import Resume, open_run
-from .support import RngState, check_flat, rng_state, set_rng_state
+from .support import (
+    RngState,
+    backward_auxiliary,
+    check_flat,
+    mean_auxiliary,
+    rng_state,
+    set_rng_state,
+)
 
 Batch = tuple[Any, Mapping[str, Tensor]]
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -114,6 +121,16 @@ class Trainer:
     Progress: on a terminal a bar per epoch, elsewhere plain lines; one line of validation
     metrics per epoch, printed (unless ``progress=False``) and appended to ``run_dir/train.log``.
 
+    Auxiliary losses: a model whose training forward computes terms of its own objective
+    (:meth:`~manytask.models.MultiTaskModel.auxiliary_losses`: Align-LoRA's alignment, MoA's
+    routing loss, weighted by the adapter's declared parameters) has them added to the
+    objective at each step, as the papers add them: ``sum_k w_k L_k + sum_a L_a``. They are
+    not tasks: the balancer never sees them (no weight, no Gramian row); their gradient is
+    backpropagated once, unweighted, and added to the one the balancer forms from the task
+    losses, into every parameter they reach. Logged as ``aux/NAME`` in each step row and as
+    each epoch's mean in the summary (``"aux"``). With ``accumulate``, each name's mean over
+    the micro-batches; not with ``flat_rho`` (whose 1 + K forwards would each compute them).
+
     Distributed: when ``torch.distributed`` is initialised with several processes (e.g. under
     ``torchrun``), each rank trains on its shard of every global batch (wrap the data in
     :class:`~manytask.training.distributed.ShardedBatches`), the balancer decides on
@@ -165,6 +182,11 @@ class Trainer:
             raise ValueError(f"cosine_every must be >= 1, got {cosine_every}")
         self.tasks = list(tasks)
         model.check_tasks(self.tasks)
+        self.aux_names = tuple(model.auxiliary_loss_names())
+        if flat_rho is not None and self.aux_names:
+            raise ValueError(f"flat_rho re-runs the forward once per task, where the model's "
+                             f"auxiliary losses {list(self.aux_names)} would be computed again "
+                             "and dropped: train this model without flat_rho")
         check_monitor(monitor, self.tasks)
         self.monitor = monitor
         self.allow_outside_links = allow_outside_links
@@ -231,6 +253,7 @@ class Trainer:
         self._model_params = [p for p in self.model.parameters() if p.requires_grad]
         self._last_x: Any = None
         self._last_targets: Any = None
+        self._last_aux: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch | Sequence[Batch]) -> dict[str, Any] | None:
@@ -266,7 +289,10 @@ class Trainer:
         scale = 1.0 if self.scaler is None else float(self.scaler.get_scale())
         if self.scaler is not None:  # fp16: scaled losses; backward divides the scale out
             losses = {k: self.scaler.scale(v) for k, v in losses.items()}
+        aux = self._last_aux
         try:
+            if aux:  # outside the balancing: added to the gradient the method forms
+                backward_auxiliary(aux, scale, self.step)
             if rng is not None:  # flat regions
                 result = self._flat_backward(x, targets, rng)
             else:
@@ -322,6 +348,8 @@ class Trainer:
         for task, value in result.losses.items():
             row[f"loss/{task}"] = value
             row[f"weight/{task}"] = result.weights[task]
+        for name, term in aux.items():
+            row[f"aux/{name}"] = float(term.detach())
         if gramian is not None:
             result.gramian = gramian
         cosine = result.cosine
@@ -341,16 +369,18 @@ class Trainer:
         every method: loss-level ones see the large batch's losses, gradient-level ones its
         per-task gradients and Gramian). The N graphs are kept until the one backward.
         """
-        parts = []
+        parts, aux = [], []
         for x, targets in micro:
             x, targets = to_device(x, self.device), to_device(targets, self.device)
             with autocast(self.device, self.precision):
                 outputs, features = self.model(x, return_features=True)
                 losses = task_losses(self.tasks, outputs, targets)
+            aux.append(self.model.auxiliary_losses())  # now: an adapter's next forward needs it
             counts = {t.name: int(t.labelled(targets[t.name]).sum())
                       for t in self.tasks if t.name in losses}
             parts.append((losses, features, counts))
         self._last_x, self._last_targets = x, targets  # the gate report reads the last batch
+        self._last_aux = mean_auxiliary(aux, self.aux_names)
         if len(parts) == 1:
             return parts[0]
         total: dict[str, int] = {}
