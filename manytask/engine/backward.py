@@ -39,6 +39,7 @@ from .collectives import (
     all_reduce_sum,
     gather_columns,
     group_of,
+    sharded_gramian,
 )
 from .gather import NonFiniteLossError, TaskBatch, check_losses, gather
 from .gradients import (
@@ -185,7 +186,11 @@ def decide_and_apply(
     grads = local_gradients(batch, feats, mode, params, at_features)
     r = batch.group.world_size
     blocks = grads.blocks
-    if mode == "exact" and r > 1:
+    # Across processes, a Gramian method without a part needs only the global Gramian, a sum
+    # over parameter blocks: each rank forms its slice's part (sharded_gramian). The others
+    # need the global per-task gradients themselves.
+    sliced = mode == "exact" and r > 1 and method.requires == "gramian" and not extra
+    if mode == "exact" and r > 1 and not sliced:
         blocks = [b / r for b in all_reduce_blocks(blocks, batch.group)]
 
     if method.requires == "jacobian":
@@ -215,6 +220,8 @@ def decide_and_apply(
 
     if r == 1:
         gramian = grads.gramian
+    elif sliced:  # of the rank-averaged gradients sum_r J_r / r
+        gramian = sharded_gramian(blocks, batch.group) / (r * r)
     elif mode == "exact":
         gramian = gramian_of(blocks)
     else:
