@@ -9,12 +9,18 @@ import sys
 from pathlib import Path
 
 import torch
-from _worker import EPOCHS, data, tasks  # beside this file (the test puts it on the path)
+from _worker import (  # beside this file (the test puts it on the path)
+    EPOCHS,
+    GLOBAL_BATCH,
+    data,
+    tasks,
+)
 from safetensors.torch import save_file
 from torch import nn
 
 import manytask
 from manytask.balancers import available, make_balancer
+from manytask.data import TensorBatches
 from manytask.models import HardSharing
 from manytask.tasks import task_losses
 from manytask.training.distributed import ShardedBatches, context, init_from_env, sync_gradients
@@ -24,6 +30,23 @@ NEEDS: dict[str, dict[str, object]] = {"periodic": {"base": "mgda"}}
 CONFIGS: dict[str, tuple[str, str]] = {f"{n}_exact": (n, "exact") for n in available()}
 CONFIGS.update({f"{n}_feature": (n, "feature")
                 for n in ("mgda", "moco", "graddrop", "excess_mtl")})
+# rank 1 has no labelled sample in the first step: it must still join FSDP's reduction
+# (loss-level methods; not handled for gradient-level ones, see docs/distributed.md)
+IDLE = {"equal_idle": ("equal", "exact"), "uncertainty_idle": ("uncertainty", "exact")}
+CONFIGS.update(IDLE)
+
+
+def idle_data() -> TensorBatches:
+    """``_worker.data()`` in order, with no label in samples 8-15 (rank 1's half of the first
+    global batch under two processes)."""
+    batches = data()
+    x, targets = batches.x, dict(batches.targets)
+    targets["a"] = targets["a"].clone()
+    targets["a"][8:16] = -1
+    for name in ("b", "c"):
+        targets[name] = targets[name].clone()
+        targets[name][8:16] = float("nan")
+    return TensorBatches(x, targets, GLOBAL_BATCH, shuffle=False)
 
 
 def shard(model: HardSharing) -> None:
@@ -43,12 +66,12 @@ def run_config(name: str) -> dict[str, torch.Tensor]:
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return _train(*CONFIGS[name])
+        return _train(*CONFIGS[name], idle_data() if name in IDLE else data())
     finally:
         torch.set_default_dtype(default)
 
 
-def _train(method_name: str, mode: str) -> dict[str, torch.Tensor]:
+def _train(method_name: str, mode: str, glob: TensorBatches) -> dict[str, torch.Tensor]:
     ctx = context()
     torch.manual_seed(0)
     model = HardSharing(tasks(), 8, hidden=(16, 16))
@@ -57,7 +80,7 @@ def _train(method_name: str, mode: str) -> dict[str, torch.Tensor]:
     if ctx is not None:
         shard(model)
     optimizer = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.1)
-    batches = data() if ctx is None else ShardedBatches(data(), ctx.rank, ctx.world_size)
+    batches = glob if ctx is None else ShardedBatches(glob, ctx.rank, ctx.world_size)
     weights = []
     for epoch in range(EPOCHS):
         batches.set_epoch(epoch)

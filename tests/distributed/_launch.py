@@ -33,7 +33,12 @@ def launch(script: Path, args: list[str], world: int = 2, timeout: float = 300) 
         )
         for r in range(world)
     ]
-    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:  # a rank waits in a collective another never joins
+        for p in procs:
+            p.kill()
+        raise AssertionError(f"{script.name} did not finish in {timeout} s") from None
     failed = [(r, log) for r, (p, log) in enumerate(zip(procs, logs, strict=True))
               if p.returncode != 0]
     assert not failed, "\n".join(f"rank {r} failed:\n{log}" for r, log in failed)
