@@ -39,6 +39,7 @@ from .collectives import (
     all_reduce_sum,
     gather_columns,
     group_of,
+    sharded_gramian,
 )
 from .gather import NonFiniteLossError, TaskBatch, check_losses, gather
 from .gradients import (
@@ -131,10 +132,36 @@ def backward(
         return BackwardResult(tasks=(), weights={}, losses={})
     for part in parts:
         part.on_losses(losses, features)
-    result = decide_and_apply(batch, method, features, shared_params, mode, head_grad, parts,
-                              scale)
+    with IdleRank(batch, features):
+        result = decide_and_apply(batch, method, features, shared_params, mode, head_grad,
+                                  parts, scale)
     record_stepped(method)
     return result
+
+
+class IdleRank:
+    """On a rank with no labelled sample in its shard, make sure the shared part's backward
+    runs (with zero gradients if the decision sent nothing into it), after the engine's own
+    collectives: with FSDP that backward is a collective (the gradients' reduce-scatter) that
+    every rank must join. Needs ``features=``; nothing to do on a rank with a labelled task."""
+
+    def __init__(self, batch: TaskBatch, features: Features | None) -> None:
+        self.tensors = [] if batch.local or features is None else feature_tensors(features)
+        self.reached = False
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> IdleRank:
+        self.handles = [t.register_hook(self.seen) for t in self.tensors]
+        return self
+
+    def seen(self, grad: Tensor) -> None:
+        self.reached = True
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        if kind is None and self.tensors and not self.reached:
+            torch.autograd.backward(self.tensors, [torch.zeros_like(t) for t in self.tensors])
 
 
 def decide_and_apply(
@@ -185,7 +212,11 @@ def decide_and_apply(
     grads = local_gradients(batch, feats, mode, params, at_features)
     r = batch.group.world_size
     blocks = grads.blocks
-    if mode == "exact" and r > 1:
+    # Across processes, a Gramian method without a part needs only the global Gramian, a sum
+    # over parameter blocks: each rank forms its slice's part (sharded_gramian). The others
+    # need the global per-task gradients themselves.
+    sliced = mode == "exact" and r > 1 and method.requires == "gramian" and not extra
+    if mode == "exact" and r > 1 and not sliced:
         blocks = [b / r for b in all_reduce_blocks(blocks, batch.group)]
 
     if method.requires == "jacobian":
@@ -215,6 +246,8 @@ def decide_and_apply(
 
     if r == 1:
         gramian = grads.gramian
+    elif sliced:  # of the rank-averaged gradients sum_r J_r / r
+        gramian = sharded_gramian(blocks, batch.group) / (r * r)
     elif mode == "exact":
         gramian = gramian_of(blocks)
     else:

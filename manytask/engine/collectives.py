@@ -8,8 +8,12 @@ reads, so every rank takes the same decision:
 * per-task losses: one all-reduce of a 2 x K float64 buffer (labelled-sample counts and
   count-weighted losses), :func:`global_losses`;
 * feature-level Gramian: a sum over samples, one all-reduce of K x K values;
-* exact Gramian: the per-task gradients w.r.t. the shared parameters are summed over ranks
-  (one all-reduce of K x P values) before the Gramian is formed;
+* exact Gramian: a sum over parameter blocks, so no rank needs the whole K x P Jacobian: a
+  reduce-scatter of the per-task gradients w.r.t. the shared parameters gives each rank the
+  global gradients of its slice of the parameters, each rank forms its slice's part of the
+  Gramian and one all-reduce of K x K values completes it (:func:`sharded_gramian`); methods
+  that need the Jacobian itself (Jacobian aggregators, flat regions) all-reduce the K x P
+  values;
 * Jacobian aggregators in feature mode: the per-task feature gradients are gathered
   (:func:`gather_columns`).
 
@@ -27,6 +31,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+SHARDED: tuple[type, ...]  # the types of parameters that FSDP2 (fully_shard) shards
+try:
+    from torch.distributed.tensor import DTensor
+
+    SHARDED = (DTensor,)
+except ImportError:  # torch < 2.4: no FSDP2
+    SHARDED = ()
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,36 @@ def all_reduce_blocks(blocks: Sequence[Tensor], ctx: DistContext) -> list[Tensor
     return [piece.view_as(b) for piece, b in zip(pieces, blocks, strict=True)]
 
 
+def sharded_gramian(blocks: Sequence[Tensor], ctx: DistContext) -> Tensor:
+    """``G = J J^T`` (float64) of ``J = sum_r J_r``, the per-task gradients ``J_r`` (K x P, as
+    ``blocks`` of shape (K, ...)) summed over ranks, without any rank holding ``J``.
+
+    The Gramian is a sum over parameter blocks, ``G = sum_s J_s J_s^T`` for any partition of
+    the P columns into slices ``s``: one reduce-scatter gives rank r the summed columns of its
+    slice (about P / R of them), it forms ``J_{s_r} J_{s_r}^T`` and one all-reduce of K x K
+    values adds the slices' parts. Communication: K P values reduce-scattered and K^2
+    all-reduced, against 2 K P for an all-reduce of ``J``.
+    """
+    k = blocks[0].shape[0]
+    columns = torch.cat([b.reshape(k, -1) for b in blocks], dim=1)
+    if ctx.world_size == 1:
+        cols = columns.to(torch.float64)
+        return cols @ cols.T
+    width = -(-columns.shape[1] // ctx.world_size)  # each rank's slice, the last one padded
+    rows = torch.zeros((width * ctx.world_size, k), dtype=columns.dtype, device=columns.device)
+    rows[: columns.shape[1]] = columns.T  # reduce_scatter splits along the first dimension
+    mine = torch.empty((width, k), dtype=columns.dtype, device=columns.device)
+    dist.reduce_scatter_tensor(mine, rows, group=ctx.group)
+    part = mine.to(torch.float64)
+    return all_reduce_sum(part.T @ part, ctx)
+
+
+def fsdp_managed(param: Tensor) -> bool:
+    """A parameter sharded by FSDP2's ``fully_shard`` (a DTensor): FSDP reduce-scatters its
+    gradient and averages it over ranks itself."""
+    return isinstance(param, SHARDED)
+
+
 def gather_columns(matrix: Tensor, ctx: DistContext) -> tuple[Tensor, int]:
     """Concatenate each rank's ``K x D_r`` matrix along the columns, in rank order.
 
@@ -133,14 +175,15 @@ def sync_gradients(params: Iterable[Tensor], ctx: DistContext | None = None) -> 
     """Average the ``.grad`` of ``params`` over ranks with one all-reduce.
 
     A parameter with no gradient on some rank (a head whose task is absent from that rank's
-    shard) counts as zeros there, so every rank ends with the same gradients. Call it after
-    :func:`manytask.backward` and before the optimizer step (the Trainer does). Nothing to do
-    in a single process.
+    shard) counts as zeros there, so every rank ends with the same gradients. Parameters
+    sharded with FSDP's ``fully_shard`` are left out: FSDP has reduced their gradients
+    already. Call it after :func:`manytask.backward` and before the optimizer step (the
+    Trainer does). Nothing to do in a single process.
     """
     ctx = ctx if ctx is not None else context()
     if ctx is None or ctx.world_size == 1:
         return
-    plist = [p for p in params if p.requires_grad]
+    plist = [p for p in params if p.requires_grad and not fsdp_managed(p)]
     if not plist:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in plist]
@@ -148,7 +191,8 @@ def sync_gradients(params: Iterable[Tensor], ctx: DistContext | None = None) -> 
     all_reduce_sum(flat, ctx)
     flat /= ctx.world_size
     for p, piece in zip(plist, flat.split([p.numel() for p in plist]), strict=True):
-        p.grad = piece.view_as(p).clone()
+        # one buffer: float32 parameters among float64 ones are summed in float64 and cast back
+        p.grad = piece.view_as(p).to(p.dtype, copy=True)
 
 
 def global_losses(

@@ -210,9 +210,10 @@ class Trainer:
             raise ValueError("flat_rho re-runs each batch's forward in fp32: it takes neither "
                              "accumulate nor another precision")
         self.accumulate = accumulate
-        if precision == "fp16" and (self._dist is not None or flat_rho is not None):
-            raise ValueError("precision fp16 is for one process without flat_rho")
-        # fp16: a gradient scaler (its scale removed before any decision, see backward())
+        # fp16: a gradient scaler (its scale removed before any decision, see backward()).
+        # Under torchrun every rank takes the same skip: an overflow on one rank reaches the
+        # others through the reduced Gramian or Jacobian (GradientOverflowError) or through
+        # the averaged gradients (a non-finite norm after sync_gradients).
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
         self.overflow_steps = 0
         self.model = model.to(self.device)
