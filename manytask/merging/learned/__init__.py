@@ -5,6 +5,7 @@ the models' forwards: Fisher and RegMean merging, AdaMerging, Representation Sur
 merge methods of the papers we build on that learn or search coefficients.
 """
 
+from .adagd import AdaGDResult, adagd_merge
 from .adamerging import AdaMergingResult, adamerging, prediction_entropy
 from .atlas import AtlasResult, atlas
 from .batches import BatchCycle
@@ -18,6 +19,7 @@ from .surgery import SurgeryModule, SurgeryResult, representation_surgery
 from .taskvectors import TaskVectors
 
 __all__ = [
+    "AdaGDResult",
     "AdaMergingResult",
     "AtlasResult",
     "BatchCycle",
@@ -29,6 +31,7 @@ __all__ = [
     "SurgeryModule",
     "SurgeryResult",
     "TaskVectors",
+    "adagd_merge",
     "adamerging",
     "atlas",
     "cold_fusion",
