@@ -11,6 +11,7 @@ from .atlas import AtlasResult, atlas
 from .batches import BatchCycle
 from .cold_fusion import ColdFusionResult, cold_fusion, fuse_average
 from .concrete import ConcreteResult, concrete_mask, concrete_task_arithmetic
+from .dam import DAMResult, dam
 from .divmerge import DivMergeResult, divmerge, js_divergence
 from .fisher_regmean import DataAwareResult, diagonal_fisher, fisher_merge, regmean_merge
 from .fw_merging import FWResult, fw_merging
@@ -25,6 +26,7 @@ __all__ = [
     "BatchCycle",
     "ColdFusionResult",
     "ConcreteResult",
+    "DAMResult",
     "DataAwareResult",
     "DivMergeResult",
     "FWResult",
@@ -37,6 +39,7 @@ __all__ = [
     "cold_fusion",
     "concrete_mask",
     "concrete_task_arithmetic",
+    "dam",
     "diagonal_fisher",
     "divmerge",
     "fisher_merge",
