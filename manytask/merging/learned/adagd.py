@@ -27,10 +27,12 @@ weight matrix ``l`` (out x in) with task vectors ``tau_j = W_j - W_0``, j = 1..K
 
 Which tensors: the 2-D floating weights whose names contain none of ``skip`` (by default
 embeddings, as the authors' code takes only the encoder's linear weights). Every other tensor
-keeps the base's value, as in the authors' code. Defaults (``eta = 0.07``, ``subspace = 6``,
-``keep = 0.3``, 400 Adam steps at ``lr = 1e-4``) are the authors'. Memory bound: the K task
-vectors of all processed matrices (for the masks' global ranking), plus an out x out
-projection per matrix while it is optimised.
+keeps the base's value, as in the authors' code; so does (our choice, where the authors'
+``eta / ||tau||`` would divide by zero) a matrix no model changed, which is then also left
+out of the masks' ranking. A matrix that some models changed and others did not is refused.
+Defaults (``eta = 0.07``, ``subspace = 6``, ``keep = 0.3``, 400 Adam steps at ``lr = 1e-4``)
+are the authors'. Memory bound: the K task vectors of all processed matrices (for the masks'
+global ranking), plus an out x out projection per matrix while it is optimised.
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ def adagd_merge(
              and not any(s in n for s in skip)]
     taus = {n: torch.stack([sd[n].double() - base[n].double() for sd in finetuned])
             for n in names}
+    taus = {n: t for n, t in taus.items() if bool(t.ne(0).any())}  # unchanged: the base's
+    names = list(taus)
     deltas, lams, before, after = {}, {}, {}, {}
     for n in names:
         if not bool(torch.isfinite(taus[n]).all()):

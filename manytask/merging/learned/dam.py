@@ -26,6 +26,10 @@ stage (``H``: mean prediction entropy of task ``t``'s head, ``CE``: cross-entrop
    ``sum_t H(f_t(x_t)) + adv_weight H(f_t(clip(x_t + delta_t)))`` through ``theta(w', m)``
    (``clip`` to ``input_range`` when given; the authors clip images to [0, 1]).
 
+``perturb_where`` (ours, default everywhere) is a 0/1 tensor broadcast over one input that
+says where the perturbation may act, for inputs that carry channels a trigger cannot touch
+(an attention mask packed with the hidden states, say): ``delta_t`` is multiplied by it.
+
 Then a final mask is drawn (``eval_mask``: a ``"continuous"`` Concrete sample as the
 authors' default, or a ``"discrete"`` Bernoulli one), rescaled, and ``w`` is learned from
 ``w_0`` by AdaMerging (``adamerging_steps`` Adam steps at ``adamerging_lr`` on the summed
@@ -93,9 +97,14 @@ class _Stages:
     """The four stages of a meta-step, sharing the task vectors, heads and batches."""
 
     def __init__(self, vectors: TaskVectors, heads: Sequence[nn.Module],
-                 cycles: Sequence[BatchCycle], input_range: tuple[float, float] | None):
+                 cycles: Sequence[BatchCycle], input_range: tuple[float, float] | None,
+                 where: Tensor | None):
         self.vectors, self.heads, self.cycles, self.input_range = (vectors, heads, cycles,
                                                                    input_range)
+        self.where = where
+
+    def shift(self, delta: Tensor) -> Tensor:
+        return delta if self.where is None else delta * self.where
 
     def batches(self) -> list[Tensor]:
         return [c.next_input() for c in self.cycles]
@@ -121,7 +130,8 @@ class _Stages:
                 inputs: Sequence[Tensor]) -> float:
         loss = torch.zeros(())
         for t, (head, x) in enumerate(zip(self.heads, inputs, strict=True)):
-            both = head(self.vectors.forward(flat.detach(), torch.cat([x, x + delta[t]])))
+            moved = x + self.shift(delta[t])
+            both = head(self.vectors.forward(flat.detach(), torch.cat([x, moved])))
             clean, moved = both[: len(x)], both[len(x):]
             loss = loss - nn.functional.cross_entropy(moved, clean.argmax(-1))
         (delta.grad,) = torch.autograd.grad(loss, [delta])
@@ -132,7 +142,7 @@ class _Stages:
                   opt: torch.optim.Adam) -> float:
         loss = torch.zeros(())
         for t, (head, x) in enumerate(zip(self.heads, self.batches(), strict=True)):
-            moved = x + delta[t].detach()
+            moved = x + self.shift(delta[t].detach())
             if self.input_range is not None:
                 moved = moved.clamp(*self.input_range)
             both = head(self.vectors.forward(flat, torch.cat([x, moved])))
@@ -162,6 +172,7 @@ def dam(
     adamerging_lr: float = 1e-3,
     eval_mask: str = "continuous",
     input_range: tuple[float, float] | None = None,
+    perturb_where: Tensor | None = None,
     seed: int = 0,
 ) -> DAMResult:
     """Defence-aware merging (module docstring). ``loaders[t]`` yield task ``t``'s unlabelled
@@ -180,7 +191,8 @@ def dam(
     blocks = len(vectors.block_names)
     gen = torch.Generator().manual_seed(seed)
     cycles = [BatchCycle(loader, f"loaders[{i}]", where) for i, loader in enumerate(loaders)]
-    stages = _Stages(vectors, heads, cycles, input_range)
+    stages = _Stages(vectors, heads, cycles, input_range,
+                     None if perturb_where is None else perturb_where.to(vectors.base.dtype))
     w0 = torch.full(vectors.coefficient_shape(granularity), float(init),
                     dtype=vectors.base.dtype)
     w = w0.clone().requires_grad_(True)

@@ -94,8 +94,20 @@ def test_bad_settings_are_refused_in_one_line(bad: dict) -> None:
     assert "\n" not in str(err.value) and "adagd_merge" in str(err.value)
 
 
-def test_a_zero_task_vector_is_refused() -> None:
+def test_a_zero_task_vector_is_refused_and_an_unchanged_matrix_keeps_the_base() -> None:
     base, tuned = family()
     tuned[1] = {n: w.clone() for n, w in base.items()}
     with pytest.raises(ValueError, match="is zero"):
         adagd_merge(base, tuned, steps=0)
+    base, tuned = family()
+    for sd in tuned:  # a frozen matrix: no model changed it
+        sd["layer.1.weight"] = base["layer.1.weight"].clone()
+    res = adagd_merge(base, tuned, steps=0, keep=0.4, eta=0.5)
+    assert torch.equal(res.state_dict["layer.1.weight"], base["layer.1.weight"])
+    taus = [sd["layer.0.weight"] - base["layer.0.weight"] for sd in tuned]
+    expected = base["layer.0.weight"].clone()
+    for tau in taus:  # ranked over layer.0 alone
+        flat = tau.abs().reshape(-1)
+        threshold = flat.sort().values[flat.numel() - int(flat.numel() * 0.4) - 1]
+        expected += 0.5 / tau.norm() * tau * (tau.abs() >= threshold)
+    torch.testing.assert_close(res.state_dict["layer.0.weight"], expected)

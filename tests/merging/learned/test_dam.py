@@ -105,6 +105,16 @@ def test_adamerging_stage_lowers_the_entropy_with_the_mask_fixed() -> None:
     assert all(torch.isfinite(v).all() for v in res.state_dict.values())
 
 
+def test_the_perturbation_acts_only_where_allowed() -> None:
+    """A channel outside ``perturb_where`` gets no gradient, so its perturbation stays 0."""
+    enc, experts, heads = encoder_and_experts(2)
+    where = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    res = dam(enc, experts, heads, batches(2), steps=3, adamerging_steps=0, adv_lr=0.1,
+              perturb_where=where)
+    assert torch.equal(res.perturbations[:, where == 0], torch.zeros(2, 2))
+    assert bool((res.perturbations[:, where == 1] != 0).any())
+
+
 @pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"adv_weight": -1.0},
                                  {"eval_mask": "hard"}, {"steps": -1}, {"base_lr": 0.0}])
 def test_bad_settings_are_refused_in_one_line(bad: dict) -> None:
