@@ -32,7 +32,8 @@ keeps the base's value, as in the authors' code; so does (our choice, where the 
 out of the masks' ranking. A matrix that some models changed and others did not is refused.
 Defaults (``eta = 0.07``, ``subspace = 6``, ``keep = 0.3``, 400 Adam steps at ``lr = 1e-4``)
 are the authors'. Memory bound: the K task vectors of all processed matrices (for the masks'
-global ranking), plus an out x out projection per matrix while it is optimised.
+global ranking), plus the shared basis (out x r/s) of the matrix being optimised. Computed
+in float32, or float64 for float64 inputs.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def task_coefficients(taus: Tensor, eta: float) -> Tensor:
     return eta / norms
 
 
-def shared_projection(taus: Tensor, subspace: float) -> Tensor:
-    """The out x out projection ``P`` onto the shared subspace of step 2."""
+def shared_basis(taus: Tensor, subspace: float) -> Tensor:
+    """``U_s`` (out x floor(r / s)), the orthonormal basis of the shared subspace (step 2)."""
     k_tasks, out, inp = taus.shape
     r = min(out, inp)
     per_task = r // k_tasks
@@ -70,7 +71,12 @@ def shared_projection(taus: Tensor, subspace: float) -> Tensor:
     for j in range(k_tasks):
         u = torch.linalg.svd(taus[j], full_matrices=False)[0]
         stacked[:, j * per_task:(j + 1) * per_task] = u[:, :per_task]
-    u_s = torch.linalg.svd(stacked, full_matrices=False)[0][:, : int(r / subspace)]
+    return torch.linalg.svd(stacked, full_matrices=False)[0][:, : int(r / subspace)]
+
+
+def shared_projection(taus: Tensor, subspace: float) -> Tensor:
+    """The out x out projection ``P = U_s U_s^T`` onto the shared subspace of step 2."""
+    u_s = shared_basis(taus, subspace)
     return u_s @ u_s.T
 
 
@@ -81,16 +87,17 @@ def gap_loss(taus: Tensor, lam: Tensor, delta: Tensor) -> Tensor:
     return rows.pow(2).sum()
 
 
-def optimise_delta(taus: Tensor, lam: Tensor, projection: Tensor, *, steps: int,
+def optimise_delta(taus: Tensor, lam: Tensor, basis: Tensor, *, steps: int,
                    lr: float) -> Tensor:
-    """Adam on ``L`` with every gradient projected out of the shared subspace (step 3)."""
+    """Adam on ``L`` with every gradient projected out of the shared subspace (step 3):
+    ``g - U_s (U_s^T g)``, which is ``g - P g`` without forming the out x out ``P``."""
     delta = torch.zeros_like(taus[0], requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
         gap_loss(taus, lam, delta).backward()
         assert delta.grad is not None
-        delta.grad.sub_(projection @ delta.grad)
+        delta.grad.sub_(basis @ (basis.T @ delta.grad))
         opt.step()
     return delta.detach()
 
@@ -106,6 +113,10 @@ def keep_masks(taus: Sequence[Tensor], keep: float) -> list[Tensor]:
         return [torch.ones_like(t, dtype=torch.bool) for t in taus]
     threshold = flat.kthvalue(k).values
     return [t.abs() >= threshold for t in taus]
+
+
+def _compute(w: Tensor) -> torch.dtype:
+    return torch.promote_types(w.dtype, torch.float32)
 
 
 def _check(base: Mapping[str, Tensor], finetuned: Sequence[Mapping[str, Tensor]], *,
@@ -140,8 +151,9 @@ def adagd_merge(
     _check(base, finetuned, eta=eta, subspace=subspace, keep=keep, steps=steps, lr=lr)
     names = [n for n, w in base.items() if w.dim() == 2 and w.is_floating_point()
              and not any(s in n for s in skip)]
-    taus = {n: torch.stack([sd[n].double() - base[n].double() for sd in finetuned])
-            for n in names}
+    # float32 at least (the authors' precision); float64 inputs stay float64
+    taus = {n: torch.stack([sd[n].to(_compute(base[n])) - base[n].to(_compute(base[n]))
+                            for sd in finetuned]) for n in names}
     taus = {n: t for n, t in taus.items() if bool(t.ne(0).any())}  # unchanged: the base's
     names = list(taus)
     deltas, lams, before, after = {}, {}, {}, {}
@@ -152,9 +164,9 @@ def adagd_merge(
         if not bool(torch.isfinite(lams[n]).all()):
             raise ValueError(f"adagd_merge: a task vector of {n!r} is zero, so its "
                              "coefficient eta / ||tau|| is undefined")
-        projection = shared_projection(taus[n], subspace)
+        basis = shared_basis(taus[n], subspace)
         zero = torch.zeros_like(taus[n][0])
-        deltas[n] = optimise_delta(taus[n], lams[n], projection, steps=steps, lr=lr)
+        deltas[n] = optimise_delta(taus[n], lams[n], basis, steps=steps, lr=lr)
         before[n] = float(gap_loss(taus[n], lams[n], zero))
         after[n] = float(gap_loss(taus[n], lams[n], deltas[n]))
     masks = {n: [] for n in names}  # type: dict[str, list[Tensor]]
@@ -168,7 +180,7 @@ def adagd_merge(
             continue
         update = sum(lams[name][j] * (taus[name][j] + deltas[name]) * masks[name][j]
                      for j in range(len(finetuned)))
-        merged = (w0.double() + update).to(w0.dtype)
+        merged = (w0.to(_compute(w0)) + update).to(w0.dtype)
         if not bool(torch.isfinite(merged).all()):
             raise FloatingPointError(f"adagd_merge: merged {name!r} is not finite")
         out[name] = merged
