@@ -564,7 +564,7 @@ def _paper_rows(parts: set[str], args: argparse.Namespace, xs_train: Sequence[Te
         res = adagd_merge(base_top.state_dict(), [tp.state_dict() for tp in tops])
         merged_top.load_state_dict(res.state_dict)
         rows.append(("adagd (authors' defaults, 400 steps)", evaluate(merged_top, heads)))
-        log("adagd done")
+        log(f"adagd: mean {sum(rows[-1][1]) / len(heads):.1f}")
     if "dam" in parts:
         unlabelled = [[x[i:i + args.batch] for i in range(0, x.shape[0] - args.batch + 1,
                                                            args.batch)] for x in xs_train]
@@ -576,7 +576,7 @@ def _paper_rows(parts: set[str], args: argparse.Namespace, xs_train: Sequence[Te
         merged_top.load_state_dict(res_dam.state_dict, strict=False)
         rows.append((f"dam ({args.ada_steps} + {args.ada_steps} steps)",
                      evaluate(merged_top, heads)))
-        log("dam done")
+        log(f"dam: mean {sum(rows[-1][1]) / len(heads):.1f}")
 
 
 if __name__ == "__main__":

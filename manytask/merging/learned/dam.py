@@ -66,7 +66,7 @@ class DAMResult:
     mask: Tensor
     logits: Tensor
     coefficients: Tensor
-    perturbations: Tensor
+    perturbations: list[Tensor]  # one per task, shaped like one of its inputs
     trace: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -118,15 +118,11 @@ class _Stages:
         opt.step()
         return float(loss.detach())
 
-    def zero_perturbations(self, inputs: Sequence[Tensor]) -> Tensor:
-        shapes = {tuple(x.shape[1:]) for x in inputs}
-        if len(shapes) != 1:
-            raise ValueError(f"dam: the tasks' inputs have different shapes {sorted(shapes)}; "
-                             "one perturbation per task needs one input shape")
-        return torch.zeros((len(inputs), *shapes.pop()), dtype=self.vectors.base.dtype,
-                           requires_grad=True)
+    def zero_perturbations(self, inputs: Sequence[Tensor]) -> list[Tensor]:
+        return [torch.zeros(x.shape[1:], dtype=self.vectors.base.dtype, requires_grad=True)
+                for x in inputs]
 
-    def trigger(self, flat: Tensor, delta: Tensor, opt: torch.optim.Adam,
+    def trigger(self, flat: Tensor, delta: list[Tensor], opt: torch.optim.Adam,
                 inputs: Sequence[Tensor]) -> float:
         loss = torch.zeros(())
         for t, (head, x) in enumerate(zip(self.heads, inputs, strict=True)):
@@ -134,11 +130,12 @@ class _Stages:
             both = head(self.vectors.forward(flat.detach(), torch.cat([x, moved])))
             clean, moved = both[: len(x)], both[len(x):]
             loss = loss - nn.functional.cross_entropy(moved, clean.argmax(-1))
-        (delta.grad,) = torch.autograd.grad(loss, [delta])
+        for d, g in zip(delta, torch.autograd.grad(loss, delta), strict=True):
+            d.grad = g
         opt.step()
         return float(loss.detach())
 
-    def mask_step(self, flat: Tensor, delta: Tensor, logits: Tensor, adv_weight: float,
+    def mask_step(self, flat: Tensor, delta: list[Tensor], logits: Tensor, adv_weight: float,
                   opt: torch.optim.Adam) -> float:
         loss = torch.zeros(())
         for t, (head, x) in enumerate(zip(self.heads, self.batches(), strict=True)):
@@ -197,7 +194,7 @@ def dam(
                     dtype=vectors.base.dtype)
     w = w0.clone().requires_grad_(True)
     logits = torch.full_like(vectors.base, float(init_logit), requires_grad=True)
-    delta = torch.zeros((0,))  # one perturbation per task, shaped by the first batches
+    delta: list[Tensor] = []  # one perturbation per task, shaped by its first batch
     inner_opt, mask_opt = _adam([w], base_lr), _adam([logits], lr)
     trigger_opt = None
     trace: dict[str, list[float]] = {"inner": [], "trigger": [], "mask": [], "adamerging": []}
@@ -208,7 +205,7 @@ def dam(
         inputs = stages.batches()
         if trigger_opt is None:
             delta = stages.zero_perturbations(inputs)
-            trigger_opt = _adam([delta], adv_lr)
+            trigger_opt = _adam(delta, adv_lr)
         trace["trigger"].append(stages.trigger(flat, delta, trigger_opt, inputs))
         trace["mask"].append(stages.mask_step(flat, delta, logits, adv_weight, mask_opt))
     with torch.no_grad():
@@ -229,4 +226,4 @@ def dam(
         ada_opt.step()
     merged = masked_merge(vectors, coef.detach(), final)
     return DAMResult(vectors.state_dict(merged), final, logits.detach().clone(),
-                     coef.detach().clone(), delta.detach().clone(), trace)
+                     coef.detach().clone(), [d.detach().clone() for d in delta], trace)

@@ -83,7 +83,7 @@ def test_one_meta_step_follows_the_definition() -> None:
         for t in range(k))
     (gd,) = torch.autograd.grad(adv, [delta])
     delta1 = -adv_lr * gd.sign()
-    torch.testing.assert_close(res.perturbations, delta1, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(torch.stack(res.perturbations), delta1, rtol=1e-4, atol=1e-7)
     loss = sum(entropy(out(t, w1, mask, data[t][2]))
                + adv_weight * entropy(out(t, w1, mask, data[t][2] + delta1[t]))
                for t in range(k))
@@ -111,8 +111,30 @@ def test_the_perturbation_acts_only_where_allowed() -> None:
     where = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
     res = dam(enc, experts, heads, batches(2), steps=3, adamerging_steps=0, adv_lr=0.1,
               perturb_where=where)
-    assert torch.equal(res.perturbations[:, where == 0], torch.zeros(2, 2))
-    assert bool((res.perturbations[:, where == 1] != 0).any())
+    deltas = torch.stack(res.perturbations)
+    assert torch.equal(deltas[:, where == 0], torch.zeros(2, 2))
+    assert bool((deltas[:, where == 1] != 0).any())
+
+
+def test_tasks_may_have_inputs_of_different_shapes() -> None:
+    """One perturbation per task, each shaped like that task's inputs."""
+
+    class Pool(nn.Module):  # (B, L, 6) -> (B, 5), any L
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(6, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x).mean(1)
+
+    torch.manual_seed(0)
+    enc = Pool()
+    experts = [{n: p.detach() + 0.3 * torch.randn_like(p) for n, p in enc.named_parameters()}
+               for _ in range(2)]
+    heads = [nn.Linear(5, 3).requires_grad_(False) for _ in range(2)]
+    data = [[torch.randn(4, 3, 6)], [torch.randn(4, 7, 6)]]
+    res = dam(enc, experts, heads, data, steps=2, adamerging_steps=1, adv_lr=0.1)
+    assert [tuple(d.shape) for d in res.perturbations] == [(3, 6), (7, 6)]
 
 
 @pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"adv_weight": -1.0},
