@@ -55,7 +55,7 @@ from manytask.models.encoder_top import TopLayers, top_state
 TASKS = ("sst2", "mr", "cr", "subj", "mpqa", "trec")
 FROZEN = 5  # default: embeddings + layers 0..FROZEN-1 frozen and cached
 PARTS = ("base", "joint", "merges", "fisher", "regmean", "adamerging", "learned",
-         "cold_fusion")
+         "cold_fusion", "adagd", "dam")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
 
@@ -570,6 +570,7 @@ def _data_aware_rows(parts: set[str], args: argparse.Namespace, xs_train: Sequen
                       rows, log)
     if "cold_fusion" in parts:
         rows.append(_cold_fusion_row(args, xs_train, data, heads, base_top, evaluate, log))
+    _paper_rows(parts, args, xs_train, tops, heads, base_top, merged_top, evaluate, rows, log)
 
 
 def _learned_rows(args: argparse.Namespace, labelled: Sequence[Sequence[tuple[Tensor, Tensor]]],
@@ -640,6 +641,34 @@ def _cold_fusion_row(args: argparse.Namespace, xs_train: Sequence[Tensor],
     row = evaluate(fused.model, own_heads)
     log(f"{label}: {time.perf_counter() - t0:.1f} s, mean {sum(row) / len(row):.1f}")
     return label, row
+
+
+def _paper_rows(parts: set[str], args: argparse.Namespace, xs_train: Sequence[Tensor],
+                tops: Sequence[nn.Module], heads: Sequence[nn.Module], base_top: nn.Module,
+                merged_top: nn.Module,
+                evaluate: Callable[[nn.Module, Sequence[nn.Module]], list[float]],
+                rows: list[tuple[str, list[float]]], log: Callable[[str], None]) -> None:
+    """Adaptive projective gradient descent (data-free) and DAM (unlabelled batches) on the
+    top layers, with their authors' defaults except the step counts."""
+    from manytask.merging.learned import adagd_merge, dam
+
+    if "adagd" in parts:
+        res = adagd_merge(base_top.state_dict(), [tp.state_dict() for tp in tops])
+        merged_top.load_state_dict(res.state_dict)
+        rows.append(("adagd (authors' defaults, 400 steps)", evaluate(merged_top, heads)))
+        log(f"adagd: mean {sum(rows[-1][1]) / len(heads):.1f}")
+    if "dam" in parts:
+        unlabelled = [[x[i:i + args.batch] for i in range(0, x.shape[0] - args.batch + 1,
+                                                           args.batch)] for x in xs_train]
+        hidden = xs_train[0].shape[-1] - 1  # the last channel is the attention mask
+        where = torch.cat([torch.ones(hidden), torch.zeros(1)])
+        res_dam = dam(copy.deepcopy(base_top), [tp.state_dict() for tp in tops], heads,
+                      unlabelled, steps=args.ada_steps, adamerging_steps=args.ada_steps,
+                      adamerging_lr=1e-2, perturb_where=where)
+        merged_top.load_state_dict(res_dam.state_dict, strict=False)
+        rows.append((f"dam ({args.ada_steps} + {args.ada_steps} steps)",
+                     evaluate(merged_top, heads)))
+        log(f"dam: mean {sum(rows[-1][1]) / len(heads):.1f}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from .methods import get_method
 from .settings import layer_positions
 from .slices import Group, SliceSource, plan_groups
 from .sources import Source, StateDictSource, is_lora_folder, open_source
-from .tokenizers import copy_tokenizer, tokenizer_files
+from .tokenizers import set_vocab_size, tokenizer_plan
 from .writer import MANIFEST, MARKER, AtomicDirectory, OutputTensor, ShardedWriter
 
 # Files never copied from the base folder: weights and their indexes.
@@ -183,7 +183,8 @@ def merge(
     try:  # until the block below takes the output over, a refusal releases its lock
         started = time.perf_counter()
         base, models, opened = _open_inputs(cfg, allow_outside_links)
-        tokenizer_folder, wrap = tokenizer_files(cfg, base, models)
+        tokens = tokenizer_plan(cfg, base, models)
+        wrap = (lambda s: s) if tokens is None else tokens.wrap
         base = None if base is None else wrap(base)
         models = [wrap(m) for m in models]
         opened = {k: wrap(v) for k, v in opened.items()}
@@ -218,8 +219,9 @@ def merge(
         folder = (base if base is not None else models[0]).folder()
         if cfg.copy_files and folder is not None:
             _copy_model_files(folder, tmp, cfg.out_dtype, allow_outside_links)
-        if cfg.copy_files and tokenizer_folder is not None:
-            copy_tokenizer(tokenizer_folder, tmp)
+        if cfg.copy_files and tokens is not None:
+            tokens.write(tmp)
+            set_vocab_size(tmp / "config.json", tokens.vocab_size)
         if cfg.slices is not None:
             _set_depth(tmp / "config.json",
                        sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0]

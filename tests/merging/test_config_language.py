@@ -4,6 +4,7 @@ command-line options, and one-line refusals."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -134,11 +135,13 @@ def test_cli_like_and_random_seed(family, tmp_path: Path, capsys) -> None:
     assert not torch.equal(outs["paper"][key], outs["kit1"][key])
 
 
-def test_tokenizer_source_union_refuses_different_vocabularies(family, tmp_path: Path) -> None:
+def test_tokenizer_source_union_refuses_tokens_beyond_the_rows(family, tmp_path: Path) -> None:
+    """mergekit strips a base's tokens past its embedding rows; that is refused here."""
     base, models, _, _ = family(1)
-    (base / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "b": 1}}}')
+    vocab = {f"t{i}": i for i in range(34)}  # 34 tokens, 32 rows
+    (base / "tokenizer.json").write_text(json.dumps({"model": {"vocab": vocab}}))
     (models[0] / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "c": 1}}}')
-    with pytest.raises(ValueError, match="different vocabulary") as err:
+    with pytest.raises(ValueError, match=r"2 token\(s\) beyond its 32 embedding rows") as err:
         merge({"merge_method": "task_arithmetic", "base_model": str(base),
                "tokenizer_source": "union", "models": [{"model": str(models[0])}]},
               tmp_path / "out")

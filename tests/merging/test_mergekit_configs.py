@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -265,3 +266,94 @@ def test_tokenizer_source_reorders_rows_as_mergekit(family, tmp_path: Path) -> N
         written = json.loads((tmp_path / f"ours_{label}" / "tokenizer.json").read_text())
         expected = base if source == "base" else models[0]
         assert written == json.loads((expected / "tokenizer.json").read_text())
+
+
+def _tokenizer_file(folder: Path, tokens: list[str], added: list[str]) -> None:
+    entries = [{"id": len(tokens) + j, "content": a, "single_word": False, "lstrip": False,
+                "rstrip": False, "normalized": False, "special": True}
+               for j, a in enumerate(added)]
+    data = {"version": "1.0", "model": {"type": "WordLevel", "unk_token": tokens[0],
+                                        "vocab": {t: i for i, t in enumerate(tokens)}},
+            "added_tokens": entries}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+
+
+def _vocab_model(folder: Path, sd: dict, tokens: list[str], added: list[str]) -> Path:
+    """``sd`` with as many embedding rows as tokens (extra rows: scaled copies)."""
+    from tests.merging.conftest import LLAMA_CONFIG, write_model
+
+    n = len(tokens) + len(added)
+    resized = dict(sd)
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = sd[key]
+        resized[key] = torch.cat([rows, 0.5 * rows])[:n].clone()
+    write_model(folder, resized, {**LLAMA_CONFIG, "vocab_size": n})
+    _tokenizer_file(folder, tokens, added)
+    return folder
+
+
+def _token_ids(folder: Path) -> tuple[dict[str, int], dict[str, dict]]:
+    data = json.loads((folder / "tokenizer.json").read_text())
+    ids = dict(data["model"]["vocab"])
+    added = {a["content"]: a for a in data["added_tokens"]}
+    ids.update({c: a["id"] for c, a in added.items()})
+    return ids, added
+
+
+@pytest.mark.slow
+def test_tokenizer_source_union_as_mergekit(tmp_path: Path) -> None:
+    """Three models whose vocabularies differ in size, order, plain and added tokens:
+    ``union`` gives mergekit's tokens, base ids, added-token settings and, token by token,
+    mergekit's embedding and output rows (every default: one donor, base row, mean, own).
+    mergekit numbers the appended tokens in a hash map's order, which changes between runs,
+    so rows are compared by token; without a base it extends the tokenizer of the first
+    model of a set (a random one), manytask that of the first model listed."""
+    from tests.merging.conftest import random_family
+    from tests.merging.test_mergekit_methods import assert_same, run_mergekit
+
+    bsd, msds = random_family(2)
+    words = [f"t{i}" for i in range(30)]
+    base = _vocab_model(tmp_path / "base", bsd, words, ["<s>"])
+    m0 = _vocab_model(tmp_path / "m0", msds[0], [*reversed(words[:28]), "x0", "x1", "x2"],
+                      ["<s>", "<pad>"])
+    m1 = _vocab_model(tmp_path / "m1", msds[1], [w if w != "t5" else "x0" for w in words]
+                      + ["y0"], ["<pad>", "<sep>"])
+    configs = {
+        "with_base": {"merge_method": "task_arithmetic", "base_model": str(base),
+                      "models": [{"model": str(m0), "parameters": {"weight": 0.7}},
+                                 {"model": str(m1), "parameters": {"weight": 0.4}}]},
+        "no_base": {"merge_method": "linear",
+                    "models": [{"model": str(m), "parameters": {"weight": w}}
+                               for m, w in ((m1, 0.6), (m0, 0.3), (base, 0.1))]},
+    }
+    for label, cfg in configs.items():
+        cfg.update({"dtype": "float32", "tokenizer_source": "union"})
+        kit, own = tmp_path / f"kit_{label}", tmp_path / f"ours_{label}"
+        theirs = run_mergekit(cfg, kit)
+        merge(cfg, own, like="mergekit")
+        ours = load_file(str(own / "model.safetensors"))
+        (kit_ids, kit_added), (our_ids, our_added) = _token_ids(kit), _token_ids(own)
+        assert our_ids.keys() == kit_ids.keys(), label
+        first = json.loads(((base if label == "with_base" else m1) / "tokenizer.json")
+                           .read_text())
+        kept = {**first["model"]["vocab"], **{a["content"]: a["id"]
+                                              for a in first["added_tokens"]}}
+        assert all(our_ids[t] == i for t, i in kept.items()), label
+        if label == "with_base":
+            assert all(kit_ids[t] == i for t, i in kept.items())
+        if label == "no_base":  # plain tokens appended depend on the tokenizer extended
+            our_added, kit_added = ({c: a for c, a in d.items() if a["special"]}
+                                    for d in (our_added, kit_added))
+        assert our_added == {c: {**a, "id": our_ids[c]} for c, a in kit_added.items()}, label
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert ours[key].shape == theirs[key].shape == (len(kit_ids), 16), label
+            order = sorted(kit_ids)
+            torch.testing.assert_close(ours[key][[our_ids[t] for t in order]],
+                                       theirs[key][[kit_ids[t] for t in order]],
+                                       rtol=1e-5, atol=1e-6)
+        rest = lambda sd: {k: v for k, v in sd.items() if "embed" not in k  # noqa: E731
+                           and "lm_head" not in k}
+        assert_same(rest(ours), rest(theirs), label)
+        for folder in (own, kit):
+            assert json.loads((folder / "config.json").read_text())["vocab_size"] == len(
+                kit_ids), label

@@ -5,11 +5,13 @@ the models' forwards: Fisher and RegMean merging, AdaMerging, Representation Sur
 merge methods of the papers we build on that learn or search coefficients.
 """
 
+from .adagd import AdaGDResult, adagd_merge
 from .adamerging import AdaMergingResult, adamerging, prediction_entropy
 from .atlas import AtlasResult, atlas
 from .batches import BatchCycle
 from .cold_fusion import ColdFusionResult, cold_fusion, fuse_average
 from .concrete import ConcreteResult, concrete_mask, concrete_task_arithmetic
+from .dam import DAMResult, dam
 from .divmerge import DivMergeResult, divmerge, js_divergence
 from .fisher_regmean import DataAwareResult, diagonal_fisher, fisher_merge, regmean_merge
 from .fw_merging import FWResult, fw_merging
@@ -18,22 +20,26 @@ from .surgery import SurgeryModule, SurgeryResult, representation_surgery
 from .taskvectors import TaskVectors
 
 __all__ = [
+    "AdaGDResult",
     "AdaMergingResult",
     "AtlasResult",
     "BatchCycle",
     "ColdFusionResult",
     "ConcreteResult",
+    "DAMResult",
     "DataAwareResult",
     "DivMergeResult",
     "FWResult",
     "SurgeryModule",
     "SurgeryResult",
     "TaskVectors",
+    "adagd_merge",
     "adamerging",
     "atlas",
     "cold_fusion",
     "concrete_mask",
     "concrete_task_arithmetic",
+    "dam",
     "diagonal_fisher",
     "divmerge",
     "fisher_merge",
