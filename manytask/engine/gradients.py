@@ -10,7 +10,8 @@ the shared parameters. Most gradient-balancing methods need only the Gramian
 * ``mode="exact"``: ``g_k = dL_k/dtheta``. After the head passes above, the K feature
   gradients are pushed through the shared part in **one batched backward**
   (``torch.autograd.grad(..., is_grads_batched=True)``), giving the Jacobian block by block;
-  ``G`` is accumulated one parameter tensor at a time.
+  ``G`` is accumulated one parameter tensor at a time (:mod:`.gramian`: float32 products where
+  they are certified to be as good, float64 elsewhere).
 
 Both modes assume that the losses depend on the shared parameters only through ``features``,
 which the :class:`~manytask.models.MultiTaskModel` contract guarantees.
@@ -26,6 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 from torch.autograd.graph import Node
+
+from .gramian import gramian_of
 
 Mode = Literal["exact", "feature"]
 MODES: tuple[Mode, ...] = ("exact", "feature")
@@ -193,21 +196,6 @@ def jacobian(
         torch.stack([r[j] if r[j] is not None else torch.zeros_like(p) for r in rows])
         for j, p in enumerate(params)
     ]
-
-
-def gramian_of(blocks: Sequence[Tensor]) -> Tensor:
-    """``sum_b B_b B_b^T`` over blocks of shape (K, ...), computed and accumulated in float64.
-
-    Each block is cast to float64 *before* its product: a float32 product loses the small
-    eigenvalues (rank-deficient Jacobians come out full rank, with noise of 1e-7 relative) and
-    overflows at gradients near 1e19. One block at a time, so the extra memory is one block.
-    """
-    k = blocks[0].shape[0]
-    gram = torch.zeros((k, k), dtype=torch.float64, device=blocks[0].device)
-    for block in blocks:
-        flat = block.reshape(k, -1).to(torch.float64)
-        gram += flat @ flat.T
-    return gram
 
 
 def task_gradients(
