@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.autograd.graph import Node
 
 from .gramian import gramian_of
+from .head_pass import head_edges, one_pass
 
 Mode = Literal["exact", "feature"]
 MODES: tuple[Mode, ...] = ("exact", "feature")
@@ -129,9 +130,15 @@ def feature_gradients(
     """``dL_k/dz`` for each loss and each feature tensor, stacked on a leading task axis; and,
     with ``heads`` (per task, leaves from :func:`head_leaves`), ``dL_k`` w.r.t. those leaves.
 
-    One backward per task, through that task's head only (the graph below ``features`` is not
-    visited), so the cost is about one ordinary head backward per task.
+    With ``heads`` and heads whose graphs share no node, one backward of the summed losses
+    (:mod:`.head_pass`); otherwise one backward per task, through that task's head only. The
+    graph below ``features`` is not visited, so the cost is about one ordinary head backward
+    per task.
     """
+    if heads is not None:
+        found = head_edges(losses, features)
+        if found is not None:
+            return one_pass(losses, features, heads, found)
     n = len(features)
     per_task = [
         torch.autograd.grad(loss, [*features, *(heads[k] if heads else ())],
