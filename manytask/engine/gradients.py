@@ -10,7 +10,8 @@ the shared parameters. Most gradient-balancing methods need only the Gramian
 * ``mode="exact"``: ``g_k = dL_k/dtheta``. After the head passes above, the K feature
   gradients are pushed through the shared part in **one batched backward**
   (``torch.autograd.grad(..., is_grads_batched=True)``), giving the Jacobian block by block;
-  ``G`` is accumulated one parameter tensor at a time.
+  ``G`` is accumulated one parameter tensor at a time (:mod:`.gramian`: float32 products where
+  they are certified to be as good, float64 elsewhere).
 
 Both modes assume that the losses depend on the shared parameters only through ``features``,
 which the :class:`~manytask.models.MultiTaskModel` contract guarantees.
@@ -26,6 +27,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 from torch.autograd.graph import Node
+
+from .gramian import gramian_of
+from .head_pass import head_edges, one_pass
 
 Mode = Literal["exact", "feature"]
 MODES: tuple[Mode, ...] = ("exact", "feature")
@@ -126,9 +130,15 @@ def feature_gradients(
     """``dL_k/dz`` for each loss and each feature tensor, stacked on a leading task axis; and,
     with ``heads`` (per task, leaves from :func:`head_leaves`), ``dL_k`` w.r.t. those leaves.
 
-    One backward per task, through that task's head only (the graph below ``features`` is not
-    visited), so the cost is about one ordinary head backward per task.
+    With ``heads`` and heads whose graphs share no node, one backward of the summed losses
+    (:mod:`.head_pass`); otherwise one backward per task, through that task's head only. The
+    graph below ``features`` is not visited, so the cost is about one ordinary head backward
+    per task.
     """
+    if heads is not None:
+        found = head_edges(losses, features)
+        if found is not None:
+            return one_pass(losses, features, heads, found)
     n = len(features)
     per_task = [
         torch.autograd.grad(loss, [*features, *(heads[k] if heads else ())],
@@ -193,21 +203,6 @@ def jacobian(
         torch.stack([r[j] if r[j] is not None else torch.zeros_like(p) for r in rows])
         for j, p in enumerate(params)
     ]
-
-
-def gramian_of(blocks: Sequence[Tensor]) -> Tensor:
-    """``sum_b B_b B_b^T`` over blocks of shape (K, ...), computed and accumulated in float64.
-
-    Each block is cast to float64 *before* its product: a float32 product loses the small
-    eigenvalues (rank-deficient Jacobians come out full rank, with noise of 1e-7 relative) and
-    overflows at gradients near 1e19. One block at a time, so the extra memory is one block.
-    """
-    k = blocks[0].shape[0]
-    gram = torch.zeros((k, k), dtype=torch.float64, device=blocks[0].device)
-    for block in blocks:
-        flat = block.reshape(k, -1).to(torch.float64)
-        gram += flat @ flat.T
-    return gram
 
 
 def task_gradients(

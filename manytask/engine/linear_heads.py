@@ -71,6 +71,8 @@ def _product_node(loss: Tensor, feature: Tensor) -> Node | None:
         if node in seen:
             continue
         seen.add(node)
+        if getattr(node, "variable", None) is not None:
+            return None  # a parameter above the product: the head is not linear (say, an MLP)
         children = [c for c, _ in node.next_functions if c is not None]
         if target in children:
             found.append(node)

@@ -1,5 +1,5 @@
 """The engine's benchmarks run end to end on a tiny setting: the interleaved feature-level
-A/B and the step-cost table with two-layer heads."""
+and exact-mode A/Bs and the step-cost table with two-layer heads."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _load(name: str):
 @pytest.fixture
 def modules():
     yield _load("step_cost"), _load("feature_ab")
-    for name in ("step_cost", "feature_ab"):
+    for name in ("step_cost", "feature_ab", "exact_ab"):
         sys.modules.pop(name, None)
 
 
@@ -46,3 +46,17 @@ def test_step_cost_with_two_layer_heads(modules, tmp_path) -> None:
                            "--threads", "1", "--methods", "equal", "--no-torchjd",
                            "--out", str(out)]) == 0
     assert "two-layer head" in out.read_text()
+
+
+def test_exact_ab_times_ours_both_products_and_torchjd(modules, tmp_path) -> None:
+    exact_ab = _load("exact_ab")
+    out = tmp_path / "exact.md"
+    assert exact_ab.main(["--tasks", "2", "--rounds", "1", "--threads", "1",
+                          "--methods", "mgda", "--out", str(out)]) == 0
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines()
+            if line.startswith("| ") and "variant" not in line]
+    variants = [(r[0].strip(), r[1].strip()) for r in rows]
+    assert variants[:3] == [("equal", "ours"), ("mgda", "ours"), ("mgda", "ours-float64")]
+    assert variants[3:] in ([], [("mgda", "torchjd")])  # torchjd is a test-only peer
+    from manytask.engine import gramian
+    assert gramian.certified.__name__ == "certified"  # the patch was undone
