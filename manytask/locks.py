@@ -99,7 +99,7 @@ def _try_lock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
     holder = _read(fd)  # pragma: no cover - without flock: the recorded process must be gone
-    if holder and holder.get("pid") != os.getpid() and _alive(holder.get("pid")):
+    if holder and holder.get("pid") != os.getpid() and process_alive(holder.get("pid")):
         raise BlockingIOError
 
 
@@ -127,7 +127,8 @@ def describe(holder: Mapping[str, Any] | None) -> str:
     return f"process {holder['pid']} on {holder.get('host', '?')} since {holder.get('since', '?')}"
 
 
-def _alive(pid: Any) -> bool:
+def process_alive(pid: Any) -> bool:
+    """Whether ``pid`` names a running process (of any user) on this machine."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

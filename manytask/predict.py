@@ -27,6 +27,7 @@ from .data.declared import DataError, Preprocessor, Problem, SplitRows, TextColu
 from .data.declared.build import inputs
 from .data.declared.spec import format_of
 from .files import inside
+from .locks import process_alive
 from .metrics import TaskEvaluator
 from .models import MultiTaskModel
 from .run import PREPROCESSING, Prepared, build_model
@@ -191,21 +192,11 @@ def remove_leftovers(out: str | Path) -> list[str]:
     legacy = out.with_name(f".{out.name}.tmp")  # the name writes of earlier versions used
     for left in [*found, *([legacy] if legacy.is_file() else [])]:
         pid = left.name[len(f".{out.name}{PARTIAL}"):].split("-")[0]
-        if left != legacy and pid.isdigit() and _alive(int(pid)):
+        if left != legacy and pid.isdigit() and process_alive(int(pid)):
             continue
         left.unlink(missing_ok=True)
         notes.append(f"removed {left.name}, left by a killed write of {out.name!r}")
     return notes
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_out(out: Path, data: str | Path, overwrite: bool, ours: bool = False) -> None:
