@@ -123,7 +123,11 @@ def test_text_config_trains_end_to_end(tmp_path: Path,
     def fake(self: TextColumns, texts: Sequence[Text]) -> torch.Tensor:  # stands in for MiniLM
         return torch.randn(len(texts), 16, generator=gen)
 
+    def words(self: TextColumns, texts: list[list[str]]) -> list[int]:  # MiniLM's tokenizer
+        return [len(text.split()) for column in texts for text in column]
+
     monkeypatch.setattr(TextColumns, "_encode", fake)
+    monkeypatch.setattr(TextColumns, "_lengths", words)
     config = Path(__file__).resolve().parents[2] / "configs" / "text.yaml"
     base = load_config(config, {"data_root": str(ROOT)})
     section = dict(base.dataset or {})
