@@ -75,22 +75,27 @@ def train(model, tasks, method_name, mode, data, epochs, seed) -> float:
     opt = torch.optim.Adam([*model.parameters(), *method.parameters()], lr=2e-3)
     batches = DenseBatches(data, 16, shuffle=True, augment=Augment(), seed=seed)
     times = []
-    names = {t.name for t in tasks}
     for _ in range(epochs):
         for x, targets in batches:
             start = time.perf_counter()
-            outputs, feats = model(x, return_features=True)
-            losses = manytask.task_losses(tasks, outputs,
-                                          {k: v for k, v in targets.items() if k in names})
-            if isinstance(model, TAPS):
-                losses = {k: v + 1e-3 * model.sparsity_penalty() / len(losses)
-                          for k, v in losses.items()}
-            manytask.backward(losses, method, features=feats, mode=mode,
-                              shared_params=model.shared_parameters())
-            opt.step()
-            opt.zero_grad()
+            train_step(model, tasks, method, mode, opt, x, targets)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def train_step(model, tasks, method, mode, opt, x, targets) -> None:
+    """One optimizer step of ``model`` on the batch ``(x, targets)`` through ``method``."""
+    names = {t.name for t in tasks}
+    outputs, feats = model(x, return_features=True)
+    losses = manytask.task_losses(tasks, outputs,
+                                  {k: v for k, v in targets.items() if k in names})
+    if isinstance(model, TAPS):
+        losses = {k: v + 1e-3 * model.sparsity_penalty() / len(losses)
+                  for k, v in losses.items()}
+    manytask.backward(losses, method, features=feats, mode=mode,
+                      shared_params=model.shared_parameters())
+    opt.step()
+    opt.zero_grad()
 
 
 def flops(model, size: int) -> int:
