@@ -115,10 +115,8 @@ def _files(cfg: TrainConfig) -> Prepared:
                          allow_outside_links=cfg.allow_outside_links)
     if cfg.tasks:  # a subset of the declared tasks (single-task baselines, task groups)
         spec = select_tasks(spec, cfg.tasks)
-    if cfg.finetune_layers:
-        return _files_finetuned(cfg, spec)
-    if cfg.adapter is not None:
-        return _files_adapter(cfg, spec)
+    if cfg.finetune_layers or cfg.adapter is not None:  # exclusive (TrainConfig checks)
+        return _files_text(cfg, spec)
     data = prepare_declared(spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                             seed=cfg.seed, tasks_per_batch=cfg.tasks_per_batch,
                             temperature=cfg.task_temperature)
@@ -133,34 +131,31 @@ def _files(cfg: TrainConfig) -> Prepared:
                     artifacts={PREPROCESSING: data.preprocessor.to_json()})
 
 
-def _files_finetuned(cfg: TrainConfig, spec: Any) -> Prepared:
-    """Text sources with the encoder's top ``finetune_layers`` trained (the rest cached)."""
+def _files_text(cfg: TrainConfig, spec: Any) -> Prepared:
+    """Text sources read as texts, not cached embeddings: with the encoder's top
+    ``finetune_layers`` trained (the rest cached), or through a multi-task ``adapter`` on the
+    frozen MiniLM (its tokens)."""
     from .data.declared.build import declared_text_tasks
-    from .training.finetune import prepare_finetune
 
     text_tasks, pre, max_length = declared_text_tasks(spec, cfg.cache_dir)
-    ft = prepare_finetune(
-        text_tasks, cfg.cache_dir, max_length, cfg.finetune_layers, cfg.batch_size,
-        min(cfg.tasks_per_batch, len(text_tasks)), cfg.task_temperature, cfg.seed,
-    )
-    return Prepared([t.task() for t in text_tasks], ft.train, ft.val, ft.test, 0,
-                    model_factory=ft.model_factory,
-                    artifacts={PREPROCESSING: pre.to_json()})
+    per_batch = min(cfg.tasks_per_batch, len(text_tasks))
+    data: Any
+    if cfg.adapter is not None:
+        from .training.adapter_text import prepare_adapter_text
 
+        data = prepare_adapter_text(
+            text_tasks, cfg.adapter, cfg.adapter_params, cfg.adapter_targets, max_length,
+            cfg.batch_size, per_batch, cfg.task_temperature, cfg.seed,
+        )
+    else:
+        from .training.finetune import prepare_finetune
 
-def _files_adapter(cfg: TrainConfig, spec: Any) -> Prepared:
-    """Text sources through a multi-task adapter on the frozen MiniLM (its tokens)."""
-    from .data.declared.build import declared_text_tasks
-    from .training.adapter_text import prepare_adapter_text
-
-    text_tasks, pre, max_length = declared_text_tasks(spec, cfg.cache_dir)
-    ad = prepare_adapter_text(
-        text_tasks, cfg.adapter or "", cfg.adapter_params, cfg.adapter_targets, max_length,
-        cfg.batch_size, min(cfg.tasks_per_batch, len(text_tasks)), cfg.task_temperature,
-        cfg.seed,
-    )
-    return Prepared([t.task() for t in text_tasks], ad.train, ad.val, ad.test, 0,
-                    model_factory=ad.model_factory,
+        data = prepare_finetune(
+            text_tasks, cfg.cache_dir, max_length, cfg.finetune_layers, cfg.batch_size,
+            per_batch, cfg.task_temperature, cfg.seed,
+        )
+    return Prepared([t.task() for t in text_tasks], data.train, data.val, data.test, 0,
+                    model_factory=data.model_factory,
                     artifacts={PREPROCESSING: pre.to_json()})
 
 
