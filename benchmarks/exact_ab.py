@@ -19,14 +19,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import Problem, manytask_step, torchjd_peer, torchjd_step
+from step_cost import (
+    Problem,
+    interleaved,
+    manytask_step,
+    torchjd_peer,
+    torchjd_step,
+)
 
 import manytask
 from manytask.engine import gramian
@@ -72,14 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method(s) {unknown}" if unknown else "--rounds, --tasks >= 1")
     torch.set_num_threads(args.threads)
     steps = make_steps(Problem.build(args.tasks, heads=args.heads), args.methods)
-    for step in steps.values():  # warm-up
-        step()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    for _ in range(args.rounds):
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - t0)
+    times = interleaved(steps, args.rounds)
     lines = ["| method | variant | K | ms/step (median) | ratio vs equal (median of rounds) |",
              "|---|---|---:|---:|---:|"]
     for (name, variant), ts in times.items():

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import Problem, manytask_step
+from step_cost import Problem, interleaved, manytask_step
 
 import manytask
 
@@ -66,14 +65,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---:|---:|---:|"]
     for heads in ("linear", "mlp"):
         steps = make_steps(heads, args.tasks)
-        for step in steps.values():  # warm-up
-            step()
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for _ in range(args.rounds):
-            for v in VARIANTS:
-                t0 = time.perf_counter()
-                steps[v]()
-                times[v].append(time.perf_counter() - t0)
+        times = interleaved({v: steps[v] for v in VARIANTS}, args.rounds)
         for v in VARIANTS:
             ratios = [t / e for t, e in zip(times[v], times["equal"], strict=True)]
             lines.append(f"| {heads} | {v} | {args.tasks} | "

@@ -34,7 +34,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +179,20 @@ def measure(step: Callable[[], None], steps: int, warmup: int, budget: float | N
         if budget is not None and len(times) >= 5 and time.perf_counter() - start > budget:
             break
     return Timing(1000 * statistics.median(times), len(times))
+
+
+def interleaved(steps: Mapping[Any, Callable[[], None]], rounds: int) -> dict[Any, list[float]]:
+    """Seconds of each step, timed in turn within each of ``rounds`` rounds (A B C A B C ...)
+    after one warm-up call each, so that a drift of a loaded machine's speed hits them alike."""
+    for step in steps.values():
+        step()
+    times: dict[Hashable, list[float]] = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - start)
+    return times
 
 
 def build_balancer(name: str) -> tuple[Balancer | None, str]:
