@@ -55,6 +55,9 @@ class TrainConfig:
     schedule_interval: Literal["step", "epoch"] = "step"
     schedule_steps: int | None = None  # the schedule's length (default: the whole run)
     accumulate: int = 1  # micro-batches per optimiser step (exactly one batch N times larger)
+    # free: each micro-batch's graph freed (one extra forward for loss level and feature
+    # mode); graphs: all N kept until one backward (the large batch's memory)
+    accumulate_memory: Literal["free", "graphs"] = "free"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 with a grad scaler
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
     seed: int = 0
@@ -99,6 +102,7 @@ class TrainConfig:
             "log_format": ("csv", "jsonl"),
             "schedule_interval": ("step", "epoch"),
             "precision": ("fp32", "bf16", "fp16"),
+            "accumulate_memory": ("free", "graphs"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -188,7 +192,7 @@ CHANGEABLE = frozenset({
     "epochs", "run_dir", "resume", "resume_if_exists", "overwrite", "log_every", "progress",
     "tensorboard", "cosine_every", "skip_nonfinite", "early_stopping", "min_delta",
     "keep_best", "data_root", "cache_dir", "schedule_steps",
-    "device", "allow_outside_links",
+    "device", "allow_outside_links", "accumulate_memory",
 })
 
 

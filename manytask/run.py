@@ -308,6 +308,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         callbacks=callbacks,
         monitor=cfg.monitor,
         accumulate=cfg.accumulate,
+        accumulate_memory=cfg.accumulate_memory,
         precision=cfg.precision,
         device=device,
         allow_outside_links=cfg.allow_outside_links,

@@ -66,6 +66,8 @@ FIELD_HELP: dict[str, str] = {
     "schedule_interval": "step the schedule every optimiser step or every epoch",
     "schedule_steps": "the schedule's length (default: the whole run)",
     "accumulate": "micro-batches per optimiser step (exactly one batch N times larger)",
+    "accumulate_memory": "free: free each micro-batch's graph (one extra forward for loss-level "
+    "methods and feature mode); graphs: keep all N (the large batch's memory)",
     "precision": "fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler)",
     "device": "cpu, cuda, cuda:N, mps or auto",
     "resume_if_exists": "resume when --run-dir holds a checkpoint, else start (job schedulers)",

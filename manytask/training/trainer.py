@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..balancers import Balancer, make_balancer
 from ..config import check_run_dir
+from ..engine.accumulate import NotSeparable
 from ..engine.backward import (
     BackwardResult,
     GradientOverflowError,
@@ -33,6 +34,7 @@ from ..models.base import MultiTaskModel
 from ..models.experts import ExpertSet
 from ..models.routing import expert_report
 from ..tasks import Task, task_losses
+from .accumulation import FreeStep, Memory, check_memory, kind_for
 from .callbacks import BestCheckpoint, Callback, check_monitor
 from .checkpoint import (
     BEST,
@@ -99,8 +101,13 @@ class Trainer:
             ``torch.device`` (:mod:`manytask.training.devices`); model and method state go
             there, and each batch.
         accumulate: take one optimiser step per this many micro-batches, exactly as one
-            batch of all their samples (see :meth:`_losses`; memory is not saved, as the
-            micro-batches' graphs are kept until the step).
+            batch of all their samples.
+        accumulate_memory: ``"free"`` (default): each micro-batch's graph is freed before
+            the next forward (:mod:`~manytask.training.accumulation`; one extra forward per
+            micro-batch for loss-level methods and feature mode, none in exact mode);
+            ``"graphs"``: the N graphs are kept until one backward (:meth:`_losses`; the
+            memory of the large batch, no extra forward). A model whose heads cannot be
+            separated from its trunk falls back to ``"graphs"``, with a warning.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (forward and losses under
             ``torch.autocast``; fp16 with a ``GradScaler`` whose scale the method never sees,
             and a step whose scaled gradients overflow skipped before the method decides).
@@ -169,6 +176,7 @@ class Trainer:
         flat_rho: float | None = None,
         tensorboard: bool = False,
         accumulate: int = 1,
+        accumulate_memory: Memory = "free",
         precision: Precision = "fp32",
         callbacks: Sequence[Callback] = (),
         monitor: str = "mean",
@@ -210,6 +218,8 @@ class Trainer:
             raise ValueError("flat_rho re-runs each batch's forward in fp32: it takes neither "
                              "accumulate nor another precision")
         self.accumulate = accumulate
+        check_memory(accumulate_memory)
+        self.accumulate_memory: Memory = accumulate_memory
         # fp16: a gradient scaler (its scale removed before any decision, see backward()).
         # Under torchrun every rank takes the same skip: an overflow on one rank reaches the
         # others through the reduced Gramian or Jacobian (GradientOverflowError) or through
@@ -262,38 +272,47 @@ class Trainer:
         micro-batches; returns the log row, or ``None`` if the step was skipped."""
         micro = cast(list[Batch], list(batch) if self.accumulate > 1 else [batch])
         self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        scale = 1.0 if self.scaler is None else float(self.scaler.get_scale())
+        cosine_due = (self.cosine_every is not None and self.balancer.requires == "losses"
+                      and (self.step + 1) % self.cosine_every == 0)  # numbered as the step it logs
         rng = rng_state(self.device) if self.flat_rho is not None else None
-        if rng is not None:
+        free = None
+        if self.accumulate_memory == "free" and len(micro) > 1:
+            free = FreeStep(self, micro, kind_for(self.balancer, self.mode, cosine_due), scale)
+            try:  # pass 1: one micro-batch's graph at a time (see .accumulation)
+                losses, features, counts = free.collect()
+            except NotSeparable as err:
+                warnings.warn(f"accumulate_memory='free' falls back to 'graphs': {err}",
+                              RuntimeWarning, stacklevel=2)
+                self.accumulate_memory, free = "graphs", None
+            except (NonFiniteLossError, GradientOverflowError) as err:
+                self._not_stepped(err, scale)
+                return None
+        if free is None and rng is not None:
             # flat regions run their own 1 + K forwards (same dropout draws, from this RNG
             # state); this one only finds which tasks are labelled, so it keeps no graph
             with torch.no_grad():
                 losses, features, counts = self._losses(micro)
-        else:
+        elif free is None:
             losses, features, counts = self._losses(micro)
         if not losses and self._dist is None:  # no labelled sample: nothing to learn from
             return None  # (a rank still joins the collectives: another may have labels)
         x, targets = self._last_x, self._last_targets
-        self.optimizer.zero_grad(set_to_none=True)
         gramian = None
-        if (
-            self.cosine_every is not None
-            and self.balancer.requires == "losses"
-            and (self.step + 1) % self.cosine_every == 0  # numbered as the step it logs
-            and losses  # under torchrun: this rank's shard only, for the log
-        ):
+        if cosine_due and losses:  # under torchrun: this rank's shard only, for the log
             gramian = task_gradients(
                 list(losses.values()),
                 feature_tensors(features),
                 mode=self.mode,
                 shared_params=self._shared,
             ).gramian
-        scale = 1.0 if self.scaler is None else float(self.scaler.get_scale())
-        if self.scaler is not None:  # fp16: scaled losses; backward divides the scale out
-            losses = {k: self.scaler.scale(v) for k, v in losses.items()}
+        if self.scaler is not None and free is None:  # fp16: scaled losses (backward
+            losses = {k: self.scaler.scale(v) for k, v in losses.items()}  # divides it out)
         aux = self._last_aux
         try:
-            if aux:  # outside the balancing: added to the gradient the method forms
-                backward_auxiliary(aux, scale, self.step)
+            if aux and free is None:  # outside the balancing: added to the gradient the
+                backward_auxiliary(aux, scale, self.step)  # method forms (free: pass 1 or 2)
             if rng is not None:  # flat regions
                 result = self._flat_backward(x, targets, rng)
             else:
@@ -308,13 +327,10 @@ class Trainer:
                     step=self.step,
                     counts=counts,
                 )
-        except GradientOverflowError:  # before the method decided: its state is untouched
-            self._overflow(scale, unscaled=False)
-            return None
-        except NonFiniteLossError:
-            if not self.skip_nonfinite:
-                raise
-            self._skip("non-finite loss")
+                if free is not None:  # pass 2: the decision into each micro-batch's graph
+                    free.replay()
+        except (NonFiniteLossError, GradientOverflowError) as err:
+            self._not_stepped(err, scale)
             return None
         if not result.tasks:  # distributed: no rank had a labelled sample
             self.optimizer.zero_grad(set_to_none=True)
@@ -359,6 +375,16 @@ class Trainer:
                 for j in range(i + 1, len(result.tasks)):
                     row[f"cos/{a}/{result.tasks[j]}"] = float(cosine[i, j])
         return row
+
+    def _not_stepped(self, err: Exception, scale: float) -> None:
+        """An fp16 overflow (before the method decided: its state is untouched) or a
+        non-finite loss (raised again unless ``skip_nonfinite``): the step is skipped."""
+        if isinstance(err, GradientOverflowError):
+            self._overflow(scale, unscaled=False)
+        elif not self.skip_nonfinite:
+            raise err
+        else:
+            self._skip("non-finite loss")
 
     def _losses(
         self, micro: Sequence[Batch]

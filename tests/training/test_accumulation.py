@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -44,13 +46,20 @@ def _trainer(balancer: str, **kw) -> Trainer:
     return Trainer(model, TASKS, manytask.make_balancer(balancer), progress=False, lr=0.01, **kw)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no fall-back to the graphs
+@pytest.mark.parametrize("memory", ["free", "graphs"])
 @pytest.mark.parametrize("balancer,mode", [
     ("equal", "exact"), ("uncertainty", "exact"), ("dwa", "exact"), ("mgda", "exact"),
     ("pcgrad", "exact"), ("cagrad", "exact"), ("mgda", "feature"),
+    # a Jacobian aggregator, Nash-MTL (its own head weights), IMTL (its learnable scales),
+    # GradNorm (a loss weighting driven by the Gramian), loss level in feature mode
+    ("upgrad", "exact"), ("upgrad", "feature"), ("nash_mtl", "exact"), ("imtl", "feature"),
+    ("imtl", "exact"), ("gradnorm", "exact"), ("uncertainty", "feature"),
 ])
-def test_n_micro_batches_equal_one_batch_n_times_larger(balancer: str, mode: str) -> None:
+def test_n_micro_batches_equal_one_batch_n_times_larger(balancer: str, mode: str,
+                                                        memory: str) -> None:
     micro = _micro()
-    small = _trainer(balancer, mode=mode, accumulate=4)
+    small = _trainer(balancer, mode=mode, accumulate=4, accumulate_memory=memory)
     large = _trainer(balancer, mode=mode)
     torch.manual_seed(1)  # pcgrad draws task orders: the same draws for both
     # 8 steps: later, CAGrad's solver may switch its active set on float noise (seen at 9+)
@@ -141,3 +150,98 @@ def test_training_on_cuda_matches_the_cpu() -> None:
     bf16 = _trainer("mgda", device="cuda", precision="bf16")
     bf16.fit(_micro(16, 8, missing=False), 2)
     assert bf16.evaluate(_micro(16, 8, missing=False))
+
+
+class SavedBytes:
+    """Bytes of the tensors autograd saves for backward that are still alive (a saved tensor
+    dies with its graph), and the peak of that count."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+
+    def pack(self, t: torch.Tensor) -> object:
+        holder = _Holder(t.detach())  # not t: a saved output would hold its own graph
+        size = t.numel() * t.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(holder, self._release, size)
+        return holder
+
+    def _release(self, size: int) -> None:
+        self.live -= size
+
+    @staticmethod
+    def unpack(holder: object) -> torch.Tensor:
+        return holder.t  # type: ignore[attr-defined]
+
+
+class _Holder:
+    __slots__ = ("__weakref__", "t")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+
+def _peak_saved(balancer: str, mode: str, memory: str, n: int) -> int:
+    wide = [Task.classification("a", 3), Task.regression("b"), Task.binary("c")]
+    torch.manual_seed(0)
+    model = HardSharing(wide, 5, hidden=(128, 128, 8))
+    trainer = Trainer(model, wide, manytask.make_balancer(balancer), progress=False, lr=0.01,
+                      mode=mode, accumulate=n, accumulate_memory=memory)
+    micro = _micro(256 * n, 256, missing=False)
+    counter = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, SavedBytes.unpack):
+        trainer.train_step(micro if n > 1 else micro[0])
+    gc.collect()
+    assert counter.live == 0  # every graph is gone after the step
+    return counter.peak
+
+
+@pytest.mark.parametrize("balancer,mode", [("equal", "exact"), ("mgda", "exact"),
+                                           ("mgda", "feature"), ("upgrad", "exact")])
+def test_free_accumulation_keeps_one_micro_batch_graph_alive(balancer: str, mode: str) -> None:
+    """The saved activations alive at once: with the graphs kept, N micro-batches' worth;
+    freed, one micro-batch's (plus the surrogate graph of the decision, which in exact mode
+    saves the K x D Jacobian: small here, where activations dominate, as where one
+    accumulates)."""
+    one = _peak_saved(balancer, mode, "graphs", 1)
+    kept = _peak_saved(balancer, mode, "graphs", 8)
+    freed = _peak_saved(balancer, mode, "free", 8)
+    assert kept > 6 * one
+    assert freed < 1.6 * one
+
+
+class _Noisy(HardSharing):
+    """Dropout and batch norm in the trunk: the second pass must draw the same masks and the
+    statistics must move once per micro-batch, as with the graphs kept."""
+
+    def __init__(self) -> None:
+        # no bias before the batch norm: its gradient is 0 up to rounding, which Adam scales up
+        trunk = torch.nn.Sequential(torch.nn.Linear(5, 16, bias=False), torch.nn.BatchNorm1d(16),
+                                    torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                    torch.nn.Linear(16, 8))
+        super().__init__(TASKS, trunk=trunk, feature_dim=8, head_hidden=(8,), dropout=0.2)
+
+
+@pytest.mark.parametrize("balancer,mode", [("uncertainty", "exact"), ("mgda", "feature"),
+                                           ("mgda", "exact")])
+def test_free_and_kept_graphs_agree_with_dropout_and_batch_norm(balancer: str,
+                                                                mode: str) -> None:
+    runs = []
+    for memory in ("free", "graphs"):
+        torch.manual_seed(0)
+        trainer = Trainer(_Noisy(), TASKS, manytask.make_balancer(balancer), progress=False,
+                          lr=0.01, mode=mode, accumulate=4, accumulate_memory=memory)
+        torch.manual_seed(5)
+        trainer.fit(_micro(), 2)
+        runs.append((trainer.model.state_dict(), torch.rand(3)))  # the same draws after
+    (free, after_free), (kept, after_kept) = runs
+    for name, want in kept.items():
+        torch.testing.assert_close(free[name], want, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(after_free, after_kept)
+
+
+def test_accumulate_memory_is_checked() -> None:
+    with pytest.raises(ValueError, match="accumulate_memory must be one of"):
+        _trainer("equal", accumulate=2, accumulate_memory="none")
