@@ -1,5 +1,6 @@
 """What the Trainer's options cost per step: bf16/fp16 autocast against fp32, and gradient
-accumulation over N = 1, 4, 16 micro-batches for a loss-level and a gradient-level method.
+accumulation over N = 1, 4, 16 micro-batches for a loss-level and a gradient-level method,
+with the micro-batches' graphs kept (``accumulate_memory: graphs``) or freed (``free``).
 
 Model: a shared MLP 256 -> 512 -> 512 with 4 linear heads of 10 classes, random data,
 batch 128 (small enough for a couple of minutes on a loaded 2-core machine; ``--width``,
@@ -11,7 +12,14 @@ more data). Ratios are against the fp32 /
 N = 1 row of the same method, measured in the same run (rows interleaved, ``--repeats``
 rounds, median over rounds).
 
-    OMP_NUM_THREADS=1 python benchmarks/trainer_cost.py            # CPU, about 2 minutes
+Accumulation's memory: each accumulation cell runs in a fresh process (``--cell``) on a
+batch of ``--accum-batch`` samples, which reports its step time, the peak of the bytes autograd
+holds saved for backward during one step (counted by ``saved_tensors_hooks``: the
+activations accumulation is about; exact, whatever the load) and the growth of the process's
+peak resident memory over the steps (``ru_maxrss``: everything, including the per-task
+gradients, allocator caching and the surrogate Jacobian; coarser).
+
+    OMP_NUM_THREADS=1 python benchmarks/trainer_cost.py            # CPU, about 3 minutes
     python benchmarks/trainer_cost.py --device cuda --precisions fp32 bf16 fp16 \
         --width 512 --hidden 1024 1024 1024 --tasks 8 --batch 256
 """
@@ -19,8 +27,13 @@ rounds, median over rounds).
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -39,13 +52,20 @@ def _batches(n_micro: int, batch: int, width: int, tasks: list[Task], device: st
     return out
 
 
-def step_time(method: str, precision: str, accumulate: int, args: Any) -> float:
+def _trainer(method: str, precision: str, accumulate: int, args: Any,
+             memory: str = "free") -> Trainer:
     tasks = [Task.classification(f"t{i}", 10) for i in range(args.tasks)]
     torch.manual_seed(0)
     model = HardSharing(tasks, args.width, hidden=tuple(args.hidden))
-    trainer = Trainer(model, tasks, make_balancer(method), progress=False, lr=1e-4,
-                      precision=precision, accumulate=accumulate, device=args.device)
-    micro = _batches(accumulate, args.batch, args.width, tasks, args.device)
+    return Trainer(model, tasks, make_balancer(method), progress=False, lr=1e-4,
+                   precision=precision, accumulate=accumulate, device=args.device,
+                   accumulate_memory=memory)  # type: ignore[arg-type]
+
+
+def step_time(method: str, precision: str, accumulate: int, args: Any,
+              memory: str = "free", batch: int | None = None) -> float:
+    trainer = _trainer(method, precision, accumulate, args, memory)
+    micro = _batches(accumulate, batch or args.batch, args.width, trainer.tasks, args.device)
     step = micro if accumulate > 1 else micro[0]
     times = []
     for i in range(args.warmup + args.steps):
@@ -58,6 +78,74 @@ def step_time(method: str, precision: str, accumulate: int, args: Any) -> float:
         if i >= args.warmup:
             times.append(time.perf_counter() - began)
     return statistics.median(times)
+
+
+class SavedBytes:
+    """Live bytes of the tensors autograd saves for backward, and their peak."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def pack(self, t: torch.Tensor) -> object:
+        holder = _Holder(t.detach())  # not t: a saved output would hold its own graph
+        size = t.numel() * t.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(holder, self.release, size)
+        return holder
+
+    def release(self, size: int) -> None:
+        self.live -= size
+
+
+class _Holder:
+    __slots__ = ("__weakref__", "t")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+
+def accumulation_cell(method: str, n: int, memory: str, args: Any) -> dict[str, float]:
+    """One accumulation cell, in this (fresh) process: step time, peak saved bytes of one
+    step, growth of the peak resident memory (KiB on Linux) over the timed steps."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = step_time(method, "fp32", n, args, memory, args.accum_batch)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    trainer = _trainer(method, "fp32", n, args, memory)
+    micro = _batches(n, args.accum_batch, args.width, trainer.tasks, args.device)
+    counter = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda h: h.t):
+        trainer.train_step(micro if n > 1 else micro[0])
+    return {"seconds": seconds, "saved": counter.peak, "rss_kib": grown}
+
+
+def run_cell(method: str, n: int, memory: str, argv: list[str]) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, *argv, "--cell", method, str(n), memory],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def accumulation_table(args: Any, argv: list[str]) -> None:
+    cells = [(m, n, mem) for m in args.methods for n in args.accumulate
+             for mem in (("graphs",) if n == 1 else ("graphs", "free"))]
+    got: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+    for _ in range(args.repeats):
+        for c in cells:
+            got.setdefault(c, []).append(run_cell(*c, argv))
+            print(f"  {c}: {got[c][-1]}", flush=True)
+    print(f"\naccumulation: batch {args.accum_batch} per optimiser step, {args.tasks} tasks, "
+          f"median of {args.steps} steps x {args.repeats} rounds, one process per cell\n")
+    print("| method | N | graphs | step (ms) | vs N = 1 | peak saved (MiB) | vs kept, same N "
+          "| peak RSS growth (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, n, mem in cells:
+        def med(key: str, c: tuple[str, int, str]) -> float:
+            return statistics.median(r[key] for r in got[c])
+        c, one, kept = (method, n, mem), (method, 1, "graphs"), (method, n, "graphs")
+        print(f"| {method} | {n} | {'kept' if mem == 'graphs' else 'freed'} | "
+              f"{med('seconds', c) * 1e3:.1f} | {med('seconds', c) / med('seconds', one):.2f} | "
+              f"{med('saved', c) / 2**20:.1f} | {med('saved', c) / med('saved', kept):.2f} | "
+              f"{med('rss_kib', c) / 1024:.1f} |")
 
 
 def main() -> None:
@@ -73,10 +161,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--accum-batch", type=int, default=1024,
+                        help="samples per optimiser step in the accumulation cells")
+    parser.add_argument("--cell", nargs=3, metavar=("METHOD", "N", "MEMORY"),
+                        help="internal: run one accumulation cell and print it as JSON")
     args = parser.parse_args()
+    if args.cell:
+        method, n, memory = args.cell
+        print(json.dumps(accumulation_cell(method, int(n), memory, args)))
+        return
     rows: dict[tuple[str, str, int], list[float]] = {}
     cells = [(m, p, 1) for m in args.methods for p in args.precisions]
-    cells += [(m, "fp32", n) for m in args.methods for n in args.accumulate if n != 1]
     for _ in range(args.repeats):  # interleaved rounds: drift on a shared machine hits all
         for cell in cells:
             rows.setdefault(cell, []).append(step_time(*cell, args))
@@ -90,6 +185,7 @@ def main() -> None:
         t = statistics.median(rows[(method, precision, n)])
         base = statistics.median(rows[(method, "fp32", 1)])
         print(f"| {method} | {precision} | {n} | {t * 1e3:.1f} | {t / base:.2f} |")
+    accumulation_table(args, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ CONFIGS: dict[str, tuple[str, dict[str, object], str]] = {
     "moco_exact": ("moco", {}, "exact"),
     "moco_feature": ("moco", {}, "feature"),
     "graddrop_feature": ("graddrop", {}, "feature"),
+    # accumulation over 2 micro-batches per rank (freed graphs): a loss level, exact and
+    # feature Gramians, a Jacobian aggregator in feature mode
+    "uncertainty_accumulate": ("uncertainty", {}, "exact"),
+    "mgda_exact_accumulate": ("mgda", {}, "exact"),
+    "mgda_feature_accumulate": ("mgda", {}, "feature"),
+    "moco_feature_accumulate": ("moco", {}, "feature"),
 }
 GLOBAL_BATCH = 16
 STEPS_PER_EPOCH = 3
@@ -80,6 +86,7 @@ def run_config(name: str) -> dict[str, torch.Tensor]:
 
 def _train(name: str) -> dict[str, torch.Tensor]:
     method, params, mode = CONFIGS[name]
+    micro = 2 if name.endswith("_accumulate") else 1
     torch.manual_seed(0)
     model = HardSharing(tasks(), 8, hidden=(16, 16))
     trainer = Trainer(
@@ -89,6 +96,7 @@ def _train(name: str) -> dict[str, torch.Tensor]:
         optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1),
         mode=mode,  # type: ignore[arg-type]
         progress=False,
+        accumulate=micro,
     )
     ctx = context()
     batches = data() if ctx is None else ShardedBatches(data(), ctx.rank, ctx.world_size)
@@ -96,7 +104,7 @@ def _train(name: str) -> dict[str, torch.Tensor]:
     for epoch in range(EPOCHS):
         batches.set_epoch(epoch)
         for batch in batches:
-            row = trainer.train_step(batch)
+            row = trainer.train_step(split(batch, micro) if micro > 1 else batch)
             assert row is not None
             weights.append([row.get(f"weight/{t.name}", float("nan")) for t in tasks()])
     out = {f"param/{k}": v.detach().clone() for k, v in model.state_dict().items()}
@@ -104,6 +112,14 @@ def _train(name: str) -> dict[str, torch.Tensor]:
     out.update({f"balancer/{k}": v.detach().clone() for k, v in state.items()})
     out["weights"] = torch.tensor(weights, dtype=torch.float64)
     return out
+
+
+def split(batch: Any, n: int) -> list[Any]:
+    """``batch`` cut into ``n`` micro-batches of consecutive samples."""
+    x, targets = batch
+    size = -(-len(x) // n)
+    return [(x[i: i + size], {k: v[i: i + size] for k, v in targets.items()})
+            for i in range(0, len(x), size)]
 
 
 def fit(run_dir: str, epochs: int, resume: bool) -> dict[str, torch.Tensor]:
