@@ -13,11 +13,12 @@ N = 1 row of the same method, measured in the same run (rows interleaved, ``--re
 rounds, median over rounds).
 
 Accumulation's memory: each accumulation cell runs in a fresh process (``--cell``) on a
-batch of ``--accum-batch`` samples, which reports its step time, the peak of the bytes autograd
-holds saved for backward during one step (counted by ``saved_tensors_hooks``: the
-activations accumulation is about; exact, whatever the load) and the growth of the process's
-peak resident memory over the steps (``ru_maxrss``: everything, including the per-task
-gradients, allocator caching and the surrogate Jacobian; coarser).
+batch of ``--accum-batch`` samples, and reports its step time and the peak of the bytes
+autograd holds saved for backward during one step (``saved_tensors_hooks``, each storage
+once, the parameters' own storages left out): the activations accumulation is about, exact
+whatever the load. Not counted there: per-task gradients outside autograd's graph (exact
+mode's K x D Jacobian, which both paths build; the freed path's surrogate graph saves it, so
+there it is counted).
 
     OMP_NUM_THREADS=1 python benchmarks/trainer_cost.py            # CPU, about 3 minutes
     python benchmarks/trainer_cost.py --device cuda --precisions fp32 bf16 fp16 \
@@ -28,12 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -81,21 +82,33 @@ def step_time(method: str, precision: str, accumulate: int, args: Any,
 
 
 class SavedBytes:
-    """Live bytes of the tensors autograd saves for backward, and their peak."""
+    """Bytes of the storages autograd holds saved for backward, alive now and at the peak:
+    each storage once (a weight's transposed view saved by every micro-batch's graph is the
+    parameter itself, not counted), released when the last graph holding it is freed."""
 
-    def __init__(self) -> None:
-        self.live = self.peak = 0
+    def __init__(self, params: Iterable[torch.Tensor]) -> None:
+        self.skip = {p.untyped_storage().data_ptr() for p in params}
+        self.holders: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
 
     def pack(self, t: torch.Tensor) -> object:
         holder = _Holder(t.detach())  # not t: a saved output would hold its own graph
-        size = t.numel() * t.element_size()
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(holder, self.release, size)
+        storage = t.untyped_storage()
+        ptr, size = storage.data_ptr(), storage.nbytes()
+        if ptr in self.skip:
+            return holder
+        if self.holders.get(ptr, 0) == 0:
+            self.live += size
+            self.peak = max(self.peak, self.live)
+        self.holders[ptr] = self.holders.get(ptr, 0) + 1
+        weakref.finalize(holder, self.release, ptr, size)
         return holder
 
-    def release(self, size: int) -> None:
-        self.live -= size
+    def release(self, ptr: int, size: int) -> None:
+        self.holders[ptr] -= 1
+        if self.holders[ptr] == 0:
+            self.live -= size
 
 
 class _Holder:
@@ -106,17 +119,15 @@ class _Holder:
 
 
 def accumulation_cell(method: str, n: int, memory: str, args: Any) -> dict[str, float]:
-    """One accumulation cell, in this (fresh) process: step time, peak saved bytes of one
-    step, growth of the peak resident memory (KiB on Linux) over the timed steps."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """One accumulation cell, in this (fresh) process: step time and the peak of the bytes
+    saved for backward during one step."""
     seconds = step_time(method, "fp32", n, args, memory, args.accum_batch)
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     trainer = _trainer(method, "fp32", n, args, memory)
     micro = _batches(n, args.accum_batch, args.width, trainer.tasks, args.device)
-    counter = SavedBytes()
+    counter = SavedBytes(trainer.model.parameters())
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda h: h.t):
         trainer.train_step(micro if n > 1 else micro[0])
-    return {"seconds": seconds, "saved": counter.peak, "rss_kib": grown}
+    return {"seconds": seconds, "saved": counter.peak}
 
 
 def run_cell(method: str, n: int, memory: str, argv: list[str]) -> dict[str, float]:
@@ -135,17 +146,15 @@ def accumulation_table(args: Any, argv: list[str]) -> None:
             print(f"  {c}: {got[c][-1]}", flush=True)
     print(f"\naccumulation: batch {args.accum_batch} per optimiser step, {args.tasks} tasks, "
           f"median of {args.steps} steps x {args.repeats} rounds, one process per cell\n")
-    print("| method | N | graphs | step (ms) | vs N = 1 | peak saved (MiB) | vs kept, same N "
-          "| peak RSS growth (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | N | graphs | step (ms) | vs N = 1 | peak saved (MiB) | vs kept, same N |")
+    print("|---|---|---|---|---|---|---|")
     for method, n, mem in cells:
         def med(key: str, c: tuple[str, int, str]) -> float:
             return statistics.median(r[key] for r in got[c])
         c, one, kept = (method, n, mem), (method, 1, "graphs"), (method, n, "graphs")
         print(f"| {method} | {n} | {'kept' if mem == 'graphs' else 'freed'} | "
               f"{med('seconds', c) * 1e3:.1f} | {med('seconds', c) / med('seconds', one):.2f} | "
-              f"{med('saved', c) / 2**20:.1f} | {med('saved', c) / med('saved', kept):.2f} | "
-              f"{med('rss_kib', c) / 1024:.1f} |")
+              f"{med('saved', c) / 2**20:.2f} | {med('saved', c) / med('saved', kept):.2f} |")
 
 
 def main() -> None:

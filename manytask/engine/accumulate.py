@@ -188,10 +188,12 @@ class Accumulation:
         deltas = [(p - p.detach()).reshape(-1) for p in self.params]
         if not rows:  # no labelled task here: a zero-valued feature the pipeline can push into
             return [torch.stack([d.sum() * 0 for d in deltas]).sum().reshape(1)], {}
-        z = torch.zeros(len(rows), dtype=deltas[0].dtype, device=deltas[0].device)
-        for j, d in enumerate(deltas):
-            jac = torch.stack([(self.blocks[t][j] / self.counts[t]).reshape(-1) for t in rows])
-            z = z + jac.to(d.dtype) @ d
+        # J_k = the sums divided by n_k in place (the graph saves them: no second K x D copy)
+        z = torch.stack([
+            torch.stack([torch.dot(b.div_(self.counts[t]).reshape(-1).to(d.dtype), d)
+                         for b, d in zip(self.blocks[t], deltas, strict=True)]).sum()
+            for t in rows
+        ])
         return [z], {t: z[i] for i, t in enumerate(rows)}
 
     def finite(self) -> bool:

@@ -98,8 +98,9 @@ class FreeStep:
                 losses, features, aux = self.forward(x, targets)
             counts = {task.name: int(task.labelled(targets[task.name]).sum())
                       for task in t.tasks if task.name in losses}
-            scaled = {k: v * self.scale for k, v in losses.items()} if self.scale != 1.0 \
-                else losses
+            # fp16: the scaler's own product (it also starts the scaler's bookkeeping)
+            scaled = {k: t.scaler.scale(v) for k, v in losses.items()} \
+                if t.scaler is not None else losses
             self.acc.add(scaled, features, counts)
             auxes.append(aux)
             check_aux(aux, t.step)
@@ -145,6 +146,7 @@ class FreeStep:
                 grads.append(torch.full_like(roots[-1], self.scale / n))
             if roots:
                 torch.autograd.backward(roots, grads)
+            del losses, features, aux, roots  # the heads' graph (feature mode) goes too
         set_rng_state(after, t.device)
         restore(t.model, self.buffers)  # the statistics as after pass 1: each batch seen once
 

@@ -327,7 +327,8 @@ class Trainer:
                     step=self.step,
                     counts=counts,
                 )
-                if free is not None:  # pass 2: the decision into each micro-batch's graph
+                if free is not None:  # pass 2: the decision into each micro-batch's graph,
+                    del losses, features  # after the surrogate graph is freed
                     free.replay()
         except (NonFiniteLossError, GradientOverflowError) as err:
             self._not_stepped(err, scale)

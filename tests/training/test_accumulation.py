@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -153,23 +154,44 @@ def test_training_on_cuda_matches_the_cpu() -> None:
 
 
 class SavedBytes:
-    """Bytes of the tensors autograd saves for backward that are still alive (a saved tensor
-    dies with its graph), and the peak of that count."""
+    """Bytes of the storages autograd holds saved for backward, alive now and at the peak:
+    each storage once (a weight's transposed view saved by every micro-batch's graph is the
+    parameter itself, not counted), released when the last graph holding it is freed. Each
+    saved tensor is tagged with the model forward it follows (:meth:`forward_began`), and
+    ``graphs`` is the most forwards whose saved tensors were alive at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, params: Iterable[torch.Tensor]) -> None:
+        self.skip = {p.untyped_storage().data_ptr() for p in params}
+        self.holders: dict[int, int] = {}
         self.live = 0
         self.peak = 0
+        self.forward = -1
+        self.per_forward: dict[int, int] = {}
+        self.graphs = 0
+
+    def forward_began(self, *_: object) -> None:
+        self.forward += 1
 
     def pack(self, t: torch.Tensor) -> object:
         holder = _Holder(t.detach())  # not t: a saved output would hold its own graph
-        size = t.numel() * t.element_size()
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(holder, self._release, size)
+        storage = t.untyped_storage()
+        ptr, size = storage.data_ptr(), storage.nbytes()
+        if ptr in self.skip:
+            return holder
+        if self.holders.get(ptr, 0) == 0:
+            self.live += size
+            self.peak = max(self.peak, self.live)
+        self.holders[ptr] = self.holders.get(ptr, 0) + 1
+        self.per_forward[self.forward] = self.per_forward.get(self.forward, 0) + 1
+        self.graphs = max(self.graphs, sum(1 for n in self.per_forward.values() if n))
+        weakref.finalize(holder, self.release, ptr, size, self.forward)
         return holder
 
-    def _release(self, size: int) -> None:
-        self.live -= size
+    def release(self, ptr: int, size: int, forward: int) -> None:
+        self.per_forward[forward] -= 1
+        self.holders[ptr] -= 1
+        if self.holders[ptr] == 0:
+            self.live -= size
 
     @staticmethod
     def unpack(holder: object) -> torch.Tensor:
@@ -183,33 +205,36 @@ class _Holder:
         self.t = t
 
 
-def _peak_saved(balancer: str, mode: str, memory: str, n: int) -> int:
+def _saved(balancer: str, mode: str, memory: str, n: int) -> SavedBytes:
     wide = [Task.classification("a", 3), Task.regression("b"), Task.binary("c")]
     torch.manual_seed(0)
     model = HardSharing(wide, 5, hidden=(128, 128, 8))
     trainer = Trainer(model, wide, manytask.make_balancer(balancer), progress=False, lr=0.01,
                       mode=mode, accumulate=n, accumulate_memory=memory)
     micro = _micro(256 * n, 256, missing=False)
-    counter = SavedBytes()
+    counter = SavedBytes(model.parameters())
+    model.register_forward_pre_hook(counter.forward_began)
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, SavedBytes.unpack):
         trainer.train_step(micro if n > 1 else micro[0])
     gc.collect()
     assert counter.live == 0  # every graph is gone after the step
-    return counter.peak
+    return counter
 
 
 @pytest.mark.parametrize("balancer,mode", [("equal", "exact"), ("mgda", "exact"),
                                            ("mgda", "feature"), ("upgrad", "exact")])
 def test_free_accumulation_keeps_one_micro_batch_graph_alive(balancer: str, mode: str) -> None:
-    """The saved activations alive at once: with the graphs kept, N micro-batches' worth;
-    freed, one micro-batch's (plus the surrogate graph of the decision, which in exact mode
-    saves the K x D Jacobian: small here, where activations dominate, as where one
-    accumulates)."""
-    one = _peak_saved(balancer, mode, "graphs", 1)
-    kept = _peak_saved(balancer, mode, "graphs", 8)
-    freed = _peak_saved(balancer, mode, "free", 8)
-    assert kept > 6 * one
-    assert freed < 1.6 * one
+    """With the graphs kept, all N micro-batches' saved tensors are alive at once; freed, at
+    most one forward's (pass 1, then pass 2 where there is one). The bytes: N micro-batches'
+    worth kept; freed, one micro-batch's plus the surrogate graph of the decision (exact
+    mode: the K x D Jacobian, small here where the activations dominate, as where one
+    accumulates; feature mode: the K per-task feature gradients of the N micro-batches)."""
+    one = _saved(balancer, mode, "graphs", 1)
+    kept = _saved(balancer, mode, "graphs", 8)
+    freed = _saved(balancer, mode, "free", 8)
+    assert one.graphs == freed.graphs == 1 and kept.graphs == 8
+    assert kept.peak > 6 * one.peak
+    assert freed.peak < kept.peak / 3
 
 
 class _Noisy(HardSharing):
@@ -245,3 +270,77 @@ def test_free_and_kept_graphs_agree_with_dropout_and_batch_norm(balancer: str,
 def test_accumulate_memory_is_checked() -> None:
     with pytest.raises(ValueError, match="accumulate_memory must be one of"):
         _trainer("equal", accumulate=2, accumulate_memory="none")
+
+
+def _seen_gramians(memory: str, scale: float) -> list[torch.Tensor]:
+    trainer = _trainer("mgda", precision="fp16", accumulate=4, accumulate_memory=memory)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    seen: list[torch.Tensor] = []
+    decide = trainer.balancer.decide
+
+    def spy(losses, tasks, gramian):  # type: ignore[no-untyped-def]
+        seen.append(gramian.clone())
+        return decide(losses, tasks, gramian)
+
+    trainer.balancer.decide = spy  # type: ignore[method-assign]
+    micro = _micro()
+    for i in range(0, 12, 4):
+        trainer.train_step(micro[i: i + 4])
+    return seen
+
+
+def test_fp16_freed_graphs_show_the_method_the_unscaled_gramian() -> None:
+    """fp16 with the loss scale 2^12: the method sees the Gramian with the scale removed, the
+    same with the graphs freed as kept (and as with another scale), up to fp16 rounding;
+    without the unscaling it would be 2^24 (or 2^8) times larger."""
+    kept, freed = _seen_gramians("graphs", 2.0**12), _seen_gramians("free", 2.0**12)
+    other = _seen_gramians("free", 2.0**4)
+    assert len(kept) == len(freed) == len(other) == 3
+    for a, b, c in zip(kept, freed, other, strict=True):
+        # fp16 rounding (eps 1e-3): the paths round the per-task gradients at other points
+        size = float(a.diagonal().max())
+        assert size > 1e-3
+        torch.testing.assert_close(b, a, rtol=0, atol=2e-3 * size)
+        torch.testing.assert_close(c, a, rtol=0, atol=2e-3 * size)
+
+
+def test_fp16_overflow_with_freed_graphs_skips_the_step_and_keeps_the_methods_state() -> None:
+    trainer = _trainer("gradvac", precision="fp16", accumulate=4)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # overflows in fp16
+    state = {k: v.clone() for k, v in trainer.balancer.state_dict().items()}
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.train_step(_micro()[:4]) is None
+    assert trainer.overflow_steps == 1 and trainer.scaler.get_scale() == 2.0**59
+    for k, v in trainer.balancer.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    for p, q in zip(trainer.model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+
+
+class _TiedHead(HardSharing):
+    """Head "b" also reads the trunk's first weight (as a tied embedding would): its task
+    gradient w.r.t. that weight mixes the head's and the trunk's paths."""
+
+    def forward(self, x, return_features=False):  # type: ignore[no-untyped-def]
+        out, features = super().forward(x, return_features=True)
+        out = dict(out)
+        out["b"] = out["b"] + 0.1 * next(self.shared.parameters()).sum()
+        return (out, features) if return_features else out
+
+
+def test_a_head_reading_the_trunk_falls_back_to_kept_graphs() -> None:
+    runs = []
+    for memory in ("free", "graphs"):
+        torch.manual_seed(0)
+        trainer = Trainer(_TiedHead(TASKS, 5, hidden=(16, 8)), TASKS,
+                          manytask.make_balancer("mgda"), progress=False, lr=0.01,
+                          accumulate=4, accumulate_memory=memory)
+        if memory == "free":
+            with pytest.warns(RuntimeWarning, match="falls back to 'graphs'.*trunk parameter"):
+                trainer.fit(_micro(), 1)
+            assert trainer.accumulate_memory == "graphs"
+        else:
+            trainer.fit(_micro(), 1)
+        runs.append(trainer.model.state_dict())
+    for name, want in runs[1].items():
+        assert torch.equal(runs[0][name], want), name
