@@ -13,12 +13,12 @@ N = 1 row of the same method, measured in the same run (rows interleaved, ``--re
 rounds, median over rounds).
 
 Accumulation's memory: each accumulation cell runs in a fresh process (``--cell``) on a
-batch of ``--accum-batch`` samples, and reports its step time and the peak of the bytes
+batch of ``--accum-batch`` samples, and reports its step time, the peak of the bytes
 autograd holds saved for backward during one step (``saved_tensors_hooks``, each storage
-once, the parameters' own storages left out): the activations accumulation is about, exact
-whatever the load. Not counted there: per-task gradients outside autograd's graph (exact
-mode's K x D Jacobian, which both paths build; the freed path's surrogate graph saves it, so
-there it is counted).
+once, the parameters' own storages left out: the activations accumulation is about, exact
+whatever the load; exact mode's K x D Jacobian counts there only where the freed path's
+surrogate graph saves it), and the growth of the resident set's peak during its second step
+(everything: activations, per-task gradients, batched-backward temporaries; Linux only).
 
     OMP_NUM_THREADS=1 python benchmarks/trainer_cost.py            # CPU, about 3 minutes
     python benchmarks/trainer_cost.py --device cuda --precisions fp32 bf16 fp16 \
@@ -28,7 +28,9 @@ there it is counted).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -118,21 +120,47 @@ class _Holder:
         self.t = t
 
 
+def _status_kib(key: str) -> int:
+    """A ``/proc/self/status`` field in KiB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def rss_peak_of_a_step(trainer: Trainer, step: Any) -> float:
+    """Growth of the resident set's peak during an optimiser step after a first one (which
+    creates the optimiser's state and the libraries' buffers), in bytes: the peak is reset
+    first (``/proc/self/clear_refs``, Linux). Counts everything (activations, per-task
+    gradients, batched-backward temporaries); large blocks are returned to the system when
+    freed (glibc's mmap threshold), so the peak follows what is alive."""
+    trainer.train_step(step)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
+    trainer.train_step(step)
+    return float(_status_kib("VmHWM") - before) * 1024
+
+
 def accumulation_cell(method: str, n: int, memory: str, args: Any) -> dict[str, float]:
-    """One accumulation cell, in this (fresh) process: step time and the peak of the bytes
-    saved for backward during one step."""
-    seconds = step_time(method, "fp32", n, args, memory, args.accum_batch)
+    """One accumulation cell, in this (fresh) process: the resident peak of its first step,
+    the peak of the bytes saved for backward during one step, and the step time."""
     trainer = _trainer(method, "fp32", n, args, memory)
     micro = _batches(n, args.accum_batch, args.width, trainer.tasks, args.device)
+    step = micro if n > 1 else micro[0]
+    rss = rss_peak_of_a_step(trainer, step)
     counter = SavedBytes(trainer.model.parameters())
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda h: h.t):
-        trainer.train_step(micro if n > 1 else micro[0])
-    return {"seconds": seconds, "saved": counter.peak}
+        trainer.train_step(step)
+    seconds = step_time(method, "fp32", n, args, memory, args.accum_batch)
+    return {"seconds": seconds, "saved": counter.peak, "rss": rss}
 
 
 def run_cell(method: str, n: int, memory: str, argv: list[str]) -> dict[str, float]:
+    # glibc: a fixed mmap threshold, so that freed blocks leave the resident set (its
+    # dynamic threshold would keep them on the heap, and the RSS peak would not show frees)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, *argv, "--cell", method, str(n), memory],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -146,15 +174,17 @@ def accumulation_table(args: Any, argv: list[str]) -> None:
             print(f"  {c}: {got[c][-1]}", flush=True)
     print(f"\naccumulation: batch {args.accum_batch} per optimiser step, {args.tasks} tasks, "
           f"median of {args.steps} steps x {args.repeats} rounds, one process per cell\n")
-    print("| method | N | graphs | step (ms) | vs N = 1 | peak saved (MiB) | vs kept, same N |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | N | graphs | step (ms) | vs N = 1 | saved for backward, peak (MiB) | "
+          "vs kept | RSS peak growth in a step (MiB) | vs kept |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for method, n, mem in cells:
         def med(key: str, c: tuple[str, int, str]) -> float:
             return statistics.median(r[key] for r in got[c])
         c, one, kept = (method, n, mem), (method, 1, "graphs"), (method, n, "graphs")
         print(f"| {method} | {n} | {'kept' if mem == 'graphs' else 'freed'} | "
               f"{med('seconds', c) * 1e3:.1f} | {med('seconds', c) / med('seconds', one):.2f} | "
-              f"{med('saved', c) / 2**20:.2f} | {med('saved', c) / med('saved', kept):.2f} |")
+              f"{med('saved', c) / 2**20:.2f} | {med('saved', c) / med('saved', kept):.2f} | "
+              f"{med('rss', c) / 2**20:.1f} | {med('rss', c) / med('rss', kept):.2f} |")
 
 
 def main() -> None:

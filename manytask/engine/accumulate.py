@@ -134,10 +134,12 @@ class Accumulation:
         blocks = shared_jacobian(feats, fgrads, self.params)
         for k, task in enumerate(names):
             n = int(counts[task])
-            rows = [b[k].detach() * n for b in blocks]
-            old = self.blocks.get(task)
-            self.blocks[task] = rows if old is None else [a + b for a, b in zip(old, rows,
-                                                                                 strict=True)]
+            sums = self.blocks.get(task)
+            if sums is None:
+                self.blocks[task] = [b[k].detach() * n for b in blocks]
+            else:  # in place: one K x D accumulator, whatever N
+                for total, b in zip(sums, blocks, strict=True):
+                    total.add_(b[k].detach(), alpha=n)
 
     def check_trunk(self, feats: list[Tensor]) -> None:
         """Exact mode: every trainable leaf below the features is a shared parameter."""

@@ -344,3 +344,12 @@ def test_a_head_reading_the_trunk_falls_back_to_kept_graphs() -> None:
         runs.append(trainer.model.state_dict())
     for name, want in runs[1].items():
         assert torch.equal(runs[0][name], want), name
+
+
+def test_the_config_checks_accumulate_memory_before_any_data() -> None:
+    from manytask.config import CHANGEABLE, ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="accumulate_memory must be one of"):
+        TrainConfig(accumulate_memory="none")  # type: ignore[arg-type]
+    assert TrainConfig().accumulate_memory == "free"
+    assert "accumulate_memory" in CHANGEABLE  # the same step either way: may change on resume
