@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..engine.accumulate import Accumulation, Kind, NotSeparable
 from ..engine.backward import GradientOverflowError, NonFiniteLossError
+from ..engine.collectives import fsdp_managed
 from ..engine.gradients import feature_tensors
 from ..tasks import task_losses
 from .devices import autocast
@@ -36,6 +37,7 @@ MEMORY: tuple[Memory, ...] = ("free", "graphs")
 
 
 def check_memory(value: str) -> None:
+    """``accumulate_memory`` is one of :data:`MEMORY` (a one-line error naming it if not)."""
     if value not in MEMORY:
         raise ValueError(f"accumulate_memory must be one of {list(MEMORY)}, got {value!r}")
 
@@ -74,9 +76,14 @@ class FreeStep:
 
     def collect(self) -> tuple[dict[str, Tensor], Any, dict[str, int]]:
         """Pass 1; returns the surrogate ``(losses, features, counts)`` for the backward.
-        Raises :class:`~manytask.engine.accumulate.NotSeparable` after restoring the random
-        state and buffers of the step's start (the caller then keeps the graphs)."""
+        Raises :class:`~manytask.engine.accumulate.NotSeparable` (a model with FSDP-sharded
+        parameters, or one whose heads cannot be separated from the trunk) with the random
+        state and buffers of the step's start restored: the caller then keeps the graphs."""
         t = self.trainer
+        if any(fsdp_managed(p) for p in t.model.parameters()):
+            # the surrogate reads the shared parameters outside any forward, where FSDP holds
+            # only this rank's shards, and FSDP expects each forward's backward
+            raise NotSeparable("FSDP-sharded parameters")
         start = [b.detach().clone() for b in t.model.buffers()] if self.kind != "losses" else []
         try:
             return self.first_pass()

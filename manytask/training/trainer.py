@@ -107,7 +107,8 @@ class Trainer:
             micro-batch for loss-level methods and feature mode, none in exact mode);
             ``"graphs"``: the N graphs are kept until one backward (:meth:`_losses`; the
             memory of the large batch, no extra forward). A model whose heads cannot be
-            separated from its trunk falls back to ``"graphs"``, with a warning.
+            separated from its trunk, or with FSDP-sharded parameters, falls back to
+            ``"graphs"`` with a warning.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (forward and losses under
             ``torch.autocast``; fp16 with a ``GradScaler`` whose scale the method never sees,
             and a step whose scaled gradients overflow skipped before the method decides).

@@ -353,3 +353,15 @@ def test_the_config_checks_accumulate_memory_before_any_data() -> None:
         TrainConfig(accumulate_memory="none")  # type: ignore[arg-type]
     assert TrainConfig().accumulate_memory == "free"
     assert "accumulate_memory" in CHANGEABLE  # the same step either way: may change on resume
+
+
+def test_fsdp_sharded_parameters_fall_back_to_kept_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model with FSDP-sharded parameters (FSDP2's DTensors, forced here: a real one needs
+    a process group) takes the kept graphs, with a warning."""
+    import manytask.training.accumulation as accumulation
+
+    monkeypatch.setattr(accumulation, "fsdp_managed", lambda p: True)
+    trainer = _trainer("mgda", accumulate=4)
+    with pytest.warns(RuntimeWarning, match="falls back to 'graphs': FSDP-sharded"):
+        trainer.train_step(_micro()[:4])
+    assert trainer.accumulate_memory == "graphs" and trainer.step == 1
