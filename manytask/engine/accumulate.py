@@ -95,6 +95,9 @@ class Accumulation:
         self.feature_grads: list[list[dict[str, Tensor]]] = []
         self.leaves: list[list[Tensor]] = []  # feature mode: the zero-valued F_m
         self.proxies: dict[str, Tensor] = {}  # loss level: the leaves S_k
+        # exact mode: the shared parameters some micro-batch's features depend on (the others
+        # get no gradient, not a zero one, as from one backward of the union)
+        self.reached: set[int] = set()
 
     def add(self, losses: Mapping[str, Tensor], features: Features | None,
             counts: Mapping[str, int]) -> None:
@@ -149,6 +152,7 @@ class Accumulation:
         shared = {id(p) for p in self.params}
         if any(leaf.requires_grad and id(leaf) not in shared for leaf in trunk):
             raise NotSeparable("the trunk has trainable parameters outside shared_params")
+        self.reached |= {id(leaf) for leaf in trunk}
 
     def surrogate(
         self, order: Sequence[str]
@@ -187,13 +191,15 @@ class Accumulation:
         """Exact mode: ``z = J (theta - sg(theta))`` (one zero value per task) as the
         features, ``S_k`` reading ``z_k``, so that ``dS_k/dtheta = J_k`` exactly."""
         rows = [t for t in tasks if t in self.blocks]
-        deltas = [(p - p.detach()).reshape(-1) for p in self.params]
-        if not rows:  # no labelled task here: a zero-valued feature the pipeline can push into
-            return [torch.stack([d.sum() * 0 for d in deltas]).sum().reshape(1)], {}
+        used = [j for j, p in enumerate(self.params) if id(p) in self.reached]
+        if not rows or not used:  # no labelled task here: a zero feature to push into
+            delta = torch.stack([(p - p.detach()).sum() * 0 for p in self.params]).sum()
+            return [delta.reshape(1)], {}
+        deltas = {j: (self.params[j] - self.params[j].detach()).reshape(-1) for j in used}
         # J_k = the sums divided by n_k in place (the graph saves them: no second K x D copy)
         z = torch.stack([
-            torch.stack([torch.dot(b.div_(self.counts[t]).reshape(-1).to(d.dtype), d)
-                         for b, d in zip(self.blocks[t], deltas, strict=True)]).sum()
+            torch.stack([torch.dot(self.blocks[t][j].div_(self.counts[t]).reshape(-1)
+                                   .to(deltas[j].dtype), deltas[j]) for j in used]).sum()
             for t in rows
         ])
         return [z], {t: z[i] for i, t in enumerate(rows)}
@@ -212,11 +218,15 @@ class Accumulation:
 
     def loss_weights(self, m: int) -> dict[str, float]:
         """Loss level, after the backward: ``dObjective/dL_k * n_mk / n_k`` for micro-batch
-        ``m``'s tasks, the coefficient of its loss ``L_mk`` in the union's objective."""
+        ``m``'s tasks, the coefficient of its loss ``L_mk`` in the union's objective. A task
+        the objective did not reach is left out; one it reached with a zero coefficient is
+        kept (its head then gets a zero gradient, not none: optimisers such as Adam still
+        move a parameter whose gradient is zero)."""
         out = {}
         for task, n in self.per_micro[m].items():
             grad = self.proxies[task].grad
-            out[task] = 0.0 if grad is None else float(grad) * n / self.counts[task]
+            if grad is not None:
+                out[task] = float(grad) * n / self.counts[task]
         return out
 
 

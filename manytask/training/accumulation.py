@@ -140,7 +140,7 @@ class FreeStep:
             grads: list[Tensor] = []
             if self.kind == "losses":
                 weights = self.acc.loss_weights(m)
-                terms = [losses[k] * (w * self.scale) for k, w in weights.items() if w != 0.0]
+                terms = [losses[k] * (w * self.scale) for k, w in weights.items()]
                 if terms:
                     roots.append(torch.stack(terms).sum())
                     grads.append(torch.ones_like(roots[-1]))

@@ -365,3 +365,31 @@ def test_fsdp_sharded_parameters_fall_back_to_kept_graphs(monkeypatch: pytest.Mo
     with pytest.warns(RuntimeWarning, match="falls back to 'graphs': FSDP-sharded"):
         trainer.train_step(_micro()[:4])
     assert trainer.accumulate_memory == "graphs" and trainer.step == 1
+
+
+@pytest.mark.parametrize("mode", ["exact", "feature"])
+def test_a_schedule_reusing_a_zero_weight_equals_one_batch(mode: str) -> None:
+    """MGDA recomputed every 3 steps gives task b a weight of exactly 0 at step 4; the steps
+    that reuse it must still give b's head a zero gradient (Adam moves it), not none."""
+    micro = _micro()
+    runs = []
+    for accumulate, data in ((4, micro), (1, _join(micro, 4))):
+        torch.manual_seed(0)
+        trainer = Trainer(HardSharing(TASKS, 5, hidden=(16, 8)), TASKS,
+                          manytask.make_balancer("periodic", base="mgda", every=3),
+                          progress=False, lr=0.01, mode=mode, accumulate=accumulate)
+        trainer.fit(data, 2)
+        runs.append(trainer.model.state_dict())
+    for name, want in runs[1].items():
+        torch.testing.assert_close(runs[0][name], want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_shared_parameter_the_features_do_not_read_gets_no_gradient() -> None:
+    """As from one backward of the union: none, not zero (Adam would move it)."""
+    for memory in ("free", "graphs"):
+        trainer = _trainer("upgrad", accumulate=4, accumulate_memory=memory)
+        spare = torch.nn.Parameter(torch.ones(3))
+        trainer.model.shared.register_parameter("spare", spare)
+        trainer._shared.append(spare)
+        trainer.train_step(_micro()[:4])
+        assert spare.grad is None, memory
