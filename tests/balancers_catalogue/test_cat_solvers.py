@@ -71,12 +71,17 @@ def test_cagrad_active_set_vs_root_search(k: int, c: float) -> None:
     G = J @ J.T / np.trace(J @ J.T)
     b = G.sum(1) / k
     phi = c * math.sqrt(b.sum() / k)
-    found = cg._active_set(G, b, phi)
-    assert found is not None
-    w, _ = found
-    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
     ref, _ = cg._by_bisection(G, b, phi)
-    assert _dual(G, c, w) <= _dual(G, c, ref) + 1e-12
+    # From the whole support (None allowed: a large support may have no closed form) and from
+    # the best vertex (always has one): both end at the root search's optimum.
+    for start, required in ((cg._uniform(k), False), (cg._best_vertex(G, b, phi), True)):
+        found = cg._active_set(G, b, phi, start)
+        if found is None:
+            assert not required
+            continue
+        w, _ = found
+        assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
+        assert _dual(G, c, w) <= _dual(G, c, ref) + 1e-12
 
 
 def test_cagrad_dependent_gradients_fall_back_exactly() -> None:
