@@ -47,6 +47,14 @@ from .logs import LogFormat, RunLog
 from .loop import fit_loop, open_logs
 from .optim import SCHEDULES, Interval, Schedule, build_optimizer, param_groups
 from .run_folder import Resume, open_run
+from .sharding import (
+    Shard,
+    WholeState,
+    check_shard,
+    clip_grad_norm,
+    load_targets,
+    shard_shared,
+)
 from .support import (
     RngState,
     backward_auxiliary,
@@ -117,6 +125,9 @@ class Trainer:
             ``"TASK/METRIC"``.
         allow_outside_links: follow checkpoint folders and files of ``run_dir`` that are
             links out of it (refused by default, naming the link).
+        shard: ``"none"``, or ``"fsdp"`` under ``torchrun`` (2 or more processes): the
+            model's shared part sharded with FSDP2 (:mod:`~manytask.training.sharding`);
+            checkpoints and saved models stay whole.
 
     Progress: on a terminal a bar per epoch, elsewhere plain lines; one line of validation
     metrics per epoch, printed (unless ``progress=False``) and appended to ``run_dir/train.log``.
@@ -173,6 +184,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         monitor: str = "mean",
         allow_outside_links: bool = False,
+        shard: Shard = "none",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -219,6 +231,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.balancer.setup([t.name for t in self.tasks])
         self.balancer.to(self.device)
+        sharded = check_shard(shard, self._dist, cosine_every=cosine_every,
+                              precision=precision)
+        if sharded:  # before the optimizer, which must hold the sharded parameters
+            assert self._dist is not None
+            shard_shared(self.model, self.device, self._dist)
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += [p for p in self.balancer.parameters() if p.requires_grad]
         if optimizer is None or isinstance(optimizer, str):  # None: Adam, as it always was
@@ -229,6 +246,8 @@ class Trainer:
                              "factory (give the factory its own groups)")
         else:
             self.optimizer = optimizer(params)
+        self.whole_state = (WholeState(self.model, self.optimizer, self._dist)
+                            if sharded and self._dist is not None else None)
         SCHEDULES.validate(schedule, schedule_params)  # built by fit, which knows the length
         self._schedule_spec = (schedule, dict(schedule_params or {}), warmup,
                                schedule_interval, schedule_steps)
@@ -249,7 +268,6 @@ class Trainer:
         self.epoch = 0
         self.skipped_steps = 0
         self.history: list[dict[str, Any]] = []
-        self._shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         self._params = params
         self._model_params = [p for p in self.model.parameters() if p.requires_grad]
         self._last_x: Any = None
@@ -322,7 +340,7 @@ class Trainer:
         sync_gradients(self._model_params, self._dist)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(
+        norm = clip_grad_norm(  # torch's, unless some gradients are sharded
             self._params, self.clip_grad_norm if self.clip_grad_norm else math.inf
         )
         if not bool(torch.isfinite(norm)) and self.scaler is not None:
@@ -504,8 +522,14 @@ class Trainer:
             self.model.load_state_dict(best.weights)
         else:
             path = self.run_dir / "checkpoints" / f"epoch-{best.best_epoch:04d}"
-            load_model_weights(path, self.model, allow_outside=self.allow_outside_links)
+            load_model_weights(path, load_targets(self)[0],
+                               allow_outside=self.allow_outside_links)
         return best.best_epoch
+
+    @property
+    def _shared(self) -> list[torch.nn.Parameter]:
+        # read after the forward: sharded, these are the gathered parameters FSDP swapped in
+        return [p for p in self.model.shared_parameters() if p.requires_grad]
 
     @property
     def _is_main(self) -> bool:
