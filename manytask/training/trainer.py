@@ -148,7 +148,8 @@ class Trainer:
     global-batch information and gradients are averaged over ranks, so the run follows the
     single-process run on the global batches. Rank 0 alone writes logs and checkpoints; every
     rank reads ``run_dir`` on resume (a shared file system), whatever the number of processes
-    that wrote it.
+    that wrote it. With ``shard="fsdp"`` the shared part is sharded across the ranks; the
+    checkpoints are gathered whole, the same files as without sharding.
     """
 
     def __init__(
