@@ -36,7 +36,7 @@ os.environ["MKL_NUM_THREADS"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's manytask, not an installed one
 sys.path.insert(0, str(ROOT / "tests" / "hostile"))
-sys.path.insert(0, str(ROOT / "tests" / "data_declared"))
+sys.path.insert(0, str(ROOT / "tests" / "data" / "declared"))
 
 
 @dataclass

@@ -4,18 +4,21 @@ The reference model: input 256, a shared trunk of three 512-unit ReLU layers, on
 per task (``--heads linear``, default) or one two-layer head per task (``--heads mlp``: 512 ->
 64 -> ReLU -> 1), batch 256, MSE on random regression targets, 2 CPU threads. A step is
 ``zero_grad``, forward, ``manytask.backward`` and ``optimizer.step`` (plain SGD). Every method
-starts from the same initial weights; the reported time is the median over ``--steps`` timed
-steps after ``--warmup`` untimed ones, and each ratio is against equal weighting timed just
-before and just after that row (the mean of the two), so that drifts of the machine's speed
-over the run cancel.
+starts from the same initial weights. Each row is timed **interleaved** with equal weighting
+(and with torchjd's step for the same method, when there is one): ``--warmup`` untimed rounds,
+then ``--steps`` rounds of one step of each in turn; the ratio is the median over the rounds of
+the row's step time divided by equal weighting's in the same round, so that the drifts of a
+shared machine's speed hit both alike. The ``equal`` row is equal weighting against a second
+copy of itself: its distance from 1.00, and the spread of its per-round ratios given under the
+table, show the noise.
 
 Gradient-level methods (``requires`` "gramian" or "jacobian") are timed in both modes: ``exact``
 (Gramian of the gradients w.r.t. the trunk's parameters) and ``feature`` (w.r.t. the trunk's
 output). When torchjd is installed, torchjd's implementation of the same method is timed too,
 with ``torchjd.autojac.mtl_backward`` then ``jac_to_grad`` over the trunk's parameters (its
 documented multi-task usage, gradients w.r.t. the shared parameters like our exact mode); its
-ratio is also against OUR equal-weighting step. Slow peers may get fewer timed steps, within
-``--peer-budget`` seconds; the table says so where it happens.
+ratio is also against OUR equal-weighting step, in the same rounds. A row whose rounds exceed
+``--budget`` seconds stops after at least 5 rounds; the table says so where it happens.
 
 Usage::
 
@@ -162,37 +165,39 @@ def torchjd_peer(name: str, balancer: Balancer, k: int) -> Any | None:
 class Timing:
     median_ms: float
     steps: int
+    ratio: float  # median over rounds of this step's time / equal weighting's in that round
 
 
-def measure(step: Callable[[], None], steps: int, warmup: int, budget: float | None) -> Timing:
-    """Median step time; with a ``budget`` (seconds) stop early, after at least 5 steps."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        step()
-        if budget is not None and time.perf_counter() - start > budget / 3:
-            break  # a very slow peer: its warm-up already took a third of its budget
-    times: list[float] = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-        if budget is not None and len(times) >= 5 and time.perf_counter() - start > budget:
-            break
-    return Timing(1000 * statistics.median(times), len(times))
-
-
-def interleaved(steps: Mapping[Any, Callable[[], None]], rounds: int) -> dict[Any, list[float]]:
+def interleaved(
+    steps: Mapping[Any, Callable[[], None]], rounds: int, warmup: int = 1,
+    budget: float | None = None,
+) -> dict[Any, list[float]]:
     """Seconds of each step, timed in turn within each of ``rounds`` rounds (A B C A B C ...)
-    after one warm-up call each, so that a drift of a loaded machine's speed hits them alike."""
-    for step in steps.values():
-        step()
+    after ``warmup`` untimed rounds, so that a drift of a loaded machine's speed hits them
+    alike. With a ``budget`` (seconds) the rounds stop once it is spent, after at least 5."""
+    for _ in range(max(warmup, 1)):
+        for step in steps.values():
+            step()
     times: dict[Hashable, list[float]] = {key: [] for key in steps}
-    for _ in range(rounds):
+    began = time.perf_counter()
+    for done in range(rounds):
         for key, step in steps.items():
             start = time.perf_counter()
             step()
             times[key].append(time.perf_counter() - start)
+        if budget is not None and done + 1 >= 5 and time.perf_counter() - began > budget:
+            break
     return times
+
+
+def against(times: Mapping[Any, list[float]], base: Any = "equal") -> dict[Any, Timing]:
+    """Each step's median time and median per-round ratio to the step ``base``."""
+    out: dict[Any, Timing] = {}
+    for key, seconds in times.items():
+        ratios = [t / b for t, b in zip(seconds, times[base], strict=True)]
+        out[key] = Timing(1000 * statistics.median(seconds), len(seconds),
+                          statistics.median(ratios))
+    return out
 
 
 def build_balancer(name: str) -> tuple[Balancer | None, str]:
@@ -225,11 +230,11 @@ class Row:
     peer_note: str = "—"  # shown when there is no peer timing
     note: str = ""
 
-    def peer_cell(self, base_ms: float, steps: int) -> str:
+    def peer_cell(self, steps: int) -> str:
         if self.peer is None:
             return self.peer_note
         reduced = f" ({self.peer.steps} steps)" if self.peer.steps < steps else ""
-        return f"{self.peer.median_ms / base_ms:.2f}{reduced}"
+        return f"{self.peer.ratio:.2f}{reduced}"
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row], list[str]]:
@@ -242,48 +247,52 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
     use_peers = not args.no_torchjd
     for k in args.tasks:
         problem = Problem.build(k, seed=args.seed, heads=args.heads)
-        # Each row is timed between two timings of equal weighting, and its ratio is against
-        # their mean: a drift of the machine's speed over the run (20-30 % here) then cancels.
-        base_step = manytask_step(problem, manytask.make_balancer("equal"), "exact")
-
-        def baseline(step: Callable[[], None] = base_step) -> float:
-            return measure(step, args.steps, args.warmup, None).median_ms
-
-        k_rows: list[Row] = []
-        spread = 0.0
+        control: list[float] = []  # per-round ratios of equal weighting to itself
         for name in methods:
             probe, why = build_balancer(name)
             if probe is None:
-                k_rows.append(Row(name, "—", k, note=f"skipped: {why}"))
+                rows.append(Row(name, "—", k, note=f"skipped: {why}"))
                 continue
             modes = ["exact", "feature"] if probe.requires in ("gramian", "jacobian") else ["—"]
             for mode in modes:
                 row = Row(name, mode, k)
                 balancer, _ = build_balancer(name)  # a fresh one: state must not carry over
                 assert balancer is not None
-                before = baseline()
+                equal = manytask.make_balancer("equal")
+                group = {"equal": manytask_step(problem, equal, "exact")}
                 try:
-                    step = manytask_step(problem, balancer, "exact" if mode == "—" else mode)
-                    timing = measure(step, args.steps, args.warmup, None)
-                    row.ms = timing.median_ms
+                    ours_mode = "exact" if mode == "—" else mode
+                    group["ours"] = manytask_step(problem, balancer, ours_mode)
                 except Exception as err:  # report it: one broken method must not hide the rest
                     row.note = f"error: {type(err).__name__}: {err}"
-                if use_peers and mode in ("exact", "—"):
-                    row.peer, row.peer_note = time_peer(name, problem, args, log)
-                after = baseline()
-                base = (before + after) / 2
-                spread = max(spread, abs(after - before) / base)
-                if row.ms is not None:
-                    row.ratio = row.ms / base
-                row.peer_note = row.peer_cell(base, args.steps)
-                k_rows.append(row)
-                peer_ms = "—" if row.peer is None else f"{row.peer.median_ms:.2f}"
-                ours = "—" if row.ms is None else f"{row.ms:.2f}"
-                log(f"K={k}: {name} [{mode}] {ours} ms, torchjd {peer_ms} ms, equal "
-                    f"{before:.2f}/{after:.2f} ms {row.note}")
-        notes.append(f"K={k}: equal weighting before and after a row differed by up to "
-                     f"{spread:.0%}")
-        rows.extend(k_rows)
+                peer = peer_step(name, problem, log) if use_peers and mode in ("exact", "—") \
+                    else None
+                if isinstance(peer, str):
+                    row.peer_note = peer
+                elif peer is not None:
+                    group["peer"] = peer
+                try:
+                    times = interleaved(group, args.steps, args.warmup, args.budget)
+                except Exception as err:  # a step failing mid-run: a result to report
+                    row.note = f"error: {type(err).__name__}: {err}"
+                    rows.append(row)
+                    continue
+                timed = against(times)
+                if "ours" in timed:
+                    row.ms, row.ratio = timed["ours"].median_ms, timed["ours"].ratio
+                    if timed["ours"].steps < args.steps:
+                        row.note = f"{timed['ours'].steps} steps"
+                if name == "equal" and "ours" in times:
+                    control += [t / b for t, b in zip(times["ours"], times["equal"], strict=True)]
+                row.peer = timed.get("peer")
+                row.peer_note = row.peer_cell(args.steps)
+                rows.append(row)
+                log(f"K={k}: {name} [{mode}] {row.ms} ms ratio {row.ratio} torchjd "
+                    f"{row.peer_note} (equal {timed['equal'].median_ms:.2f} ms) {row.note}")
+        if len(control) >= 10:
+            deciles = statistics.quantiles(control, n=10)
+            notes.append(f"K={k}: equal weighting against itself, per-round ratios: 10 % below "
+                         f"{deciles[0]:.2f}, 10 % above {deciles[-1]:.2f}")
     if not use_peers:
         notes.append("torchjd peers not timed (--no-torchjd)")
     elif torchjd_peer("equal", manytask.make_balancer("equal"), 2) is None:
@@ -291,20 +300,20 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
     return rows, notes
 
 
-def time_peer(
-    name: str, problem: Problem, args: argparse.Namespace, log: Callable[[str], None]
-) -> tuple[Timing | None, str]:
-    """torchjd's timing for method ``name``, or ``None`` and the text to show instead."""
+def peer_step(
+    name: str, problem: Problem, log: Callable[[str], None]
+) -> Callable[[], None] | str | None:
+    """torchjd's step for method ``name``; ``None`` without a peer, or the text to show when
+    building it failed."""
     probe, _ = build_balancer(name)
     aggregator = None if probe is None else torchjd_peer(name, probe, problem.k)
     if aggregator is None:
-        return None, "—"
+        return None
     try:
-        step = torchjd_step(problem, aggregator)
-        return measure(step, args.steps, args.warmup, args.peer_budget), ""
+        return torchjd_step(problem, aggregator)
     except Exception as err:  # a peer failing is a result to report, not a crash
         log(f"torchjd {name} failed: {err}")
-        return None, f"error ({type(err).__name__})"
+        return f"error ({type(err).__name__})"
 
 
 def table(rows: list[Row]) -> str:
@@ -329,14 +338,15 @@ def report(rows: list[Row], notes: list[str], args: argparse.Namespace) -> str:
         "per task, "
         f"batch {BATCH}, MSE, SGD; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}.\n"
-        f"Median of {args.steps} steps after {args.warmup} warm-up steps. `mode`: gradients "
+        f"Interleaved with equal weighting (and torchjd's step) in {args.steps} rounds after "
+        f"{args.warmup} warm-up rounds; ms/step: median; ratios: median over the rounds of "
+        "the step's time over equal weighting's in the same round. `mode`: gradients "
         "w.r.t. the trunk's parameters (exact) or its output (feature); loss-level methods "
         "have one mode (—). torchjd ratio: torchjd's aggregator with `mtl_backward` + "
         "`jac_to_grad` (gradients w.r.t. the trunk's parameters), against our equal "
-        "weighting; shown on the exact row. A step count in brackets: fewer timed steps "
-        f"(budget {args.peer_budget:g} s per peer). Each row (ours and torchjd's) is timed "
-        "between two timings of equal weighting and its ratios are against their mean; the "
-        "`equal` row is timed like any other, so its distance from 1.00 shows the noise.\n\n"
+        "weighting; shown on the exact row. A step count in brackets: fewer rounds "
+        f"(budget {args.budget:g} s per row). The `equal` row is equal weighting against a "
+        "second copy of itself: its distance from 1.00 shows the noise.\n\n"
         f"Command: `{' '.join(['python', *sys.argv])}`\n"
     )
     body = table(rows)
@@ -348,14 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40],
                         help="numbers of tasks K (default 2 10 40)")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=30, help="timed rounds per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="balancer names (default: every registered balancer)")
     parser.add_argument("--out", default=None, help="also write the Markdown report here")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--peer-budget", type=float, default=10.0,
-                        help="seconds per torchjd measurement before cutting its steps")
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="seconds of timed rounds per row before cutting them (min 5)")
     parser.add_argument("--no-torchjd", action="store_true", help="do not time torchjd")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heads", choices=sorted(HEAD_HIDDEN), default="linear",

@@ -60,6 +60,8 @@ class TrainConfig:
     accumulate_memory: Literal["free", "graphs"] = "free"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 with a grad scaler
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
+    # under torchrun: the shared part sharded with FSDP2 (manytask.training.sharding)
+    shard: Literal["none", "fsdp"] = "none"
     seed: int = 0
     run_dir: str | None = None
     resume: bool = False
@@ -103,6 +105,7 @@ class TrainConfig:
             "schedule_interval": ("step", "epoch"),
             "precision": ("fp32", "bf16", "fp16"),
             "accumulate_memory": ("free", "graphs"),
+            "shard": ("none", "fsdp"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -170,6 +173,8 @@ class TrainConfig:
             raise ConfigError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
         if self.flat_rho is not None and not self.flat_rho >= 0:
             raise ConfigError(f"flat_rho must be >= 0, got {self.flat_rho}")
+        if self.shard == "fsdp":
+            _check_fsdp(self)
         if self.run_dir == "":  # an empty path means no run directory, not the current one
             self.run_dir = None
         if self.resume and not self.run_dir:
@@ -192,8 +197,25 @@ CHANGEABLE = frozenset({
     "epochs", "run_dir", "resume", "resume_if_exists", "overwrite", "log_every", "progress",
     "tensorboard", "cosine_every", "skip_nonfinite", "early_stopping", "min_delta",
     "keep_best", "data_root", "cache_dir", "schedule_steps",
-    "device", "allow_outside_links", "accumulate_memory",
+    "device", "allow_outside_links", "shard", "accumulate_memory",
 })
+
+
+def _check_fsdp(cfg: TrainConfig) -> None:
+    """The options ``shard: fsdp`` cannot be combined with (the process count is checked
+    when the run starts, :func:`manytask.run.validate_config`)."""
+    if cfg.cosine_every is not None:
+        raise ConfigError("shard: fsdp needs every rank to run the same backward passes; "
+                          "cosine_every computes task gradients on the ranks with labels only "
+                          "(leave it unset)")
+    if cfg.flat_rho is not None:
+        raise ConfigError("shard: fsdp runs under torchrun, flat_rho in one process only")
+    if cfg.precision == "fp16":
+        raise ConfigError("shard: fsdp with precision: fp16: torch's gradient scaler cannot "
+                          "unscale sharded and plain gradients together (use bf16)")
+    if cfg.adapter is not None:
+        raise ConfigError("shard: fsdp shards the model's shared module; an adapter's shared "
+                          "parameters are spread through the frozen encoder (leave shard: none)")
 
 
 def check_run_dir(run_dir: str | Path) -> None:

@@ -179,6 +179,9 @@ def validate_config(cfg: TrainConfig) -> None:
         BALANCERS.validate(cfg.balancer, cfg.balancer_params)
     except RegistryError as err:
         raise ConfigError(str(err)) from None
+    if cfg.shard == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ConfigError("shard: fsdp shards the shared part across processes: run under "
+                          "torchrun with 2 or more processes (WORLD_SIZE is unset or 1)")
     if cfg.hidden is not None and "hidden" in cfg.arch_params:
         raise ConfigError("give the trunk widths once: `hidden` or arch_params.hidden, not both")
     if cfg.finetune_layers > 0 and cfg.arch != "hard_sharing":
@@ -312,6 +315,7 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
         precision=cfg.precision,
         device=device,
         allow_outside_links=cfg.allow_outside_links,
+        shard=cfg.shard,
     )
     history = trainer.fit(
         data.train, cfg.epochs, val_data=data.val, resume=resume, overwrite=cfg.overwrite,
@@ -319,16 +323,25 @@ def train_from_config(cfg: TrainConfig) -> dict[str, Any]:
     )
     # a last step that overflowed (or NaN weights kept under skip_nonfinite) is a failure,
     # not a table of NaN metrics at exit 0
-    check_state(model.state_dict(), "the trained model (lower lr, or check the data)")
+    failed = "the trained model (lower lr, or check the data)"
+    if trainer.whole_state is None:
+        check_state(model.state_dict(), failed)
+    else:  # sharded: gathered whole (every rank joins), checked on rank 0 for all
+        trainer.whole_state.checked_model_state(failed)
     # test metrics at the best validation epoch (keep_best), else at the last
     best_epoch = trainer.restore_best()
+    # sharded: the whole weights, gathered on every rank, held by rank 0
+    saving = bool(cfg.run_dir) and data.model_factory is None
+    whole = (trainer.whole_state.model_state()
+             if trainer.whole_state is not None and saving else None)
     val = next((h["val"] for h in history if h["epoch"] == best_epoch), None)
     if val is None:
         val = history[-1]["val"] if history and best_epoch is None else trainer.evaluate(data.val)
-    if cfg.run_dir and (ctx is None or ctx.is_main) and data.model_factory is None:
+    if cfg.run_dir and saving and (ctx is None or ctx.is_main):
         # the model for inference (the best epoch's weights when keep_best)
         save_pretrained(trainer.model, Path(cfg.run_dir) / "model", tasks=data.tasks,
-                        build=model_spec(cfg, data), preprocessing=_preprocessing(cfg, data))
+                        build=model_spec(cfg, data), preprocessing=_preprocessing(cfg, data),
+                        state=whole)
     if cfg.run_dir and (ctx is None or ctx.is_main) and cfg.adapter is not None:
         from .adapters import AdapterModel
         from .adapters.saving import save_adapter

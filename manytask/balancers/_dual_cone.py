@@ -88,6 +88,28 @@ def _least_squares(eig: Array, vec: Array, U: Array) -> tuple[Array, NDArray[np.
     return z, ok
 
 
+def _free_block_solve(
+    G: Array, Q: Array, F: NDArray[np.bool_], eye: NDArray[np.bool_]
+) -> tuple[Array, NDArray[np.bool_]]:
+    """Per row, ``z`` with ``G_FF z_F = -Q_F`` and ``z = 0`` off ``F``; and which were singular.
+
+    Rows with an empty ``F`` (no bound to lift: often most of them) need no solve at all; the
+    others are one batched LU solve of ``G_FF`` masked into identity elsewhere.
+    """
+    rows, n = Q.shape
+    zs = np.zeros((rows, n))
+    singular = np.zeros(rows, dtype=bool)
+    some = np.flatnonzero(F.any(axis=1))
+    if some.size:
+        Fs = F[some]
+        A = np.where(Fs[:, :, None] & Fs[:, None, :], G, 0.0) + (eye & ~Fs[:, :, None])
+        rhs = np.where(Fs, -Q[some], 0.0)
+        sol, info = torch.linalg.solve_ex(torch.from_numpy(A), torch.from_numpy(rhs)[..., None])
+        zs[some] = sol[..., 0].numpy()
+        singular[some] = info.numpy() != 0
+    return zs, singular
+
+
 def _pivot(G: Array, Q: Array) -> tuple[Array, NDArray[np.bool_]]:
     """Block principal pivoting on all rows; returns ``z`` and which rows converged."""
     rows, n = Q.shape
@@ -99,20 +121,13 @@ def _pivot(G: Array, Q: Array) -> tuple[Array, NDArray[np.bool_]]:
     best = np.full(rows, n + 1)
     backup = np.full(rows, _BACKUP_ROUNDS)
     eye = np.eye(n, dtype=bool)
-    Gt = torch.from_numpy(G)
     for _ in range(3 * n + 10):
         active = ~done
         if not active.any():
             break
         F = free[active]
-        mask = F[:, :, None] & F[:, None, :]
-        # Masked system: G_FF on the free block, identity elsewhere (so z_B = 0).
-        A = np.where(mask, G, 0.0) + np.where(eye & ~F[:, :, None], 1.0, 0.0)
-        rhs = np.where(F, -Q[active], 0.0)
-        sol, info = torch.linalg.solve_ex(torch.from_numpy(A), torch.from_numpy(rhs)[..., None])
-        zs = sol[..., 0].numpy()
-        singular = info.numpy() != 0
-        w = Q[active] + (torch.from_numpy(zs) @ Gt).numpy()
+        zs, singular = _free_block_solve(G, Q[active], F, eye)
+        w = Q[active] + zs @ G
         t = tol[active]
         bad = (F & (zs < -t)) | (~F & (w < -t))
         count = bad.sum(axis=1)

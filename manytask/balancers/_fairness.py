@@ -11,7 +11,10 @@ definite on ``w > 0``), with a fraction-to-the-boundary rule that keeps ``w > 0`
 backtracking (Armijo) line search, each Newton step preceded by the exact minimisation of ``f``
 along ``w`` itself (a rescaling, in closed form). Newton converges quadratically near the
 solution; the loop is capped at 100 iterations and returns the iterate with the smallest
-residual found, so the result is always finite and positive.
+residual found, so the result is always finite and positive. Once the Newton decrement is below
+the rounding of ``f`` itself, the Armijo test can no longer see a decrease (it would halve the
+step dozens of times per iteration for nothing), so those last steps are full Newton steps judged
+by the residual instead, and the loop stops at the first that does not lower it.
 
 Existence needs care: if a non-negative combination of the gradients vanishes (``G v = 0`` for
 some ``v >= 0``), ``f`` is unbounded below along ``v`` and no solution exists. We therefore solve
@@ -27,6 +30,8 @@ from numpy.typing import NDArray
 
 _MAX_ITER = 100
 _REGULARISATION = 1e-10
+# Relative size of a decrease of f that float64 can still resolve.
+_ROUNDING = 1e-12
 
 
 def fair_weights(gramian: NDArray[np.float64], p: float) -> NDArray[np.float64]:
@@ -56,6 +61,7 @@ def _objective(g: NDArray[np.float64], w: NDArray[np.float64], p: float) -> floa
 def _newton(g: NDArray[np.float64], p: float) -> NDArray[np.float64]:
     w = np.diag(g) ** (-1.0 / (1.0 + p))  # exact when the gradients are orthogonal
     best, best_res = w.copy(), np.inf
+    unguarded = False  # the last step was a full Newton step below f's rounding
     for _ in range(_MAX_ITER):
         # Exact minimisation of f along w itself (t w, t > 0: t = (sum w^(1-p) / w^T G w)^(1/(1+p)))
         # first: it lowers f, and where the solution is far out in scale (the ridge case, w of
@@ -68,6 +74,8 @@ def _newton(g: NDArray[np.float64], p: float) -> NDArray[np.float64]:
         res = float(np.linalg.norm(grad) / np.linalg.norm(target))
         if res < best_res:
             best, best_res = w.copy(), res
+        elif unguarded:
+            break  # at the rounding floor of the residual
         if res < 1e-14:
             break
         hess = g + np.diag(p * w ** (-p - 1.0))
@@ -80,6 +88,10 @@ def _newton(g: NDArray[np.float64], p: float) -> NDArray[np.float64]:
         if shrinking.any():  # stay strictly inside w > 0
             t = min(1.0, 0.99 * float(np.min(-w[shrinking] / step[shrinking])))
         f0, slope = _objective(g, w, p), float(grad @ step)
+        unguarded = -slope <= _ROUNDING * (1.0 + abs(f0))
+        if unguarded:
+            w = w + t * step
+            continue
         for _ in range(60):
             if _objective(g, w + t * step, p) <= f0 + 0.25 * t * slope:
                 break

@@ -18,9 +18,11 @@ Solving the dual exactly, without a general-purpose solver. On a support ``S`` (
 For K = 2 this is the whole solution (a quadratic equation, clipped to the segment). For
 K > 2 the support is found by a primal active-set method (Nocedal and Wright, Algorithm 16.3,
 with the closed form above as the exact subproblem solution; the dual is convex, so each step
-to the subproblem's minimiser, or to the first bound on the way, lowers it): start from the
-best vertex ``w = e_j``, drop the task that blocks a step, add the task whose KKT multiplier
-is most negative, until the KKT conditions hold. Each iteration is one K x K solve.
+to the subproblem's minimiser, or to the first bound on the way, lowers it): drop the task that
+blocks a step, add the task whose KKT multiplier is most negative, until the KKT conditions
+hold. Each iteration is one K x K solve. It starts from the uniform weights (the whole
+support: with gradients that mostly agree the optimum is reached in one solve or a few drops)
+and, if a subproblem there has no closed form, again from the best vertex ``w = e_j``.
 
 Every solution found this way is accepted only after an independent check of the dual's KKT
 conditions (sufficient, the dual being convex). Fallback, when that check fails, when a
@@ -80,10 +82,27 @@ def cagrad_dual(gramian: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     phi = c * math.sqrt(max(float(gramian.sum()) / k**2, 0.0))  # c ||g0||, as cagrad_weights
     if not phi > 0:
         raise ValueError("cagrad_dual: the mean gradient is zero (or c = 0): no dual to solve")
-    found = _two_tasks(gramian, b, phi) if k == 2 else _active_set(gramian, b, phi)
-    if found is not None and _is_optimal(gramian, b, phi, found[0]):
-        return found
+    if k == 2:
+        tries = [lambda: _two_tasks(gramian, b, phi)]
+    else:  # from the whole support down, then (if that had no closed form) up from a vertex
+        tries = [lambda: _active_set(gramian, b, phi, _uniform(k)),
+                 lambda: _active_set(gramian, b, phi, _best_vertex(gramian, b, phi))]
+    for attempt in tries:
+        found = attempt()
+        if found is not None and _is_optimal(gramian, b, phi, found[0]):
+            return found
     return _by_bisection(gramian, b, phi)
+
+
+def _uniform(k: int) -> np.ndarray:
+    return np.full(k, 1.0 / k)
+
+
+def _best_vertex(g: np.ndarray, b: np.ndarray, phi: float) -> np.ndarray:
+    """``e_j`` with the smallest ``f(e_j) = b_j + phi ||g_j||``."""
+    w = np.zeros(g.shape[0])
+    w[int(np.argmin(b + phi * np.sqrt(np.clip(np.diag(g), 0.0, None))))] = 1.0
+    return w
 
 
 def _is_optimal(g: np.ndarray, b: np.ndarray, phi: float, w: np.ndarray) -> bool:
@@ -138,15 +157,19 @@ def _two_tasks(g: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, fl
     return w, math.sqrt(max(float(w @ g @ w), 0.0))
 
 
-def _active_set(g: np.ndarray, b: np.ndarray, phi: float) -> tuple[np.ndarray, float] | None:
-    """Primal active-set method on the simplex with closed-form subproblems (module docstring)."""
+def _active_set(
+    g: np.ndarray, b: np.ndarray, phi: float, start: np.ndarray
+) -> tuple[np.ndarray, float] | None:
+    """Primal active-set method on the simplex with closed-form subproblems (module docstring),
+    from the feasible point ``start``; ``None`` where a subproblem has no closed form.
+
+    Two starts are tried. The uniform weights (the whole support): with gradients that mostly
+    agree, as a shared trunk's tend to, the optimum's support is all or most tasks, reached in
+    one solve or a few drops (one solve each) instead of K additions. The best vertex: a
+    support of one task always has its closed form, while large supports may have none (the
+    dual can be unbounded below on their affine hull), so from there the support is grown."""
     k = g.shape[0]
-    # Start at the best vertex (f(e_j) = b_j + phi ||g_j||): a support of one task always has
-    # its closed form, while large supports may have none (the dual can be unbounded below on
-    # their affine hull), so the support is grown from there.
-    start = int(np.argmin(b + phi * np.sqrt(np.clip(np.diag(g), 0.0, None))))
-    w = np.zeros(k)
-    w[start] = 1.0
+    w = start.copy()
     free = w > 0
     for _ in range(4 * k + 10):
         try:

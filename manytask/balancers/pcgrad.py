@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,19 +37,22 @@ def pcgrad_coefficients(gramian: Tensor, orders: Tensor) -> Tensor:
     """Rows: coefficients of each projected ``g_i^PC`` over the original gradients.
 
     ``orders[i]`` is the order (a permutation of ``0..K-1``; ``i`` itself is skipped) in which
-    task ``i`` is projected against the others.
+    task ``i`` is projected against the others. The loop runs on NumPy arrays: its K steps are
+    a few K x K operations each, where torch's per-call overhead would be most of the cost.
     """
-    k = gramian.shape[0]
-    coef = torch.eye(k, dtype=torch.float64)
-    rows = torch.arange(k)
-    sq_norms = gramian.diagonal()
+    g = gramian.detach().double().cpu().numpy()
+    order = orders.cpu().numpy()
+    k = g.shape[0]
+    coef = np.eye(k)
+    rows = np.arange(k)
+    sq_norms = np.diagonal(g)
     for step in range(k):
-        j = orders[:, step]
-        inner = (coef * gramian[j]).sum(dim=1)  # g_i^PC . g_{j_i}, O(K^2)
+        j = order[:, step]
+        inner = np.einsum("ij,ij->i", coef, g[j])  # g_i^PC . g_{j_i}, O(K^2)
         # A zero g_j cannot conflict; the guard only protects against rounding.
         conflict = (j != rows) & (inner < 0) & (sq_norms[j] > 0)
-        coef[rows, j] -= torch.where(conflict, inner / torch.where(conflict, sq_norms[j], 1.0), 0.0)
-    return coef
+        coef[rows[conflict], j[conflict]] -= inner[conflict] / sq_norms[j[conflict]]
+    return torch.from_numpy(coef)
 
 
 @register

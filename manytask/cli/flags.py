@@ -70,6 +70,8 @@ FIELD_HELP: dict[str, str] = {
     "methods and feature mode); graphs: keep all N (the large batch's memory)",
     "precision": "fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler)",
     "device": "cpu, cuda, cuda:N, mps or auto",
+    "shard": "under torchrun, shard the model's shared part across the processes with FSDP2 "
+    "(checkpoints and the saved model stay whole)",
     "resume_if_exists": "resume when --run-dir holds a checkpoint, else start (job schedulers)",
     "overwrite": "replace the run in --run-dir (only the run's own files are removed)",
     "allow_outside_links": "follow links in input folders (the run folder, data_root, a "

@@ -35,6 +35,7 @@ _UNUSED_KEYS = (
     "skip_nonfinite",
     "flat_rho",
     "head_grad",
+    "shard",  # one process measures (a config file asking for fsdp is refused)
 )
 _KIND_ORDER = ("lookahead", "cosine", "cosine_feature", "datamap", "transfer")
 

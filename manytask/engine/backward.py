@@ -55,6 +55,7 @@ from .linear_heads import LinearHeads, linear_heads
 from .parts import Part, StepView
 from .result import BackwardResult, check_weights, result_of
 from .stepped import check_stepped, record_stepped
+from .uneven import PROBING, IdleRank, uneven_gradients
 
 
 def backward(
@@ -132,36 +133,11 @@ def backward(
         return BackwardResult(tasks=(), weights={}, losses={})
     for part in parts:
         part.on_losses(losses, features)
-    with IdleRank(batch, features):
+    with IdleRank(batch, [] if features is None else feature_tensors(features)):
         result = decide_and_apply(batch, method, features, shared_params, mode, head_grad,
                                   parts, scale)
     record_stepped(method)
     return result
-
-
-class IdleRank:
-    """On a rank with no labelled sample in its shard, make sure the shared part's backward
-    runs (with zero gradients if the decision sent nothing into it), after the engine's own
-    collectives: with FSDP that backward is a collective (the gradients' reduce-scatter) that
-    every rank must join. Needs ``features=``; nothing to do on a rank with a labelled task."""
-
-    def __init__(self, batch: TaskBatch, features: Features | None) -> None:
-        self.tensors = [] if batch.local or features is None else feature_tensors(features)
-        self.reached = False
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> IdleRank:
-        self.handles = [t.register_hook(self.seen) for t in self.tensors]
-        return self
-
-    def seen(self, grad: Tensor) -> None:
-        self.reached = True
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        if kind is None and self.tensors and not self.reached:
-            torch.autograd.backward(self.tensors, [torch.zeros_like(t) for t in self.tensors])
 
 
 def decide_and_apply(
@@ -365,31 +341,13 @@ def local_gradients(
     with_heads: bool,
 ) -> TaskGradients:
     """This rank's per-task gradients of its scaled losses, with a zero row for each task
-    labelled on another rank only (its gradient here is zero)."""
-    k = len(batch.tasks)
-    if len(batch.local) == k:
+    labelled on another rank only (its gradient here is zero). Where the ranks' shards do
+    not all label every task, every rank runs the same passes (:mod:`.uneven`)."""
+    if batch.uniform:  # every task labelled here, and on every rank
         return task_gradients(batch.local_losses, feats, mode=mode, shared_params=params,
                               with_heads=with_heads)
-    fgrads = [torch.zeros((k, *f.shape), dtype=f.dtype, device=f.device) for f in feats]
-    blocks = (
-        fgrads
-        if mode == "feature"
-        else [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in params or []]
-    )
-    gramian = torch.zeros((k, k), dtype=torch.float64)
-    if not batch.local:
-        return TaskGradients(gramian, fgrads, blocks, None)
-    grads = task_gradients(batch.local_losses, feats, mode=mode, shared_params=params,
-                           with_heads=with_heads)
-    rows = torch.tensor(batch.local, dtype=torch.long)
-    for full, part in zip(fgrads, grads.feature_grads, strict=True):
-        full[rows.to(full.device)] = part
-    if mode == "exact":
-        for full, part in zip(blocks, grads.blocks, strict=True):
-            full[rows.to(full.device)] = part
-    gramian = gramian.to(grads.gramian.device)
-    gramian[rows[:, None], rows[None, :]] = grads.gramian
-    return TaskGradients(gramian, fgrads, blocks, grads.head_grads)
+    with PROBING:
+        return uneven_gradients(batch, feats, mode, params, with_heads)
 
 
 __all__ = ["BackwardResult", "Decision", "HeadGrad", "NonFiniteLossError", "TaskBatch", "backward"]

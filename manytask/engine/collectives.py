@@ -5,8 +5,8 @@ model's gradients are **averaged** over ranks (:func:`sync_gradients`, the reduc
 DistributedDataParallel also performs). The engine reduces the per-task information the method
 reads, so every rank takes the same decision:
 
-* per-task losses: one all-reduce of a 2 x K float64 buffer (labelled-sample counts and
-  count-weighted losses), :func:`global_losses`;
+* per-task losses: one all-reduce of a 3 x K float64 buffer (labelled-sample counts,
+  count-weighted losses and the ranks where each task is labelled), :func:`global_losses`;
 * feature-level Gramian: a sum over samples, one all-reduce of K x K values;
 * exact Gramian: a sum over parameter blocks, so no rank needs the whole K x P Jacobian: a
   reduce-scatter of the per-task gradients w.r.t. the shared parameters gives each rank the
@@ -201,14 +201,37 @@ def global_losses(
     names: Sequence[str],
     ctx: DistContext,
 ) -> tuple[list[int], Tensor, Tensor]:
-    """All-reduce ``(n_kr, n_kr * L_kr)`` over ranks ``r`` in one 2 x K float64 buffer.
+    """All-reduce ``(n_kr, n_kr * L_kr)`` over ranks ``r`` in one float64 buffer.
 
     Returns the indices (into ``names``) of the tasks labelled on some rank, their global
     losses ``L_k = sum_r n_kr L_kr / N_k`` (the labelled-sample-weighted mean, float64; NaN
     on every rank if any rank's loss is NaN) and this rank's share ``n_kr / N_k`` of each.
     Without ``counts`` every rank where a task is present counts once.
     """
-    buf = torch.zeros((2, len(names)), dtype=torch.float64)
+    reduced = reduce_losses(losses, counts, names, ctx)
+    return reduced.present, reduced.losses, reduced.share
+
+
+@dataclass(frozen=True)
+class GlobalLosses:
+    """What :func:`reduce_losses` returns: see :func:`global_losses`; ``uniform`` is true
+    when every task of ``present`` is labelled on every rank."""
+
+    present: list[int]
+    losses: Tensor
+    share: Tensor
+    uniform: bool
+
+
+def reduce_losses(
+    losses: Mapping[str, Tensor],
+    counts: Mapping[str, float] | None,
+    names: Sequence[str],
+    ctx: DistContext,
+) -> GlobalLosses:
+    """:func:`global_losses`, plus whether every present task is labelled on every rank: one
+    all-reduce of a 3 x K float64 buffer (counts, count-weighted losses, ranks labelled)."""
+    buf = torch.zeros((3, len(names)), dtype=torch.float64)
     if losses:
         cols = torch.tensor([names.index(t) for t in losses], dtype=torch.long)
         n = torch.tensor(
@@ -221,8 +244,10 @@ def global_losses(
         values = torch.stack([v.detach() for v in losses.values()]).double().cpu()
         buf[0, cols] = n
         buf[1, cols] = n * values
+        buf[2, cols] = 1.0
     mine = buf[0].clone()
     all_reduce_sum(buf, ctx)
     present = (buf[0] > 0).nonzero().flatten().tolist()
     total = buf[0, present]
-    return present, buf[1, present] / total, mine[present] / total
+    uniform = bool((buf[2, present] == ctx.world_size).all())
+    return GlobalLosses(present, buf[1, present] / total, mine[present] / total, uniform)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..balancers.base import Balancer
-from .collectives import DistContext, global_losses
+from .collectives import DistContext, reduce_losses
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,13 +32,16 @@ class TaskBatch:
     """The losses after the gather: the ``tasks`` labelled on some rank (in the caller's order
     in a single process, the method's task order across processes), ``stacked`` their global
     values carrying this rank's gradient, and the ``local``
-    positions with this rank's scaled losses ``local_losses`` (see :func:`gather`)."""
+    positions with this rank's scaled losses ``local_losses`` (see :func:`gather`);
+    ``uniform``: every task is labelled on every rank (then all ranks run the same autograd
+    passes on their own losses; else see :mod:`.uneven`)."""
 
     tasks: tuple[str, ...]
     stacked: Tensor
     local: list[int]
     local_losses: list[Tensor]
     group: DistContext
+    uniform: bool = True
 
     @property
     def all_local(self) -> bool:
@@ -91,7 +94,8 @@ def gather(
         stacked = torch.stack(given)
         check_finite(tuple(losses), stacked.detach(), step)
         return TaskBatch(tuple(losses), stacked, list(range(len(given))), given, group)
-    present, global_loss, share = global_losses(losses, counts, names, group)
+    reduced = reduce_losses(losses, counts, names, group)
+    present, global_loss, share = reduced.present, reduced.losses, reduced.share
     tasks = tuple(names[i] for i in present)
     if not tasks:
         return None
@@ -114,7 +118,7 @@ def gather(
             for j, t in enumerate(tasks)
         ]
     )
-    return TaskBatch(tasks, stacked, local, local_losses, group)
+    return TaskBatch(tasks, stacked, local, local_losses, group, reduced.uniform)
 
 
 def check_finite(tasks: tuple[str, ...], values: Tensor, step: int | None) -> None:

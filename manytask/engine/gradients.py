@@ -99,6 +99,15 @@ def _leaves_below(
     return leaves, met
 
 
+def trunk_leaf_ids(features: Sequence[Tensor]) -> set[int] | None:
+    """Ids of the leaves the features are computed from; ``None`` if one feature tensor is
+    computed from another."""
+    stop = {f.grad_fn for f in features if f.grad_fn is not None}
+    below = [c for node in stop for c, _ in node.next_functions]
+    trunk, nested = _leaves_below(below, stop, features)
+    return None if nested else {id(v) for v in trunk}
+
+
 def head_leaves(
     losses: Sequence[Tensor], features: Sequence[Tensor]
 ) -> list[list[Tensor]] | None:
@@ -111,11 +120,9 @@ def head_leaves(
     microseconds per node.
     """
     stop = {f.grad_fn for f in features if f.grad_fn is not None}
-    below = [c for node in stop for c, _ in node.next_functions]
-    trunk, nested = _leaves_below(below, stop, features)
-    if nested:
+    trunk_ids = trunk_leaf_ids(features)
+    if trunk_ids is None:
         return None
-    trunk_ids = {id(v) for v in trunk}
     per_task = [_leaves_below([loss.grad_fn], stop, features)[0] for loss in losses]
     if any(id(v) in trunk_ids for leaves in per_task for v in leaves):
         return None

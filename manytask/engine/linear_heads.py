@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 from torch.autograd.graph import Node
 
-from .gradients import head_leaves
+from .gradients import trunk_leaf_ids
 
 
 @dataclass
@@ -100,11 +101,17 @@ def _product_node(loss: Tensor, feature: Tensor) -> Node | None:
     return node if isinstance(leaf, Tensor) and leaf.dim() == 2 else None
 
 
-def _weight_of(node: Node) -> Tensor:
-    mat2 = node.next_functions[2 if type(node).__name__ == "AddmmBackward0" else 1][0]
+def _head_parameters(node: Node) -> list[Tensor | None]:
+    """The weight and (for ``addmm``) the bias a product node reads: ``None`` for a bias that
+    is not a leaf (computed from something)."""
+    addmm = type(node).__name__ == "AddmmBackward0"
+    mat2 = node.next_functions[2 if addmm else 1][0]
     assert mat2 is not None
     weight: Tensor = mat2.next_functions[0][0].variable  # type: ignore[union-attr]
-    return weight
+    if not addmm:
+        return [weight]
+    bias_node = node.next_functions[0][0]
+    return [weight, getattr(bias_node, "variable", None)]
 
 
 def linear_heads(losses: Sequence[Tensor], features: Sequence[Tensor]) -> LinearHeads | None:
@@ -116,19 +123,18 @@ def linear_heads(losses: Sequence[Tensor], features: Sequence[Tensor]) -> Linear
     nodes = [_product_node(loss, feature) for loss in losses]
     if any(n is None for n in nodes):
         return None
-    leaves = head_leaves(losses, features)
-    if leaves is None:
+    # The walks of _product_node met no leaf above the products, so each head's leaves are
+    # its weight and bias, read off the product node; neither may be a trunk leaf (a tied
+    # weight would mix the head's and the trunk's paths) nor another head's.
+    found = [_head_parameters(node) for node in nodes if node is not None]
+    if any(v is None for task in found for v in task):
         return None
-    weights = [_weight_of(n) for n in nodes if n is not None]
-    for k, (node, w) in enumerate(zip(nodes, weights, strict=True)):
-        bias = [] if type(node).__name__ == "MmBackward0" else [
-            getattr(node.next_functions[0][0], "variable", None)  # type: ignore[union-attr]
-        ]
-        expected = {id(w), *(id(b) for b in bias if b is not None)}
-        if {id(v) for v in leaves[k]} != expected or any(b is None for b in bias):
-            return None  # the head has another parameter (a scale, a second layer, ...)
-    if len({id(w) for w in weights}) != len(weights):
-        return None  # two tasks share one head
+    leaves = cast(list[list[Tensor]], found)
+    trunk = trunk_leaf_ids(features)
+    ids = [id(v) for task in leaves for v in task]
+    if trunk is None or len(set(ids)) != len(ids) or trunk.intersection(ids):
+        return None
+    weights = [task[0] for task in leaves]
     captured: dict[int, Tensor] = {}
     handles = []
     for k, node in enumerate(nodes):

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,15 @@ from ..finite import check_like, check_state
 LATEST = "latest"
 _OWN = "unless you allow links out of the run folder (--allow-outside-links)"
 BEST = "best"  # names the checkpoint of the best validation epoch, kept from the clean-up
+
+
+class Stateful(Protocol):
+    """What a checkpoint saves and restores: a module, an optimiser, or a stand-in for a
+    sharded one (:mod:`manytask.training.sharding`)."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state_dict: Any, /) -> Any: ...
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -109,8 +118,8 @@ def save_checkpoint(
     run_dir: Path,
     epoch: int,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: Stateful,
+    optimizer: Stateful,
     balancer: nn.Module,
     info: Mapping[str, Any],
     keep: int = 2,
@@ -187,7 +196,7 @@ def latest_checkpoint(run_dir: Path, *, allow_outside: bool = False) -> Path | N
     return path
 
 
-def _check_matches(module: nn.Module, tensors: Mapping[str, Tensor], what: str, path: Path) -> None:
+def _check_matches(module: Stateful, tensors: Mapping[str, Tensor], what: str, path: Path) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
@@ -209,8 +218,8 @@ def _check_matches(module: nn.Module, tensors: Mapping[str, Tensor], what: str, 
 def load_checkpoint(
     path: Path,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: Stateful,
+    optimizer: Stateful,
     balancer: nn.Module,
     allow_outside: bool = False,
 ) -> dict[str, Any]:
@@ -288,7 +297,7 @@ def own_file(path: Path, name: str, allow_outside: bool = False) -> Path:
     return regular_file(found, what="checkpoint file")
 
 
-def load_model_weights(path: Path, model: nn.Module, *, allow_outside: bool = False) -> None:
+def load_model_weights(path: Path, model: Stateful, *, allow_outside: bool = False) -> None:
     """Load only the model weights of the checkpoint at ``path`` into ``model``: every tensor
     of the model's names, shapes and dtypes, finite (:func:`manytask.finite.check_like`)."""
     try:

@@ -17,6 +17,7 @@ from .evaluation import Results
 from .logs import RunLog
 from .optim import Schedule
 from .progress import Progress, epoch_line
+from .sharding import load_targets, save_sources
 from .support import truncate_jsonl
 
 Batch = Any
@@ -65,8 +66,9 @@ def resume_state(
     ckpt = latest_checkpoint(run_dir, allow_outside=self.allow_outside_links)
     if ckpt is None:
         raise CheckpointError(f"run_dir {str(run_dir)!r} has no checkpoint to resume from")
+    model, optimizer = load_targets(self)  # sharded: whole states cut into the shards
     state = load_checkpoint(
-        ckpt, model=self.model, optimizer=self.optimizer, balancer=self.balancer,
+        ckpt, model=model, optimizer=optimizer, balancer=self.balancer,
         allow_outside=self.allow_outside_links,
     )
     self.step = state["step"]
@@ -185,6 +187,8 @@ def run_epoch(
     experts = self._report_experts(epoch)
     if experts is not None:
         summary["experts"] = experts
+    if self.run_dir is not None:  # sharded: gathered on every rank (collectives), rank 0 writes
+        model, optimizer = save_sources(self)
     if self.run_dir is not None and self._is_main:
         info = {
             "step": self.step,
@@ -198,7 +202,7 @@ def run_epoch(
             },
         }
         save_checkpoint(
-            self.run_dir, epoch, model=self.model, optimizer=self.optimizer,
+            self.run_dir, epoch, model=model, optimizer=optimizer,
             balancer=self.balancer, keep=self.keep_checkpoints, info=info,
             protect=[f"epoch-{e:04d}" for e in self.protected_epochs],
         )

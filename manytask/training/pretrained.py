@@ -83,10 +83,14 @@ def save_pretrained(
     tasks: Sequence[Task],
     build: Mapping[str, Any],
     preprocessing: Mapping[str, Any] | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``model`` to ``folder`` (replaced whole: written beside it, then renamed)."""
+    """Write ``model`` to ``folder`` (replaced whole: written beside it, then renamed).
+    ``state``: the model's whole state dict where ``model.state_dict()`` holds shards (a
+    Trainer with ``shard="fsdp"``: :meth:`~manytask.training.sharding.WholeState.model_state`)."""
     folder = Path(folder)
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    source = model.state_dict() if state is None else state
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in source.items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
     if bad:
         raise ValueError(f"save_pretrained: non-finite values in {bad[:3]}; nothing written")

@@ -49,6 +49,14 @@ from .logs import LogFormat, RunLog
 from .loop import fit_loop, open_logs
 from .optim import SCHEDULES, Interval, Schedule, build_optimizer, param_groups
 from .run_folder import Resume, open_run
+from .sharding import (
+    Shard,
+    WholeState,
+    check_shard,
+    clip_grad_norm,
+    load_targets,
+    shard_shared,
+)
 from .support import (
     RngState,
     backward_auxiliary,
@@ -125,6 +133,9 @@ class Trainer:
             ``"TASK/METRIC"``.
         allow_outside_links: follow checkpoint folders and files of ``run_dir`` that are
             links out of it (refused by default, naming the link).
+        shard: ``"none"``, or ``"fsdp"`` under ``torchrun`` (2 or more processes): the
+            model's shared part sharded with FSDP2 (:mod:`~manytask.training.sharding`);
+            checkpoints and saved models stay whole.
 
     Progress: on a terminal a bar per epoch, elsewhere plain lines; one line of validation
     metrics per epoch, printed (unless ``progress=False``) and appended to ``run_dir/train.log``.
@@ -145,7 +156,8 @@ class Trainer:
     global-batch information and gradients are averaged over ranks, so the run follows the
     single-process run on the global batches. Rank 0 alone writes logs and checkpoints; every
     rank reads ``run_dir`` on resume (a shared file system), whatever the number of processes
-    that wrote it.
+    that wrote it. With ``shard="fsdp"`` the shared part is sharded across the ranks; the
+    checkpoints are gathered whole, the same files as without sharding.
     """
 
     def __init__(
@@ -182,6 +194,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         monitor: str = "mean",
         allow_outside_links: bool = False,
+        shard: Shard = "none",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -230,6 +243,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.balancer.setup([t.name for t in self.tasks])
         self.balancer.to(self.device)
+        sharded = check_shard(shard, self._dist, cosine_every=cosine_every,
+                              precision=precision)
+        if sharded:  # before the optimizer, which must hold the sharded parameters
+            assert self._dist is not None
+            shard_shared(self.model, self.device, self._dist)
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += [p for p in self.balancer.parameters() if p.requires_grad]
         if optimizer is None or isinstance(optimizer, str):  # None: Adam, as it always was
@@ -240,6 +258,8 @@ class Trainer:
                              "factory (give the factory its own groups)")
         else:
             self.optimizer = optimizer(params)
+        self.whole_state = (WholeState(self.model, self.optimizer, self._dist)
+                            if sharded and self._dist is not None else None)
         SCHEDULES.validate(schedule, schedule_params)  # built by fit, which knows the length
         self._schedule_spec = (schedule, dict(schedule_params or {}), warmup,
                                schedule_interval, schedule_steps)
@@ -260,7 +280,6 @@ class Trainer:
         self.epoch = 0
         self.skipped_steps = 0
         self.history: list[dict[str, Any]] = []
-        self._shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         self._params = params
         self._model_params = [p for p in self.model.parameters() if p.requires_grad]
         self._last_x: Any = None
@@ -340,7 +359,7 @@ class Trainer:
         sync_gradients(self._model_params, self._dist)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(
+        norm = clip_grad_norm(  # torch's, unless some gradients are sharded
             self._params, self.clip_grad_norm if self.clip_grad_norm else math.inf
         )
         if not bool(torch.isfinite(norm)) and self.scaler is not None:
@@ -532,8 +551,14 @@ class Trainer:
             self.model.load_state_dict(best.weights)
         else:
             path = self.run_dir / "checkpoints" / f"epoch-{best.best_epoch:04d}"
-            load_model_weights(path, self.model, allow_outside=self.allow_outside_links)
+            load_model_weights(path, load_targets(self)[0],
+                               allow_outside=self.allow_outside_links)
         return best.best_epoch
+
+    @property
+    def _shared(self) -> list[torch.nn.Parameter]:
+        # read after the forward: sharded, these are the gathered parameters FSDP swapped in
+        return [p for p in self.model.shared_parameters() if p.requires_grad]
 
     @property
     def _is_main(self) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from manytask import HardSharing, Task
+from manytask.balancers.registry import build
 
 
 def random_jacobian(k: int, p: int, *, rank: int | None = None, seed: int = 0) -> Tensor:
@@ -35,3 +38,19 @@ def model_losses(
         target = torch.randn(8, 1, generator=gen) * (i + 1)
         losses[n] = ((outputs[n] - target) ** 2).mean()
     return losses, feats
+
+
+def names(k: int) -> list[str]:
+    return [f"t{i}" for i in range(k)]
+
+
+def make(name: str, k: int, **params: Any) -> Any:
+    """Build balancer ``name`` set up for ``k`` tasks (typed ``Any`` to reach its state)."""
+    method = build(name, params)
+    method.setup(names(k))
+    return method
+
+
+def decide_gramian(method: Any, G: Tensor, tasks: list[str] | None = None) -> Tensor:
+    tasks = tasks or list(method.task_names)
+    return method.decide(torch.ones(len(tasks)), tasks, G).weights

@@ -108,3 +108,32 @@ def test_agree_with_torchjd(k: int) -> None:
     residual = lambda w: float((G @ w - 1 / w).norm())  # noqa: E731
     assert residual(w_ours) <= residual(w_theirs) + 1e-12
     assert np.isfinite(residual(w_ours))
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5, 2.0])
+def test_newton_stops_at_the_rounding_floor(p: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Newton converges quadratically: a handful of steps reach float64's floor. Before the fix
+    # the Armijo test could not see decreases below f's rounding and ran all 100 iterations
+    # (each with up to 60 halvings) on a quarter of these inputs.
+    import manytask.balancers._fairness as fairness
+
+    solves = 0
+    solve = np.linalg.solve
+
+    def counting_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        nonlocal solves
+        solves += 1
+        return solve(a, b)
+
+    monkeypatch.setattr(fairness.np.linalg, "solve", counting_solve)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        k = int(rng.integers(2, 60))
+        J = rng.standard_normal((k, 300)) + rng.standard_normal((1, 300)) * rng.uniform(0, 3)
+        G = J @ J.T * 10 ** rng.uniform(-8, 8)
+        solves = 0
+        w = fair_weights(G, p)
+        assert solves <= 20
+        # the 1e-10 ridge (relative to the mean diagonal) bounds the residual from below
+        target = w ** (-p)
+        assert np.linalg.norm(G @ w - target) <= 1e-8 * np.linalg.norm(target)

@@ -30,9 +30,14 @@ NEEDS: dict[str, dict[str, object]] = {"periodic": {"base": "mgda"}}
 CONFIGS: dict[str, tuple[str, str]] = {f"{n}_exact": (n, "exact") for n in available()}
 CONFIGS.update({f"{n}_feature": (n, "feature")
                 for n in ("mgda", "moco", "graddrop", "excess_mtl")})
-# rank 1 has no labelled sample in the first step: it must still join FSDP's reduction
-# (loss-level methods; not handled for gradient-level ones, see docs/distributed.md)
-IDLE = {"equal_idle": ("equal", "exact"), "uncertainty_idle": ("uncertainty", "exact")}
+# rank 1 has no labelled sample in the first step: it must still run the passes and join the
+# collectives of the others (manytask.engine.uneven), for every kind of method: loss level,
+# Gramian, Jacobian, a loss weighting from gradients, a schedule that reuses weights
+IDLE = {f"{n}_{m}_idle": (n, m) for n, m in (
+    ("equal", "exact"), ("uncertainty", "exact"), ("mgda", "exact"), ("pcgrad", "exact"),
+    ("imtl", "exact"), ("gradnorm", "exact"), ("periodic", "exact"), ("mgda", "feature"),
+    ("graddrop", "feature"),
+)}
 CONFIGS.update(IDLE)
 
 

@@ -66,6 +66,47 @@ def test_other_heads_fall_back(other) -> None:
     assert linear_heads(list(losses.values()), [z]) is None
 
 
+class ComputedBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, 5))
+        self.bias = nn.Parameter(torch.randn(1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(z, self.weight, self.bias * 2.0)
+
+
+def _frozen_bias() -> nn.Module:
+    head = nn.Linear(5, 1)
+    head.bias.requires_grad_(False)
+    return head
+
+
+@pytest.mark.parametrize("other", [ComputedBias, _frozen_bias])
+def test_heads_whose_bias_is_not_a_trained_leaf_fall_back(other) -> None:
+    _, z, losses = _setup({"a": nn.Linear(5, 1), "b": other()})
+    assert linear_heads(list(losses.values()), [z]) is None
+
+
+def test_a_head_tied_to_a_trunk_weight_falls_back() -> None:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(5, 5), nn.Tanh())
+    z = trunk(torch.randn(7, 5))
+    own = nn.Linear(5, 1)
+    losses = [own(z).pow(2).mean(), nn.functional.linear(z, trunk[0].weight).pow(2).mean()]
+    assert linear_heads(losses, [z]) is None
+
+
+def test_a_loss_reading_the_trunk_elsewhere_falls_back() -> None:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(5, 5), nn.Tanh())
+    hidden = trunk[0](torch.randn(7, 5))
+    z = trunk[1](hidden)
+    head_a, head_b = nn.Linear(5, 1), nn.Linear(5, 1)
+    losses = [head_a(z).pow(2).mean(), head_b(z).pow(2).mean() + hidden.sum()]
+    assert linear_heads(losses, [z]) is None
+
+
 def test_a_head_shared_by_two_tasks_falls_back() -> None:
     head = nn.Linear(5, 1)
     _, z, losses = _setup({"a": head, "b": head})

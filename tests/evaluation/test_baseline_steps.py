@@ -14,7 +14,7 @@ from manytask.evaluation.bench import baseline_epochs
 from manytask.evaluation.measures import delta_m
 from manytask.evaluation.summary import steps_note
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_declared"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data" / "declared"))
 from declared_tables import TASKS, make_table
 
 

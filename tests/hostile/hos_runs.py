@@ -17,7 +17,7 @@ import yaml
 
 from manytask.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_declared"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data" / "declared"))
 from declared_tables import make_table, table_section, write
 
 

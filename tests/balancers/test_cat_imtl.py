@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import torch
-from cat_helpers import jac, make
+from bal_helpers import make, random_jacobian
 
 from manytask.balancers.imtl import imtl_g_weights
 
 
 def test_zero_scales_give_imtl_g() -> None:
-    J = jac(3, 6, seed=1)
+    J = random_jacobian(3, 6, seed=1)
     m = make("imtl", 3)
     w = m.decide(torch.tensor([1.0, 2.0, 3.0]), list(m.task_names), J @ J.T).weights
     assert torch.allclose(w, imtl_g_weights(J @ J.T), atol=1e-12)
 
 
 def test_equal_projections_on_scaled_gradients_and_scale_gradient() -> None:
-    J = jac(3, 6, seed=2)
+    J = random_jacobian(3, 6, seed=2)
     m = make("imtl", 3)
     s = torch.tensor([0.5, -1.0, 2.0])
     with torch.no_grad():
@@ -38,7 +38,7 @@ def test_equal_projections_on_scaled_gradients_and_scale_gradient() -> None:
 
 def test_absent_task_scale_gets_no_gradient_and_state_round_trip() -> None:
     m = make("imtl", 3)
-    J = jac(2, 5, seed=3)
+    J = random_jacobian(2, 5, seed=3)
     m.decide(torch.tensor([1.0, 2.0]), ["t0", "t2"], J @ J.T)
     assert m.log_scales[1].grad is None and m.log_scales[0].grad is not None
     other = make("imtl", 3)

@@ -19,7 +19,7 @@ from manytask.models.inputs import TabularInput
 from manytask.models.moe import MMoE
 from manytask.tasks import AUC
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CENSUS = REPO.parent / "shared" / "data" / "census_income_kdd"
 needs_data = pytest.mark.skipif(not (CENSUS / "census-income.test.gz").is_file(),
                                 reason="shared census file not present")

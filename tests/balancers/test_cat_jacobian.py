@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cat_helpers import jac, make, names
+from bal_helpers import make, names, random_jacobian
 
 import manytask
 from manytask.balancers import ExcessMTL, GradDrop, MoCo
@@ -31,7 +31,7 @@ def test_graddrop_hand_computed() -> None:
 
 def test_graddrop_agrees_with_torchjd() -> None:
     aggregation = pytest.importorskip("torchjd.aggregation")
-    J = jac(4, 50, seed=3)
+    J = random_jacobian(4, 50, seed=3)
     torch.manual_seed(7)
     expected = aggregation.GradDrop()(J)
     torch.manual_seed(7)
@@ -44,23 +44,24 @@ def test_excess_mtl_agrees_with_torchjd_over_steps() -> None:
         theirs = aggregation.ExcessMTL(robust_step_size=0.5, n_warmup_steps=warm)
         ours = make("excess_mtl", 3, robust_step_size=0.5, n_warmup_steps=warm)
         for step in range(5):
-            J = jac(3, 20, seed=step) * torch.tensor([[1.0], [5.0], [0.2]], dtype=torch.float64)
+            scales = torch.tensor([[1.0], [5.0], [0.2]], dtype=torch.float64)
+            J = random_jacobian(3, 20, seed=step) * scales
             expected = theirs(J)
             assert torch.allclose(_jd(ours, J), expected, rtol=1e-6, atol=1e-9)
 
 
 def test_excess_mtl_absent_task_and_state_round_trip() -> None:
     m = make("excess_mtl", 3)
-    _jd(m, jac(3, 6, seed=1))
+    _jd(m, random_jacobian(3, 6, seed=1))
     before = m.sq_sum[1].clone()
     mass = float(m.alpha[[0, 2]].sum())
-    _jd(m, jac(2, 6, seed=2), ["t0", "t2"])
+    _jd(m, random_jacobian(2, 6, seed=2), ["t0", "t2"])
     assert torch.equal(m.sq_sum[1], before)
     assert abs(float(m.alpha[[0, 2]].sum()) - mass) < 1e-12
     fresh = ExcessMTL()
     fresh.setup(names(3))
     fresh.load_state_dict(m.state_dict())  # the lazily sized buffer is resized on load
-    J = jac(3, 6, seed=4)
+    J = random_jacobian(3, 6, seed=4)
     assert torch.equal(_jd(fresh, J), _jd(m, J))
 
 
@@ -80,7 +81,7 @@ def test_moco_hand_computed_two_steps() -> None:
 
 
 def test_moco_converges_to_mgda_on_fixed_gradients() -> None:
-    J = jac(3, 5, seed=6)
+    J = random_jacobian(3, 5, seed=6)
     m = make("moco", 3, gamma=0.5 / float(torch.linalg.eigvalsh(J @ J.T)[-1]))
     for _ in range(3000):
         _jd(m, J)
@@ -90,7 +91,7 @@ def test_moco_converges_to_mgda_on_fixed_gradients() -> None:
 
 def test_moco_absent_task_and_invalid_parameters() -> None:
     m = make("moco", 3)
-    _jd(m, jac(2, 4, seed=1), ["t0", "t2"])
+    _jd(m, random_jacobian(2, 4, seed=1), ["t0", "t2"])
     assert not bool(m.seen[1]) and torch.all(m.tracked[1] == 0)
     assert abs(float(m.lam.sum()) - 1) < 1e-12
     with pytest.raises(ValueError, match="beta"):

@@ -1,4 +1,5 @@
-"""Trainer and command-line options: task-based flat regions, architectures by name."""
+"""Trainer options: task-based flat regions, expert usage logs, TensorBoard, empty data sets and
+run folders."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import torch
 
 import manytask
 from manytask import HardSharing, Task, Trainer
-from manytask.cli import main
 
 TASKS = [Task.classification("a", 3), Task.regression("b")]
 
@@ -54,42 +54,6 @@ def test_flat_rho_refuses_what_it_cannot_do() -> None:
 
 def test_flat_backward_is_exported() -> None:
     assert manytask.flat_backward is manytask.engine.flat.flat_backward
-
-
-@pytest.mark.parametrize("arch", ["mmoe", "ple", "cross_stitch"])
-def test_train_any_registered_architecture_from_the_command_line(
-    arch: str, tmp_path: Path, capsys
-) -> None:
-    code = main(["train", "--epochs", "1", "--train-size", "300", "--no-progress",
-                 "--arch", arch, "--arch-param", "tower_hidden=[8]", "--balancer", "mgda",
-                 "--mode", "feature", "--run-dir", str(tmp_path)])
-    assert code == 0
-    assert "left" in capsys.readouterr().out
-
-
-def test_bad_architecture_and_parameters_are_one_line_errors(capsys) -> None:
-    assert main(["train", "--arch", "nope", "--epochs", "1"]) == 2
-    assert "unknown architecture 'nope'" in capsys.readouterr().err
-    assert main(["train", "--arch", "mmoe", "--arch-param", "n_expertz=2", "--epochs", "1",
-                 "--train-size", "100"]) == 2
-    err = capsys.readouterr().err
-    assert "n_expertz" in err and len(err.strip().splitlines()) == 1
-
-
-def test_bundled_files_are_configurations_not_data_sources(capsys) -> None:
-    # Census-Income and the text tasks are configs/census.yaml and configs/text.yaml (data:
-    # files); no data source of that name is left in the library
-    for name in ("census", "text"):
-        assert main(["train", "--data", name, "--epochs", "1"]) == 2
-        err = capsys.readouterr().err
-        assert f"unknown data set {name!r}" in err and len(err.strip().splitlines()) == 1
-
-
-def test_architectures_command_lists_the_registry(capsys) -> None:
-    assert main(["architectures"]) == 0
-    out = capsys.readouterr().out
-    for name in manytask.models.ARCHITECTURES.names():
-        assert name in out
 
 
 def test_trainer_logs_expert_usage_and_warns_about_identical_experts(tmp_path: Path) -> None:
@@ -143,20 +107,6 @@ def test_tensorboard_mirrors_the_logs(tmp_path: Path) -> None:
         Trainer(model, TASKS, "equal", tensorboard=True)
 
 
-def test_each_data_set_names_its_default_tasks() -> None:
-    from manytask.config import TrainConfig, load_config
-    from manytask.run import task_names
-
-    assert task_names(TrainConfig()) == ("left", "right")
-    assert task_names(TrainConfig(tasks=["sum"])) == ("sum",)
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    # the declared tasks, read from the configuration alone (no file is opened)
-    assert task_names(load_config(configs / "text.yaml", {"data_root": "x"})) == (
-        "sst2", "mr", "cr", "subj", "mpqa", "cola", "rte", "trec")
-    assert task_names(load_config(configs / "census-group2.yaml", {"data_root": "x"})) == (
-        "education", "marital")
-
-
 def test_resume_survives_an_experts_log_cut_off_by_a_kill(tmp_path: Path) -> None:
     from manytask.models import MMoE
 
@@ -169,9 +119,3 @@ def test_resume_survives_an_experts_log_cut_off_by_a_kill(tmp_path: Path) -> Non
     trainer.fit(_batches(), epochs=2, resume=True)
     epochs = [line.split(",")[0] for line in log.read_text().splitlines()]
     assert epochs == ['{"epoch": 0', '{"epoch": 1']
-
-
-def test_an_empty_run_dir_means_none() -> None:
-    from manytask.config import TrainConfig
-
-    assert TrainConfig(run_dir="").run_dir is None

@@ -14,7 +14,7 @@ from declared_tables import make_table
 
 from manytask.cli import main
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "own-data.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "own-data.md"
 
 
 def _blocks(kind: str) -> list[str]:

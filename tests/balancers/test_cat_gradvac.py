@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from cat_helpers import decide_gramian, jac, make
+from bal_helpers import decide_gramian, make, random_jacobian
 
 from manytask.balancers import GradVac
 from manytask.balancers.gradvac import gradvac_coefficients
@@ -28,7 +28,7 @@ def test_hand_computed_two_tasks() -> None:
 
 def test_corrected_cosine_reaches_the_target() -> None:
     # With two tasks, after the correction cos(g_i^PC, g_j) equals phi_hat exactly (eq. 3).
-    J = jac(2, 6, seed=3)
+    J = random_jacobian(2, 6, seed=3)
     G = J @ J.T
     assert float(G[0, 1] / (G[0, 0] * G[1, 1]).sqrt()) < 0.6  # so the correction fires
     target = torch.tensor([[0.0, 0.6], [0.6, 0.0]], dtype=torch.float64)
@@ -47,14 +47,14 @@ def test_no_correction_when_cosines_above_target() -> None:
 def test_absent_task_keeps_its_state() -> None:
     m = make("gradvac", 3)
     m.phi_hat.fill_(0.25)
-    J = jac(2, 4, seed=1)
+    J = random_jacobian(2, 4, seed=1)
     m.decide(torch.ones(2), ["t0", "t2"], J @ J.T)
     assert torch.all(m.phi_hat[1] == 0.25) and torch.all(m.phi_hat[:, 1] == 0.25)
     assert m.phi_hat[0, 2] != 0.25 and m.phi_hat[2, 0] != 0.25
 
 
 def test_state_dict_round_trip() -> None:
-    J = jac(3, 5, seed=2)
+    J = random_jacobian(3, 5, seed=2)
     a = make("gradvac", 3, beta=0.3)
     decide_gramian(a, J @ J.T)
     b = make("gradvac", 3, beta=0.3)
@@ -78,7 +78,7 @@ def test_agrees_with_torchjd_over_steps(k: int) -> None:
     theirs = aggregation.GradVac(beta=0.3)
     ours = make("gradvac", k, beta=0.3)
     for step in range(4):
-        J = jac(k, 7, seed=10 * k + step)
+        J = random_jacobian(k, 7, seed=10 * k + step)
         torch.manual_seed(step)
         expected = theirs(J)
         torch.manual_seed(step)

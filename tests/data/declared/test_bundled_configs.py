@@ -20,7 +20,7 @@ from manytask.data.declared.preprocess import Labels
 from manytask.data.declared.read import read_splits
 from manytask.data.declared.text_columns import texts_of
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared" / "data"
 TEXT, CENSUS = SHARED / "text", SHARED / "census_income_kdd"
 needs_text = pytest.mark.skipif(not TEXT.is_dir(), reason=f"shared text data not at {TEXT}")

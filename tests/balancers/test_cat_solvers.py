@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from cat_helpers import jac
+from bal_helpers import random_jacobian
 
 from manytask.balancers import cagrad as cg
 from manytask.balancers._dual_cone import dual_cone_solve
@@ -18,7 +18,7 @@ from manytask.balancers._qp import solve_qp
     ("k", "p", "rank"), [(3, 8, None), (10, 30, None), (40, 64, None), (6, 20, 3), (12, 5, None)]
 )
 def test_batched_dual_cone_matches_one_qp_per_row(k: int, p: int, rank: int | None) -> None:
-    J = jac(k, p, rank=rank, seed=k + p).numpy()
+    J = random_jacobian(k, p, rank=rank, seed=k + p).numpy()
     G = J @ J.T
     U = np.vstack([np.eye(k) / k, np.full((1, k), 1.0 / k)])  # UPGrad rows and DualProj's
     V = dual_cone_solve(G, U)
@@ -34,7 +34,7 @@ def test_batched_dual_cone_matches_one_qp_per_row(k: int, p: int, rank: int | No
 
 def test_dual_cone_all_zero_gradients_and_zero_task() -> None:
     assert np.array_equal(dual_cone_solve(np.zeros((3, 3)), np.eye(3)), np.eye(3))
-    J = jac(3, 6, seed=1).numpy()
+    J = random_jacobian(3, 6, seed=1).numpy()
     J[1] = 0.0  # a task with no gradient: G has a zero row, the others are unaffected
     G = J @ J.T
     V = dual_cone_solve(G, np.eye(3) / 3)
@@ -51,7 +51,7 @@ def _dual(G: np.ndarray, c: float, w: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_cagrad_two_task_closed_form_vs_root_search(seed: int) -> None:
-    J = jac(2, 5, seed=seed).numpy()
+    J = random_jacobian(2, 5, seed=seed).numpy()
     if seed == 5:
         J[1] = -0.5 * J[0]  # collinear, opposed: some convex combination vanishes
     G = J @ J.T / np.trace(J @ J.T)
@@ -67,20 +67,25 @@ def test_cagrad_two_task_closed_form_vs_root_search(seed: int) -> None:
 
 @pytest.mark.parametrize(("k", "c"), [(3, 0.4), (10, 0.4), (10, 2.0), (40, 0.4)])
 def test_cagrad_active_set_vs_root_search(k: int, c: float) -> None:
-    J = jac(k, 64, seed=k).numpy()
+    J = random_jacobian(k, 64, seed=k).numpy()
     G = J @ J.T / np.trace(J @ J.T)
     b = G.sum(1) / k
     phi = c * math.sqrt(b.sum() / k)
-    found = cg._active_set(G, b, phi)
-    assert found is not None
-    w, _ = found
-    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
     ref, _ = cg._by_bisection(G, b, phi)
-    assert _dual(G, c, w) <= _dual(G, c, ref) + 1e-12
+    # From the whole support (None allowed: a large support may have no closed form) and from
+    # the best vertex (always has one): both end at the root search's optimum.
+    for start, required in ((cg._uniform(k), False), (cg._best_vertex(G, b, phi), True)):
+        found = cg._active_set(G, b, phi, start)
+        if found is None:
+            assert not required
+            continue
+        w, _ = found
+        assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
+        assert _dual(G, c, w) <= _dual(G, c, ref) + 1e-12
 
 
 def test_cagrad_dependent_gradients_fall_back_exactly() -> None:
-    J = jac(6, 9, rank=3, seed=4).numpy()
+    J = random_jacobian(6, 9, rank=3, seed=4).numpy()
     G = J @ J.T / np.trace(J @ J.T)
     w, _ = cg.cagrad_dual(G, 0.5)
     b = G.sum(1) / 6
@@ -89,7 +94,7 @@ def test_cagrad_dependent_gradients_fall_back_exactly() -> None:
 
 
 def test_cagrad_optimality_check_rejects_a_wrong_point() -> None:
-    J = jac(4, 9, seed=8).numpy()
+    J = random_jacobian(4, 9, seed=8).numpy()
     G = J @ J.T / np.trace(J @ J.T)
     b = G.sum(1) / 4
     phi = 0.4 * math.sqrt(b.sum() / 4)
