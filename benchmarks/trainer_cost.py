@@ -20,7 +20,7 @@ whatever the load; exact mode's K x D Jacobian counts there only where the freed
 surrogate graph saves it), and the growth of the resident set's peak during its second step
 (everything: activations, per-task gradients, batched-backward temporaries; Linux only).
 
-    OMP_NUM_THREADS=1 python benchmarks/trainer_cost.py            # CPU, about 3 minutes
+    OMP_NUM_THREADS=1 python benchmarks/trainer_cost.py --precisions fp32   # CPU, ~3 minutes
     python benchmarks/trainer_cost.py --device cuda --precisions fp32 bf16 fp16 \
         --width 512 --hidden 1024 1024 1024 --tasks 8 --batch 256
 """
