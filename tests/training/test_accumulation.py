@@ -356,8 +356,9 @@ def test_the_config_checks_accumulate_memory_before_any_data() -> None:
 
 
 def test_fsdp_sharded_parameters_fall_back_to_kept_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model with FSDP-sharded parameters (FSDP2's DTensors, forced here: a real one needs
-    a process group) takes the kept graphs, with a warning."""
+    """A model with FSDP-sharded parameters (FSDP2's DTensors; forced here, as a real one
+    needs a process group: tests/distributed/test_fsdp_trainer.py runs one with
+    accumulate=2) takes the kept graphs, with a warning."""
     import manytask.training.accumulation as accumulation
 
     monkeypatch.setattr(accumulation, "fsdp_managed", lambda p: True)
