@@ -3,9 +3,12 @@
 Inputs (float32 gradients, as training produces them): ``20x10 rank 5`` (more tasks than rank,
 issue 13's case), ``20x10 noisy`` (the same Jacobian with its Gramian formed in float32, which
 rounding makes full rank and indefinite: the input our former float32 accumulation produced),
-``40x64`` (full rank). Ours is the balancer's ``decide`` on the float64 Gramian from
-:func:`manytask.engine.gradients.gramian_of` (for ``noisy``, on the float32 product);
-torchjd's is its aggregator on the Jacobian (it forms its own Gramian). Median of
+``40x64`` (full rank), and ``step-cost 40``: the feature-level input of the step-cost reference
+model with 40 linear heads (``benchmarks/step_cost.py``, first step: the 40 per-task gradients
+w.r.t. the 256 x 512 features, and our Gramian of them from the linear-head identity). Ours is
+the balancer's ``decide`` on the float64 Gramian from :func:`manytask.engine.gradients.gramian_of`
+(for ``noisy``, on the float32 product); torchjd's is its aggregator on the Jacobian (it forms
+its own Gramian: for ``step-cost 40`` a 40 x 131,072 product, most of its time). Median of
 ``--repeats`` calls after one warm-up, in milliseconds, with one BLAS thread (a call over
 0.5 s is timed once, the warm-up).
 
@@ -16,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from manytask.balancers import make_balancer
 from manytask.engine.gradients import gramian_of
+from manytask.engine.linear_heads import linear_heads
 
 # Our name -> torchjd's class and its arguments for K tasks (same method and defaults; the
 # conventions may differ by a constant factor, which costs nothing). MoDo and SDMGrad are
@@ -42,6 +48,20 @@ PEERS: dict[str, tuple[str, Callable[[int], dict[str, object]], bool]] = {
 }
 
 
+def step_cost_input() -> tuple[torch.Tensor, torch.Tensor]:
+    """The step-cost model's feature Jacobian (K = 40, linear heads) and our Gramian of it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from step_cost import Problem
+
+    problem = Problem.build(40, heads="linear")
+    losses, features = problem.forward(problem.model)
+    rows = [torch.autograd.grad(loss, features, retain_graph=True)[0].reshape(-1)
+            for loss in losses]
+    heads = linear_heads(losses, [features])
+    assert heads is not None
+    return torch.stack(rows).detach(), heads.gramian()
+
+
 def inputs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     low = torch.randn(20, 5, generator=gen) @ torch.randn(5, 10, generator=gen)
@@ -50,6 +70,7 @@ def inputs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         "20x10 rank 5": (low, gramian_of([low])),
         "20x10 noisy": (low, (low @ low.T).double()),
         "40x64": (full, gramian_of([full])),
+        "step-cost 40": step_cost_input(),
     }
 
 
