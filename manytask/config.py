@@ -289,5 +289,13 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError(str(err)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    values.update(overrides or {})
-    return config_from_mapping(values, source=str(path))
+    if not overrides:
+        return config_from_mapping(values, source=str(path))
+    try:
+        return config_from_mapping({**values, **overrides},
+                                   source=f"command line (over {path})")
+    except ConfigError:
+        # Name where the error is: the file itself (a flag may override a wrong value in
+        # it, so the file alone is judged only when the whole is refused), else the flags.
+        config_from_mapping(values, source=str(path))
+        raise

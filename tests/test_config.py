@@ -23,6 +23,17 @@ def test_yaml_config_and_flag_override(tmp_path: Path) -> None:
     assert cfg.balancer_params == {"weights": {"left": 2.0}}
 
 
+def test_an_error_names_the_file_or_the_flags_over_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("accumulate: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: accumulate must be >= 1"):
+        load_config(path, {"epochs": 1})
+    assert load_config(path, {"accumulate": 2}).accumulate == 2  # a flag mends the file
+    path.write_text("epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"^command line \(over .*c\.yaml\): accumulate_memory"):
+        load_config(path, {"accumulate_memory": "bogus"})
+
+
 @pytest.mark.parametrize(
     ("values", "match"),
     [
