@@ -19,8 +19,9 @@ only the violating coordinate of largest index (Murty's rule, which terminates).
 one batched LU solve over all rows, so a step costs a few batched solves instead of K
 sequential active-set loops in Python.
 
-When ``G`` is numerically singular (smallest eigenvalue below ``1e-12`` times the largest:
-linearly dependent gradients, e.g. more tasks than dimensions), pivoting is ill-posed. Then,
+When ``G`` is numerically singular (smallest eigenvalue not above ``1e-12`` times its trace,
+tested by one Cholesky factorisation: linearly dependent gradients, e.g. more tasks than
+dimensions), pivoting is ill-posed. Then,
 with ``G = L L^T`` from its eigendecomposition (``L^T`` has one row per positive eigenvalue),
 each row is the non-negative least-squares problem
 
@@ -59,10 +60,10 @@ def dual_cone_solve(gramian: Array, U: Array) -> Array:
         return U.copy()
     G = G / scale  # the solution is invariant to the scale of G; tolerances become relative
     Q = U @ G  # rows: G u_b (G symmetric)
-    eig, vec = np.linalg.eigh(G)
-    if eig[0] > _MIN_EIG * eig[-1]:
+    if _clearly_definite(G):
         z, ok = _pivot(G, Q)
-    else:  # numerically singular G (dependent gradients): pivoting is ill-posed
+    else:  # (numerically) singular G (dependent gradients): pivoting is ill-posed
+        eig, vec = np.linalg.eigh(G)
         z, ok = _least_squares(eig, vec, U)
     V = U + z
     # Projected-gradient KKT residual of every row (see _qp.kkt_residual), vectorised.
@@ -72,6 +73,17 @@ def dual_cone_solve(gramian: Array, U: Array) -> Array:
         V[b] = solve_qp(G, lower=U[b], start=V[b] if ok[b] else None).x
     # Remove rounding below the bounds; zero columns of G leave their z at 0.
     return np.maximum(V, U) if n else V
+
+
+def _clearly_definite(G: Array) -> bool:
+    """``lambda_min(G) > _MIN_EIG * trace(G)`` (so above ``_MIN_EIG * lambda_max``), decided by
+    one Cholesky factorisation of the shifted matrix instead of an eigendecomposition."""
+    shifted = G - (_MIN_EIG * float(np.trace(G))) * np.eye(G.shape[0])
+    try:
+        np.linalg.cholesky(shifted)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def _least_squares(eig: Array, vec: Array, U: Array) -> tuple[Array, NDArray[np.bool_]]:
@@ -94,7 +106,7 @@ def _free_block_solve(
     """Per row, ``z`` with ``G_FF z_F = -Q_F`` and ``z = 0`` off ``F``; and which were singular.
 
     Rows with an empty ``F`` (no bound to lift: often most of them) need no solve at all; the
-    others are one batched LU solve of ``G_FF`` masked into identity elsewhere.
+    others are one batched Cholesky solve of ``G_FF`` masked into identity elsewhere.
     """
     rows, n = Q.shape
     zs = np.zeros((rows, n))
@@ -104,7 +116,9 @@ def _free_block_solve(
         Fs = F[some]
         A = np.where(Fs[:, :, None] & Fs[:, None, :], G, 0.0) + (eye & ~Fs[:, :, None])
         rhs = np.where(Fs, -Q[some], 0.0)
-        sol, info = torch.linalg.solve_ex(torch.from_numpy(A), torch.from_numpy(rhs)[..., None])
+        # G_FF is positive definite here (G is, see dual_cone_solve): Cholesky, not LU.
+        factor, info = torch.linalg.cholesky_ex(torch.from_numpy(A))
+        sol = torch.cholesky_solve(torch.from_numpy(rhs)[..., None], factor)
         zs[some] = sol[..., 0].numpy()
         singular[some] = info.numpy() != 0
     return zs, singular

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from bal_helpers import random_jacobian
 
+from manytask.balancers import _dual_cone
 from manytask.balancers import cagrad as cg
 from manytask.balancers._dual_cone import dual_cone_solve
 from manytask.balancers._qp import solve_qp
@@ -30,6 +31,21 @@ def test_batched_dual_cone_matches_one_qp_per_row(k: int, p: int, rank: int | No
         assert np.linalg.norm(V[b] @ J - ref @ J) <= 1e-9 * scale
         # KKT: J (J^T v) >= 0 (the projection is in the dual cone).
         assert float((J @ (V[b] @ J)).min()) >= -1e-9 * float(np.abs(G).max())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_pivoting_path_is_taken_exactly_for_clearly_definite_gramians(seed: int) -> None:
+    # The Cholesky test must agree with the eigenvalues away from its threshold:
+    # lambda_min / trace far above 1e-12 (full-rank gradients) or at rounding level (rank
+    # deficient, more tasks than dimensions).
+    rng = np.random.default_rng(seed)
+    full = rng.standard_normal((8, 20))
+    deficient = rng.standard_normal((8, 3)) @ rng.standard_normal((3, 20))
+    for J, definite in ((full, True), (deficient, False)):
+        G = J @ J.T
+        lam = np.linalg.eigvalsh(G)
+        assert (lam[0] > 1e-6 * lam.sum()) == definite  # the case is what it claims
+        assert _dual_cone._clearly_definite(G) == definite
 
 
 def test_dual_cone_all_zero_gradients_and_zero_task() -> None:
