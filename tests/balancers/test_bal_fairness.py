@@ -114,7 +114,7 @@ def test_agree_with_torchjd(k: int) -> None:
 def test_newton_stops_at_the_rounding_floor(p: float, monkeypatch: pytest.MonkeyPatch) -> None:
     # Newton converges quadratically: a handful of steps reach float64's floor. Before the fix
     # the Armijo test could not see decreases below f's rounding and ran all 100 iterations
-    # (each with up to 60 halvings) on a quarter of these inputs.
+    # (each with up to 60 halvings) on 2-3 of these 40 inputs per p.
     import manytask.balancers._fairness as fairness
 
     solves = 0
