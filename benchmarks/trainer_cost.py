@@ -35,14 +35,13 @@ import statistics
 import subprocess
 import sys
 import time
-import weakref
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from manytask import HardSharing, Task, make_balancer
 from manytask.training import Trainer
+from manytask.training.memory import SavedBytes
 
 
 def _batches(n_micro: int, batch: int, width: int, tasks: list[Task], device: str) -> list:
@@ -83,43 +82,6 @@ def step_time(method: str, precision: str, accumulate: int, args: Any,
     return statistics.median(times)
 
 
-class SavedBytes:
-    """Bytes of the storages autograd holds saved for backward, alive now and at the peak:
-    each storage once (a weight's transposed view saved by every micro-batch's graph is the
-    parameter itself, not counted), released when the last graph holding it is freed."""
-
-    def __init__(self, params: Iterable[torch.Tensor]) -> None:
-        self.skip = {p.untyped_storage().data_ptr() for p in params}
-        self.holders: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-
-    def pack(self, t: torch.Tensor) -> object:
-        holder = _Holder(t.detach())  # not t: a saved output would hold its own graph
-        storage = t.untyped_storage()
-        ptr, size = storage.data_ptr(), storage.nbytes()
-        if ptr in self.skip:
-            return holder
-        if self.holders.get(ptr, 0) == 0:
-            self.live += size
-            self.peak = max(self.peak, self.live)
-        self.holders[ptr] = self.holders.get(ptr, 0) + 1
-        weakref.finalize(holder, self.release, ptr, size)
-        return holder
-
-    def release(self, ptr: int, size: int) -> None:
-        self.holders[ptr] -= 1
-        if self.holders[ptr] == 0:
-            self.live -= size
-
-
-class _Holder:
-    __slots__ = ("__weakref__", "t")
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self.t = t
-
-
 def _status_kib(key: str) -> int:
     """A ``/proc/self/status`` field in KiB (Linux)."""
     with open("/proc/self/status") as f:
@@ -149,7 +111,7 @@ def accumulation_cell(method: str, n: int, memory: str, args: Any) -> dict[str, 
     step = micro if n > 1 else micro[0]
     rss = rss_peak_of_a_step(trainer, step)
     counter = SavedBytes(trainer.model.parameters())
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda h: h.t):
+    with counter.watching(trainer.model):
         trainer.train_step(step)
     seconds = step_time(method, "fp32", n, args, memory, args.accum_batch)
     return {"seconds": seconds, "saved": counter.peak, "rss": rss}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import weakref
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from manytask import HardSharing, Task
 from manytask.engine.gradients import task_gradients
 from manytask.training import Trainer
 from manytask.training.devices import resolve_device
+from manytask.training.memory import SavedBytes
 
 TASKS = [Task.classification("a", 3), Task.regression("b"), Task.binary("c")]
 
@@ -153,58 +152,6 @@ def test_training_on_cuda_matches_the_cpu() -> None:
     assert bf16.evaluate(_micro(16, 8, missing=False))
 
 
-class SavedBytes:
-    """Bytes of the storages autograd holds saved for backward, alive now and at the peak:
-    each storage once (a weight's transposed view saved by every micro-batch's graph is the
-    parameter itself, not counted), released when the last graph holding it is freed. Each
-    saved tensor is tagged with the model forward it follows (:meth:`forward_began`), and
-    ``graphs`` is the most forwards whose saved tensors were alive at once."""
-
-    def __init__(self, params: Iterable[torch.Tensor]) -> None:
-        self.skip = {p.untyped_storage().data_ptr() for p in params}
-        self.holders: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-        self.forward = -1
-        self.per_forward: dict[int, int] = {}
-        self.graphs = 0
-
-    def forward_began(self, *_: object) -> None:
-        self.forward += 1
-
-    def pack(self, t: torch.Tensor) -> object:
-        holder = _Holder(t.detach())  # not t: a saved output would hold its own graph
-        storage = t.untyped_storage()
-        ptr, size = storage.data_ptr(), storage.nbytes()
-        if ptr in self.skip:
-            return holder
-        if self.holders.get(ptr, 0) == 0:
-            self.live += size
-            self.peak = max(self.peak, self.live)
-        self.holders[ptr] = self.holders.get(ptr, 0) + 1
-        self.per_forward[self.forward] = self.per_forward.get(self.forward, 0) + 1
-        self.graphs = max(self.graphs, sum(1 for n in self.per_forward.values() if n))
-        weakref.finalize(holder, self.release, ptr, size, self.forward)
-        return holder
-
-    def release(self, ptr: int, size: int, forward: int) -> None:
-        self.per_forward[forward] -= 1
-        self.holders[ptr] -= 1
-        if self.holders[ptr] == 0:
-            self.live -= size
-
-    @staticmethod
-    def unpack(holder: object) -> torch.Tensor:
-        return holder.t  # type: ignore[attr-defined]
-
-
-class _Holder:
-    __slots__ = ("__weakref__", "t")
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self.t = t
-
-
 def _saved(balancer: str, mode: str, memory: str, n: int) -> SavedBytes:
     wide = [Task.classification("a", 3), Task.regression("b"), Task.binary("c")]
     torch.manual_seed(0)
@@ -213,8 +160,7 @@ def _saved(balancer: str, mode: str, memory: str, n: int) -> SavedBytes:
                       mode=mode, accumulate=n, accumulate_memory=memory)
     micro = _micro(256 * n, 256, missing=False)
     counter = SavedBytes(model.parameters())
-    model.register_forward_pre_hook(counter.forward_began)
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, SavedBytes.unpack):
+    with counter.watching(model):
         trainer.train_step(micro if n > 1 else micro[0])
     gc.collect()
     assert counter.live == 0  # every graph is gone after the step
