@@ -5,30 +5,15 @@ anything is read or written, where it cannot work."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _launch import CLI_FLAGS, CLI_RTOL, torchrun_train
 from safetensors.torch import load_file
 
 from manytask.cli import main
 from manytask.training.pretrained import from_pretrained
-
-# float32 (the command line's dtype): one process and two round differently (a sum over 64
-# samples against two sums over 32) by about 1e-7 per step; 8 steps stay within 1e-5.
-RTOL = 1e-5
-FLAGS = [
-    "train",
-    "--train-size", "256",
-    "--epochs", "2",
-    "--batch-size", "64",
-    "--hidden", "32",
-    "--balancer", "mgda",
-    "--no-progress",
-]  # fmt: skip
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,15 +24,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_torchrun_shard_fsdp_writes_what_one_process_writes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += ["-m", "manytask.cli", *FLAGS, "--shard", "fsdp", "--run-dir", str(tmp_path / "two")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("test results:") == 1  # rank 0 alone prints
-
-    assert main([*FLAGS, "--run-dir", str(tmp_path / "one")]) == 0
+    torchrun_train(["--shard", "fsdp"], tmp_path / "two")
+    assert main([*CLI_FLAGS, "--run-dir", str(tmp_path / "one")]) == 0
     capsys.readouterr()
 
     ckpt = Path("checkpoints") / "epoch-0001"
@@ -58,9 +36,9 @@ def test_torchrun_shard_fsdp_writes_what_one_process_writes(
         for key, value in one.items():
             assert two[key].dtype == value.dtype and two[key].shape == value.shape, key
             if value.is_floating_point() and value.numel() > 1:
-                assert relative(two[key], value) <= RTOL, (path, key)
+                assert relative(two[key], value) <= CLI_RTOL, (path, key)
             else:
-                assert torch.allclose(two[key], value, rtol=RTOL), (path, key)
+                assert torch.allclose(two[key], value, rtol=CLI_RTOL), (path, key)
     meta = [json.loads((tmp_path / run / "model" / "manytask.json").read_text())
             for run in ("one", "two")]
     assert meta[0] == meta[1]
@@ -72,7 +50,7 @@ def test_torchrun_shard_fsdp_writes_what_one_process_writes(
     with torch.no_grad():
         out_one, out_two = model_one(x), model_two(x)
     for task in tasks:
-        assert relative(out_two[task.name], out_one[task.name]) <= 10 * RTOL, task.name
+        assert relative(out_two[task.name], out_one[task.name]) <= 10 * CLI_RTOL, task.name
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -85,7 +63,7 @@ def test_shard_fsdp_refused_before_anything_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], words: str
 ) -> None:
     run = tmp_path / "run"
-    assert main([*FLAGS, "--shard", "fsdp", *extra, "--run-dir", str(run)]) == 2
+    assert main([*CLI_FLAGS, "--shard", "fsdp", *extra, "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "shard" in err
     assert not run.exists()
