@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import (
     Problem,
+    against,
     interleaved,
     manytask_step,
     torchjd_peer,
@@ -80,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     times = interleaved(steps, args.rounds)
     lines = ["| method | variant | K | ms/step (median) | ratio vs equal (median of rounds) |",
              "|---|---|---:|---:|---:|"]
-    for (name, variant), ts in times.items():
-        ratios = [t / e for t, e in zip(ts, times[("equal", "ours")], strict=True)]
-        lines.append(f"| {name} | {variant} | {args.tasks} | {1000 * statistics.median(ts):.1f} "
-                     f"| {statistics.median(ratios):.2f} |")
+    for (name, variant), timed in against(times, ("equal", "ours")).items():
+        lines.append(f"| {name} | {variant} | {args.tasks} | {timed.median_ms:.1f} "
+                     f"| {timed.ratio:.2f} |")
     text = ("# Exact mode vs equal weighting and torchjd, interleaved A/B\n\n"
             f"Command: `python {' '.join(['benchmarks/exact_ab.py', *(argv or sys.argv[1:])])}`"
             f"; torch {torch.__version__}, {args.threads} threads, {args.heads} heads. Ratios "

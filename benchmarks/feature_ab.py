@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import Problem, interleaved, manytask_step
+from step_cost import Problem, against, interleaved, manytask_step
 
 import manytask
 
@@ -66,11 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     for heads in ("linear", "mlp"):
         steps = make_steps(heads, args.tasks)
         times = interleaved({v: steps[v] for v in VARIANTS}, args.rounds)
+        timed = against(times)
         for v in VARIANTS:
-            ratios = [t / e for t, e in zip(times[v], times["equal"], strict=True)]
-            lines.append(f"| {heads} | {v} | {args.tasks} | "
-                         f"{1000 * statistics.median(times[v]):.1f} | "
-                         f"{statistics.median(ratios):.2f} |")
+            lines.append(f"| {heads} | {v} | {args.tasks} | {timed[v].median_ms:.1f} | "
+                         f"{timed[v].ratio:.2f} |")
     text = ("# Feature level vs equal weighting, interleaved A/B\n\n"
             f"Command: `python {' '.join(['benchmarks/feature_ab.py', *(argv or sys.argv[1:])])}`"
             f"; torch {torch.__version__}, {args.threads} threads. Timed on a shared, heavily "
