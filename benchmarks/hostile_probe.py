@@ -89,24 +89,11 @@ FIX: dict[str, Path] = {}
 def fixtures(root: Path) -> None:
     """A trained ``data: files`` run, its data in three formats, a merge family and a LoRA
     adapter: copied into each case's folder by the cases that need them."""
-    import yaml
-    from declared_tables import make_table, table_section, write
     from hos_helpers import family, write_adapter
+    from hos_runs import trained_files_run
 
-    from manytask.cli import main
-
-    base = root / "base"
-    base.mkdir(parents=True)
-    table = make_table(120)
-    for ext in ("csv", "jsonl", "parquet"):
-        write(table, base / f"shop.{ext}")
-    cfg = {"data": "files", "dataset": table_section("shop.csv"), "data_root": str(base),
-           "hidden": [8], "epochs": 1, "batch_size": 32, "progress": False,
-           "cache_dir": str(base / "cache")}
-    (base / "train.yaml").write_text(yaml.safe_dump(cfg))
-    code = main(["train", "--config", str(base / "train.yaml"), "--run-dir", str(base / "run")])
-    assert code == 0, "the fixture run did not train"
-    FIX["data"] = base
+    base = trained_files_run(root / "base")
+    FIX["data"] = base / "data"
     FIX["run"] = base / "run"
     fam = root / "family"
     family(fam, 2)
@@ -1059,9 +1046,13 @@ def _c8p(tmp: Path) -> Setup:
                   "--schedule-param", "step_size=-1"])
 
 
-@case(8, "train: --max-length -1 on the files route")
+@case(8, "train: max_length: -1 in a files-route dataset")
 def _c8q(tmp: Path) -> Setup:
-    return Setup(["train", "--config", str(train_yaml(tmp)), "--max-length", "-1"],
+    # (a dataset key since the text tasks became files-route configs; --max-length is gone)
+    from declared_tables import table_section
+
+    dataset = {**table_section("shop.csv", text="segment"), "max_length": -1}
+    return Setup(["train", "--config", str(train_yaml(tmp, dataset=dataset))],
                  needle="max_length")
 
 
